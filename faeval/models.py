@@ -1,0 +1,367 @@
+"""Architectures behind one layered interface.
+
+Every model exposes the same skeleton so that every learning rule and every
+diagnostic works on every architecture:
+
+* ``model.embed(x) -> h0``
+* ``model.blocks``: an ``nn.ModuleList``; block ``l`` maps ``h_l`` to ``h_{l+1}``.
+  For residual models the block returns only the branch ``f_l(h_l)`` and the
+  model adds the skip (``h_{l+1} = h_l + f_l(h_l)``); ``model.residual`` says which.
+* ``model.readout(h_L) -> logits``: terminal LayerNorm ``out_ln`` (``None`` when
+  absent) then ``out_head``.
+* ``model.states(x) -> (hs, logits)`` with ``hs = [h0, ..., hL]``.
+* ``model.run_from(l, h_l) -> logits``: the rest of the forward pass from layer ``l``.
+* ``model.reduce_state(h) -> (B, d)``: the vector the diagnostics read from a
+  state (the cls token of a transformer, channel means of a 4-D feature map).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "ARCHS", "LayeredModel", "ResMLP", "ViTMini", "SmallCNN", "StudentNet",
+    "ResidualBlock", "PhiAlpha", "build_model", "reduce_state",
+]
+
+
+def reduce_state(h: torch.Tensor, token: str = "cls", spatial: str = "mean") -> torch.Tensor:
+    """Turn one hidden state into a (B, d) matrix for the diagnostics.
+
+    3-D states (B, tokens, d) use the first (cls) token (``token="cls"``) or the
+    token mean (``token="mean"``); 4-D states (B, C, H, W) are averaged over
+    space (``spatial="mean"``) or flattened (``spatial="flatten"``).
+    """
+    if h.dim() == 2:
+        return h
+    if h.dim() == 3:
+        if token == "cls":
+            return h[:, 0]
+        if token == "mean":
+            return h.mean(dim=1)
+        raise ValueError(f"token={token!r}: valid values are 'cls', 'mean'")
+    if h.dim() == 4:
+        if spatial == "mean":
+            return h.mean(dim=(2, 3))
+        if spatial == "flatten":
+            return h.flatten(1)
+        raise ValueError(f"spatial={spatial!r}: valid values are 'mean', 'flatten'")
+    return h.flatten(1)
+
+
+class LayeredModel(nn.Module):
+    """Base class: embed -> blocks -> readout, with the hidden states exposed."""
+
+    residual: bool = True
+    arch: str = "layered"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out_ln: nn.Module | None = None
+        self.out_head: nn.Module
+
+    # -- the skeleton -----------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Number of blocks L (the model has L+1 hidden states h_0..h_L)."""
+        return len(self.blocks)
+
+    def block_forward(self, l: int, h: torch.Tensor) -> torch.Tensor:
+        """h_{l+1} from h_l: the skip is added here for residual models."""
+        out = self.blocks[l](h)
+        return h + out if self.residual else out
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.reduce_readout(h)
+        if self.out_ln is not None:
+            h = self.out_ln(h)
+        return self.out_head(h)
+
+    def reduce_readout(self, h: torch.Tensor) -> torch.Tensor:
+        """What the readout sees of h_L (identity, except the cls token for ViT)."""
+        return h
+
+    def run_from(self, l: int, h: torch.Tensor) -> torch.Tensor:
+        """Logits from hidden state h_l (blocks l..L-1, then the readout)."""
+        for k in range(l, self.depth):
+            h = self.block_forward(k, h)
+        return self.readout(h)
+
+    def states(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Hidden states [h_0, ..., h_L] and the logits."""
+        hs = [self.embed(x)]
+        for l in range(self.depth):
+            hs.append(self.block_forward(l, hs[-1]))
+        return hs, self.readout(hs[-1])
+
+    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+        hs, logits = self.states(x)
+        return (logits, hs) if return_hidden else logits
+
+    def reduce_state(self, h: torch.Tensor) -> torch.Tensor:
+        return reduce_state(h)
+
+    @property
+    def has_out_ln(self) -> bool:
+        return self.out_ln is not None
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch!r}, depth={self.depth}, residual={self.residual}, out_ln={self.has_out_ln}"
+
+
+# ---------------------------------------------------------------------------------------
+# ResMLP (SPEC 1.1)
+# ---------------------------------------------------------------------------------------
+class FlattenLinear(nn.Linear):
+    """A Linear layer that flattens its input first (parameter names stay weight/bias)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return super().forward(x.flatten(1))
+
+
+class PhiAlpha(nn.Module):
+    """phi_alpha(z) = (1 - alpha) z + alpha tanh(z)  (SPEC 1.5)."""
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha}: valid range is [0, 1]")
+        self.alpha = float(alpha)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return (1.0 - self.alpha) * z + self.alpha * torch.tanh(z)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class ResidualBlock(nn.Module):
+    """Pre-LayerNorm residual branch f(h) = w2(act(w1(LN(h)))), d -> d -> d.
+
+    ``w2.weight ~ N(0, w2_std^2)`` and ``w2.bias = 0``; ``w1`` keeps PyTorch's default
+    init. The block returns the branch only; the model adds the skip.
+    """
+
+    def __init__(self, d: int, w2_std: float = 0.01, act: nn.Module | None = None) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.w1 = nn.Linear(d, d)
+        self.act = act if act is not None else nn.GELU()
+        self.w2 = nn.Linear(d, d)
+        nn.init.normal_(self.w2.weight, mean=0.0, std=w2_std)
+        nn.init.zeros_(self.w2.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.w2(self.act(self.w1(self.ln(h))))
+
+
+class ResMLP(LayeredModel):
+    """Pre-LN residual MLP: Linear embed -> L residual blocks -> out_ln -> out_head."""
+
+    arch = "resmlp"
+
+    def __init__(self, d_input: int, width: int = 256, num_classes: int = 10, depth: int = 4,
+                 out_ln: bool = True, residual: bool = True, w2_std: float = 0.01,
+                 act: Callable[[], nn.Module] | None = None) -> None:
+        super().__init__()
+        self.residual = bool(residual)
+        self.width = width
+        self.embed = FlattenLinear(d_input, width)
+        self.blocks = nn.ModuleList(
+            [ResidualBlock(width, w2_std=w2_std, act=act() if act else None) for _ in range(depth)])
+        self.out_ln = nn.LayerNorm(width) if out_ln else None
+        self.out_head = nn.Linear(width, num_classes)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.depth
+
+
+class StudentNet(ResMLP):
+    """Student of the synthetic teacher-student task (SPEC 1.5): residual, phi_alpha, no terminal LN."""
+
+    arch = "studentnet"
+
+    def __init__(self, d_input: int, width: int = 128, num_classes: int = 10, depth: int = 4,
+                 alpha: float = 1.0, out_ln: bool = False, w2_std: float = 0.01) -> None:
+        super().__init__(d_input, width=width, num_classes=num_classes, depth=depth, out_ln=out_ln,
+                         residual=True, w2_std=w2_std, act=lambda: PhiAlpha(alpha))
+        self.alpha = alpha
+
+
+# ---------------------------------------------------------------------------------------
+# ViT-Mini (SPEC 1.2)
+# ---------------------------------------------------------------------------------------
+class PatchEmbed(nn.Module):
+    """Patchify with a strided conv, prepend a cls token, add learned positions -> h0 (B, T+1, d)."""
+
+    def __init__(self, in_channels: int, image_hw: tuple[int, int], patch: int, d: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, d, kernel_size=patch, stride=patch)
+        n_tokens = (image_hw[0] // patch) * (image_hw[1] // patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.randn(1, n_tokens + 1, d) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        t = self.proj(x).flatten(2).transpose(1, 2)
+        cls = self.cls_token.expand(t.shape[0], -1, -1)
+        return torch.cat([cls, t], dim=1) + self.pos_embed
+
+
+class TransformerBranch(nn.Module):
+    """Residual branch of a pre-LN transformer block.
+
+    f(h) = a + m with a = Attn(LN1(h)) and m = MLP(LN2(h + a)), so that
+    h + f(h) is exactly the usual two-sub-layer pre-LN block.
+    """
+
+    def __init__(self, d: int, heads: int = 4, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"width {d} is not divisible by heads={heads}")
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Linear(mlp_ratio * d, d))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        B, T, d = h.shape
+        q, k, v = self.qkv(self.ln1(h)).view(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, d)
+        a = self.proj(a)
+        return a + self.mlp(self.ln2(h + a))
+
+
+def _choose_patch(h: int, w: int) -> int:
+    for p in (4, 2, 7, 8, 1):
+        if h % p == 0 and w % p == 0 and (h // p) * (w // p) <= 256:
+            return p
+    raise ValueError(f"no patch size in (4, 2, 7, 8, 1) tiles a {h}x{w} image; pass patch=...")
+
+
+class ViTMini(LayeredModel):
+    """ViT-Mini: d=128, 4 pre-LN blocks, cls token, terminal LN; diagnostics read the cls token."""
+
+    arch = "vit"
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int = 10, width: int = 128, depth: int = 4,
+                 heads: int = 4, mlp_ratio: int = 2, patch: int | None = None, out_ln: bool = True) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.patch = patch or _choose_patch(h, w)
+        if h % self.patch or w % self.patch:
+            raise ValueError(f"patch={self.patch} does not tile a {h}x{w} image")
+        self.width = width
+        self.embed = PatchEmbed(c, (h, w), self.patch, width)
+        self.blocks = nn.ModuleList([TransformerBranch(width, heads, mlp_ratio) for _ in range(depth)])
+        self.out_ln = nn.LayerNorm(width) if out_ln else None
+        self.out_head = nn.Linear(width, num_classes)
+
+    def reduce_readout(self, h: torch.Tensor) -> torch.Tensor:
+        return h[:, 0]
+
+
+# ---------------------------------------------------------------------------------------
+# SmallCNN (SPEC 1.3)
+# ---------------------------------------------------------------------------------------
+def _conv(cin: int, cout: int, batchnorm: bool, pool: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.ReLU())
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class SmallCNN(LayeredModel):
+    """Conv32 -> [Conv64+pool, Conv128+pool, FC256] -> head; no skip, no terminal LN.
+
+    h0 is the first conv's output; blocks 1-3 are the remaining stages; the
+    linear head is ``out_head``. 4-D states are read as channel means.
+    """
+
+    arch = "cnn"
+    residual = False
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int = 10, batchnorm: bool = True,
+                 channels: Sequence[int] = (32, 64, 128), hidden: int = 256) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        if h < 4 or w < 4:
+            raise ValueError(f"SmallCNN needs images of at least 4x4 (two 2x2 pools); got {h}x{w}")
+        c1, c2, c3 = channels
+        self.embed = _conv(c, c1, batchnorm, pool=False)
+        flat = c3 * (h // 4) * (w // 4)
+        self.blocks = nn.ModuleList([
+            _conv(c1, c2, batchnorm, pool=True),
+            _conv(c2, c3, batchnorm, pool=True),
+            nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU()),
+        ])
+        self.out_head = nn.Linear(hidden, num_classes)
+
+
+# ---------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------
+def _flat_dim(input_shape: Sequence[int]) -> int:
+    return int(math.prod(input_shape))
+
+
+def _needs_image(arch: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"arch {arch!r} needs image inputs of shape (channels, height, width); the dataset's input "
+            f"shape is {tuple(input_shape)}. Use arch='resmlp' or 'studentnet' for vector inputs.")
+    return tuple(int(s) for s in input_shape)  # type: ignore[return-value]
+
+
+def _build_resmlp(input_shape, num_classes, **kw):
+    return ResMLP(_flat_dim(input_shape), num_classes=num_classes, **kw)
+
+
+def _build_studentnet(input_shape, num_classes, **kw):
+    return StudentNet(_flat_dim(input_shape), num_classes=num_classes, **kw)
+
+
+def _build_vit(input_shape, num_classes, **kw):
+    return ViTMini(_needs_image("vit", input_shape), num_classes=num_classes, **kw)
+
+
+def _build_cnn(input_shape, num_classes, **kw):
+    return SmallCNN(_needs_image("cnn", input_shape), num_classes=num_classes, **kw)
+
+
+ARCHS: dict[str, Callable[..., LayeredModel]] = {
+    "resmlp": _build_resmlp,
+    "vit": _build_vit,
+    "cnn": _build_cnn,
+    "studentnet": _build_studentnet,
+}
+
+
+def build_model(arch: str, input_shape: Sequence[int], num_classes: int, seed: int | None = None,
+                **kw) -> LayeredModel:
+    """Build a layered model by name.
+
+    ``arch`` is one of ``resmlp``, ``vit``, ``cnn``, ``studentnet``. Keyword
+    arguments go to the model (``width``, ``depth``, ``out_ln``, ``residual``,
+    ``w2_std``, ``batchnorm``, ``alpha``, ...). With ``seed`` the weights are drawn
+    from that seed without disturbing the global RNG stream.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(sorted(ARCHS))}")
+    try:
+        if seed is None:
+            return ARCHS[arch](tuple(input_shape), num_classes, **kw)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return ARCHS[arch](tuple(input_shape), num_classes, **kw)
+    except TypeError as e:  # an unknown keyword: name the arch in the message
+        raise TypeError(f"build_model({arch!r}): {e}") from None
