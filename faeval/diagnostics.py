@@ -1,0 +1,523 @@
+"""Per-layer measurements behind the protocol (SPEC section 4).
+
+Numerics rules, by construction:
+
+* every norm is a per-sample L2 norm followed by a named aggregate (the
+  *median* over samples unless a function's name says otherwise);
+* cosines are computed in float64 with no epsilon clamp (a 1e-30 guard only
+  against division by exactly zero), and are returned next to the norm of the
+  reference vector, so a reference at the numerical floor stays visible;
+* BP reference gradients are taken in float32 or float64, never float16;
+* Gamma is per layer; each aggregate says how it aggregated.
+
+A model is read through :class:`Tap`: a faeval layered model directly, or any
+``nn.Module`` through forward hooks on named sub-modules (``layers=[...]``).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .models import reduce_state
+
+__all__ = [
+    "Tap", "MissingAuxStateError", "per_sample_l2", "median_per_sample_l2", "per_sample_cosine",
+    "hidden_norms", "bp_grads", "bp_grad_norms", "max_block_growth", "direction_stability",
+    "gamma_per_layer", "GammaResult", "gamma_aggregations", "perturbation_rho", "nudging",
+    "parameter_drift", "null_calibration", "snapshot", "accuracy", "disjoint_batches", "measure",
+    "stability_of",
+]
+
+_TINY = 1e-30   # guards a division by exactly zero; never a clamp that changes a real value
+
+
+class MissingAuxStateError(RuntimeError):
+    """A diagnostic needs a learning rule's auxiliary state (feedback matrices, bridge nets) and it is absent."""
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a model
+# ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+class Tap:
+    """Uniform access to a model's hidden states h_0..h_L and to the loss from each of them.
+
+    * Without ``layers`` the model must have faeval's layered interface
+      (``embed``, ``blocks``, ``readout``; see :mod:`faeval.models`).
+    * With ``layers=[module names]`` any ``nn.Module`` works: the hidden states are
+      those modules' outputs (in the order given), captured by forward hooks.
+
+    ``token`` and ``spatial`` say how a 3-D (transformer) or 4-D (conv) state is
+    read as a (B, d) vector for norms: the cls token and channel means by default.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None,
+                 token: str = "cls", spatial: str = "mean") -> None:
+        self.model = model
+        self.token, self.spatial = token, spatial
+        if layers is None:
+            missing = [a for a in ("embed", "blocks", "readout") if not hasattr(model, a)]
+            if missing:
+                raise TypeError(
+                    f"{type(model).__name__} lacks the layered interface ({', '.join(missing)} missing). "
+                    "Pass layers=[names of the sub-modules whose outputs are the hidden states], e.g. "
+                    f"layers={_example_layers(model)!r}.")
+            self.modules = None
+        else:
+            if len(layers) < 1:
+                raise ValueError("layers= must name at least one sub-module")
+            named = dict(model.named_modules())
+            unknown = [n for n in layers if n not in named]
+            if unknown:
+                valid = ", ".join(repr(n) for n in named if n)
+                raise ValueError(f"no sub-module named {', '.join(map(repr, unknown))} in "
+                                 f"{type(model).__name__}; its module names are: {valid}")
+            self.modules = [named[n] for n in layers]
+        self.layer_names = list(layers) if layers is not None else \
+            [f"h{l}" for l in range(len(model.blocks) + 1)]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_names)
+
+    def reduce(self, h: torch.Tensor) -> torch.Tensor:
+        """The (B, d) vector that norms and stability read from a state or a gradient."""
+        return reduce_state(h, token=self.token, spatial=self.spatial)
+
+    def states(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Hidden states (full tensors, in the autograd graph when grad is on) and logits."""
+        if self.modules is None:
+            return self.model.states(x)
+        captured: dict[int, torch.Tensor] = {}
+
+        def make_hook(i):
+            def hook(_mod, _inp, out):
+                if i in captured:
+                    raise RuntimeError(f"layer {self.layer_names[i]!r} ran twice in one forward pass; "
+                                       "tap a module that is called once")
+                captured[i] = out
+            return hook
+
+        handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(self.modules)]
+        try:
+            logits = self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return [captured[i] for i in range(self.n_layers)], logits
+
+    def logits_with_delta(self, x: torch.Tensor, l: int, hs: list[torch.Tensor] | None,
+                          delta: torch.Tensor) -> torch.Tensor:
+        """Logits when hidden state l is replaced by h_l + delta (everything downstream recomputed)."""
+        if self.modules is None:
+            return self.model.run_from(l, hs[l] + delta)
+        handle = self.modules[l].register_forward_hook(lambda _m, _i, out: out + delta)
+        try:
+            return self.model(x)
+        finally:
+            handle.remove()
+
+
+def _example_layers(model: nn.Module) -> list[str]:
+    names = [n for n, m in model.named_children()]
+    return names[:-1] if len(names) > 1 else names
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy in eval mode."""
+    _check_xy(x, y)
+    correct = 0
+    with _eval_mode(model), torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            correct += (model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum().item()
+    return correct / len(x)
+
+
+def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
+    if len(x) == 0:
+        raise ValueError("the eval set is empty: pass at least one sample")
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} samples but y has {len(y)}: they must match")
+
+
+# ---------------------------------------------------------------------------------------
+# Norms and cosines
+# ---------------------------------------------------------------------------------------
+def per_sample_l2(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 norm over every non-batch dimension, in float64: shape (B,)."""
+    return t.detach().flatten(1).double().norm(dim=1)
+
+
+def median_per_sample_l2(t: torch.Tensor) -> float:
+    """Median over samples of the per-sample L2 norm (inf if any sample is non-finite)."""
+    return _median_inf(per_sample_l2(t))
+
+
+def per_sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """cos(a_i, b_i) per sample, float64, no epsilon clamp: shape (B,).
+
+    ``F.cosine_similarity`` divides by max(|a||b|, 1e-8), which shrinks the cosine
+    of any reference gradient below 1e-8 (pitfall 2). Here each vector is divided
+    by its own norm (guarded only against exact zero), so cos(v, v) = 1 at any scale.
+    """
+    a = a.detach().flatten(1).double()
+    b = b.detach().flatten(1).double()
+    if a.shape != b.shape:
+        raise ValueError(f"cosine of differently shaped signals {tuple(a.shape)} vs {tuple(b.shape)}")
+    an = a / a.norm(dim=1, keepdim=True).clamp_min(_TINY)
+    bn = b / b.norm(dim=1, keepdim=True).clamp_min(_TINY)
+    return (an * bn).sum(dim=1)
+
+
+def hidden_norms(model: nn.Module, x: torch.Tensor, *, tap: Tap | None = None) -> list[float]:
+    """Per layer: median over samples of the per-sample L2 norm of h_l (reduced state)."""
+    tap = tap or Tap(model)
+    with _eval_mode(tap.model), torch.no_grad():
+        hs, _ = tap.states(x)
+    return [median_per_sample_l2(tap.reduce(h)) for h in hs]
+
+
+def bp_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+             tap: Tap | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """BP reference: d CE(mean) / d h_l for every layer, as full tensors.
+
+    Returns ``(hs, grads, per_sample_loss)``. The loss is the mean cross-entropy,
+    so each sample's gradient is 1/B of its own loss's gradient (the paper's
+    convention). The reference is taken in the model's own precision, which must
+    be float32 or float64: half precision is refused (pitfall 3). For a float64
+    reference, pass ``model.double()`` and float64 inputs.
+    """
+    tap = tap or Tap(model)
+    _check_xy(x, y)
+    half = (torch.float16, torch.bfloat16)
+    if x.dtype in half or any(p.dtype in half for p in tap.model.parameters()):
+        raise ValueError("BP reference gradients must be float32 or float64; this model or input is half "
+                         "precision (float16 underflows gradients near 1e-9: pitfall 3). Use model.float().")
+    with _eval_mode(tap.model), torch.enable_grad():
+        hs, logits = tap.states(x)
+        per_sample = F.cross_entropy(logits, y, reduction="none")
+        grads = torch.autograd.grad(per_sample.mean(), hs, allow_unused=True)
+    grads = [torch.zeros_like(h) if g is None else g for h, g in zip(hs, grads)]
+    return [h.detach() for h in hs], [g.detach() for g in grads], per_sample.detach()
+
+
+def bp_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | None = None,
+                  batch_size: int = 128) -> list[float]:
+    """Per layer: median over samples of the per-sample L2 norm of the BP gradient at h_l.
+
+    The loss is the mean CE over disjoint batches of ``batch_size`` (the scale of
+    the paper's numbers and of the D2 floor), so the result does not depend on how
+    many eval samples are passed.
+    """
+    return measure(model, x, y, tap=tap, batch_size=batch_size)["bp_grad_norms"]
+
+
+def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | None = None,
+            batch_size: int = 128) -> dict:
+    """One pass over ``x`` in disjoint batches of ``batch_size`` (the last, shorter one included).
+
+    Returns per-layer ``hidden_norms`` and ``bp_grad_norms`` (median over all samples
+    of per-sample L2 norms of the reduced state / BP gradient of each batch's mean
+    CE), the ``batch_mean_grads`` at the deepest layer (one reduced vector per full
+    batch, for direction stability), and the eval ``loss`` and ``acc``.
+    """
+    tap = tap or Tap(model)
+    _check_xy(x, y)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    hn, gn, dirs, losses, correct = [], [], [], [], 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        hs, grads, per_sample = bp_grads(model, xb, yb, tap=tap)
+        hn.append([per_sample_l2(tap.reduce(h)) for h in hs])
+        gr = [tap.reduce(g) for g in grads]
+        gn.append([per_sample_l2(g) for g in gr])
+        if len(xb) == batch_size:
+            dirs.append(gr[-1].double().mean(dim=0))
+        losses.append(per_sample.double())
+        with _eval_mode(tap.model), torch.no_grad():
+            correct += (tap.states(xb)[1].argmax(-1) == yb).sum().item()
+    per_layer = lambda rows: [torch.cat(col) for col in zip(*rows)]  # noqa: E731
+    return {
+        "hidden_norms": [_median_inf(n) for n in per_layer(hn)],
+        "bp_grad_norms": [_median_nan(n) for n in per_layer(gn)],
+        "batch_mean_grads": dirs,
+        "loss": torch.cat(losses).mean().item(),
+        "acc": correct / len(x),
+        "batch_size": batch_size,
+        "n": len(x),
+        "aggregate": f"median over samples of per-sample L2; BP gradient of the mean CE per batch of {batch_size}",
+    }
+
+
+def _median_inf(n: torch.Tensor) -> float:
+    return n.median().item() if torch.isfinite(n).all() else math.inf
+
+
+def _median_nan(n: torch.Tensor) -> float:
+    return n.median().item() if torch.isfinite(n).all() else math.nan
+
+
+def _median_or_nan(t: torch.Tensor) -> float:
+    return _median_nan(per_sample_l2(t))
+
+
+def max_block_growth(norms: Sequence[float]) -> float:
+    """max_l ||h_{l+1}|| / ||h_l|| over consecutive layers (1.0 for < 2 layers; inf if non-finite)."""
+    if len(norms) < 2:
+        return 1.0
+    if not all(math.isfinite(n) for n in norms):
+        return math.inf
+    return max(norms[l + 1] / max(norms[l], _TINY) for l in range(len(norms) - 1))
+
+
+def direction_stability(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+                        tap: Tap | None = None, layer: int = -1) -> float:
+    """Cross-batch direction stability s (SPEC 4.3).
+
+    For each disjoint batch k, the batch-mean BP gradient at the deepest hidden
+    state (reduced to (B, d)) is normalised to unit length; s is the mean pairwise
+    cosine over all pairs of batches. High s means the reference is dominated by a
+    sample-invariant drift. Needs at least two batches.
+    """
+    tap = tap or Tap(model)
+    dirs = []
+    for x, y in batches:
+        _, grads, _ = bp_grads(model, x, y, tap=tap)
+        dirs.append(tap.reduce(grads[layer]).double().mean(dim=0))
+    return stability_of(dirs)
+
+
+def stability_of(directions: Sequence[torch.Tensor]) -> float:
+    """Mean pairwise cosine of a list of direction vectors (NaN if any is non-finite)."""
+    if len(directions) < 2:
+        raise ValueError("direction stability needs at least two disjoint batches")
+    d = torch.stack([v.double() for v in directions])
+    norms = d.norm(dim=1, keepdim=True)
+    if not torch.isfinite(norms).all():
+        return math.nan
+    d = d / norms.clamp_min(_TINY)
+    cos = d @ d.T
+    iu = torch.triu_indices(len(d), len(d), offset=1)
+    return cos[iu[0], iu[1]].mean().item()
+
+
+# ---------------------------------------------------------------------------------------
+# Gamma: credit vs BP gradient
+# ---------------------------------------------------------------------------------------
+@dataclass
+class GammaResult:
+    """Per-layer Gamma. ``mean``/``std`` are over samples of the per-sample cosine.
+
+    ``ref_norm`` is the median per-sample L2 norm of the BP gradient each cosine was
+    measured against, and ``credit_norm`` that of the credit: read a cosine
+    together with its reference norm.
+    """
+
+    mean: list[float]
+    std: list[float]
+    ref_norm: list[float]
+    credit_norm: list[float]
+    per_sample: list[torch.Tensor] = field(repr=False)
+    aggregate: str = "per-sample cosine, mean over samples, per layer"
+
+    def deep_mean(self) -> float:
+        """Mean over layers 1..L of the per-layer means (the embedding layer excluded)."""
+        return float(sum(self.mean[1:]) / max(len(self.mean) - 1, 1))
+
+    def layer_mean(self) -> float:
+        """Mean over all layers 0..L of the per-layer means."""
+        return float(sum(self.mean) / len(self.mean))
+
+    def as_dict(self) -> dict:
+        return {"aggregate": self.aggregate, "mean": self.mean, "std": self.std,
+                "ref_norm": self.ref_norm, "credit_norm": self.credit_norm,
+                "deep_mean": self.deep_mean(), "layer_mean": self.layer_mean()}
+
+
+def _check_credit(credit, n_layers: int) -> list[torch.Tensor]:
+    if credit is None:
+        raise MissingAuxStateError(
+            "no credit signal: the rule's auxiliary state (feedback matrices / bridge networks) is missing; "
+            "load the checkpoint that holds it. The BP gradient is never substituted.")
+    credit = list(credit)
+    if len(credit) != n_layers:
+        raise ValueError(f"credit has {len(credit)} layers but the model has {n_layers} hidden states h_0..h_L")
+    return credit
+
+
+def gamma_per_layer(credit: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> GammaResult:
+    """Gamma_l = per-sample cosine(credit_l, dL/dh_l), float64, no clamp; mean and std over samples.
+
+    Credit and gradient are compared as full flattened per-sample tensors (all
+    tokens / positions), paired at the same hidden state h_l.
+    """
+    credit = _check_credit(credit, len(grads))
+    per = [per_sample_cosine(a, g) for a, g in zip(credit, grads)]
+    return GammaResult(
+        mean=[p.mean().item() for p in per],
+        std=[p.std(unbiased=False).item() for p in per],
+        ref_norm=[_median_or_nan(g) for g in grads],
+        credit_norm=[_median_or_nan(a) for a in credit],
+        per_sample=per,
+    )
+
+
+def gamma_aggregations(credit: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Four defensible ways to boil per-layer Gamma down to one number (pitfall 5).
+
+    * ``mean_over_layers``: per-sample cosine -> mean over samples -> mean over layers;
+    * ``median_over_layers``: the same, median over layers;
+    * ``pooled_over_batch``: one cosine of the batch-flattened credit and gradient per layer
+      (samples concatenated) -> mean over layers;
+    * ``batch_mean_direction``: cosine of the batch-mean credit and the batch-mean gradient
+      per layer -> median over layers.
+
+    They can disagree in sign on the same checkpoint: report per-layer values.
+    """
+    credit = _check_credit(credit, len(grads))
+    per_layer = gamma_per_layer(credit, grads).mean
+    pooled = [per_sample_cosine(a.reshape(1, -1), g.reshape(1, -1)).item() for a, g in zip(credit, grads)]
+    bmean = [per_sample_cosine(a.flatten(1).mean(0, keepdim=True), g.flatten(1).mean(0, keepdim=True)).item()
+             for a, g in zip(credit, grads)]
+    t = torch.tensor
+    return {
+        "mean_over_layers": t(per_layer).mean().item(),
+        "median_over_layers": t(per_layer).median().item(),
+        "pooled_over_batch": t(pooled).mean().item(),
+        "batch_mean_direction": t(bmean).median().item(),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Functional tests of a credit signal: rho and nudging
+# ---------------------------------------------------------------------------------------
+def perturbation_rho(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit: Sequence[torch.Tensor], *,
+                     eps: float = 1e-3, n_directions: int = 32, seed: int = 0, tap: Tap | None = None,
+                     layers: Sequence[int] | None = None) -> list[float]:
+    """Local perturbation correlation rho_l (SPEC 4.6).
+
+    For M random unit directions v per sample, the predicted change <a_l, eps v>
+    is compared with the true change of that sample's loss when h_l -> h_l + eps v.
+    All (prediction, truth) pairs over samples and directions are pooled into one
+    Pearson correlation per layer. The credit is scaled per sample by the batch
+    size to match the per-sample loss (the mean-loss convention divides by B).
+    """
+    tap = tap or Tap(model)
+    credit = _check_credit(credit, tap.n_layers)
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    out = []
+    with _eval_mode(tap.model), torch.no_grad():
+        hs, logits = tap.states(x)
+        base = F.cross_entropy(logits, y, reduction="none").double()
+        for l in (layers if layers is not None else range(tap.n_layers)):
+            a = credit[l].flatten(1).double() * len(x)
+            preds, trues = [], []
+            for _ in range(n_directions):
+                v = torch.randn(hs[l].shape, generator=g, device=x.device, dtype=hs[l].dtype)
+                v = v / (v.flatten(1).norm(dim=1).view(-1, *[1] * (v.dim() - 1)) + 1e-8)
+                new = F.cross_entropy(tap.logits_with_delta(x, l, hs, eps * v), y, reduction="none").double()
+                preds.append(eps * (a * v.flatten(1).double()).sum(1))
+                trues.append(new - base)
+            out.append(_pearson(torch.cat(preds), torch.cat(trues)))
+    return out
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    den = (a.norm() * b.norm()).item()
+    return (a @ b).item() / den if den > 0 else math.nan
+
+
+def nudging(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit: Sequence[torch.Tensor], *,
+            etas: Sequence[float] = (1e-3, 3e-3, 1e-2), tap: Tap | None = None) -> dict[str, list[float]]:
+    """Nudging test (SPEC 4.7): Delta_l = L(h_l - eta a_l) - L(h_l) on the eval batch (mean CE).
+
+    Negative Delta means a step against the credit lowers the loss (the credit is
+    useful). Raw credit, not normalised; keys are str(eta).
+    """
+    tap = tap or Tap(model)
+    credit = _check_credit(credit, tap.n_layers)
+    res: dict[str, list[float]] = {}
+    with _eval_mode(tap.model), torch.no_grad():
+        hs, logits = tap.states(x)
+        base = F.cross_entropy(logits, y).double().item()
+        for eta in etas:
+            res[str(eta)] = [
+                F.cross_entropy(tap.logits_with_delta(x, l, hs, -eta * credit[l].to(hs[l].dtype)), y).double().item()
+                - base for l in range(tap.n_layers)]
+    return res
+
+
+def parameter_drift(model: nn.Module, init_state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per named parameter: ||theta - theta_0|| / ||theta_0|| (relative change from init)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if name not in init_state:
+            raise KeyError(f"parameter {name!r} is missing from the initial state")
+        p0 = init_state[name].to(p.device).double()
+        out[name] = ((p.detach().double() - p0).norm() / p0.norm().clamp_min(_TINY)).item()
+    return out
+
+
+def null_calibration(grads: Sequence[torch.Tensor], draw_credit: Callable[[torch.Generator], Sequence[torch.Tensor]],
+                     *, n_draws: int = 20, seed: int = 12345) -> dict[str, list[float]]:
+    """Gamma under fresh random feedback: the chance level a measured Gamma must beat (SPEC 4.9).
+
+    ``draw_credit(generator)`` returns the credit the rule would send with freshly
+    drawn feedback matrices (same shapes, new draws). Returns per-layer mean and std
+    over draws of the per-layer Gamma (mean over samples), and the draws themselves.
+    """
+    if n_draws < 2:
+        raise ValueError(f"n_draws={n_draws}: need at least 2 draws for a mean and std")
+    g = torch.Generator().manual_seed(seed)
+    draws = torch.tensor([gamma_per_layer(draw_credit(g), grads).mean for _ in range(n_draws)], dtype=torch.float64)
+    return {"mean": draws.mean(0).tolist(), "std": draws.std(0).tolist(), "draws": draws.tolist(),
+            "aggregate": f"per-layer Gamma (mean over samples), mean/std over {n_draws} fresh feedback draws"}
+
+
+# ---------------------------------------------------------------------------------------
+# The cheap per-epoch snapshot the trainer and the Monitor share
+# ---------------------------------------------------------------------------------------
+def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, credit: Sequence[torch.Tensor] | None = None,
+             tap: Tap | None = None, batch_size: int = 128) -> dict:
+    """The cheap per-epoch record: per-layer norms, max growth, g_L, loss, acc (and Gamma with credit).
+
+    Keys: ``hidden_norms``, ``bp_grad_norms``, ``max_block_growth``, ``g_L``,
+    ``stability`` (when ``x`` holds >= 2 full batches), ``loss``, ``acc`` and, with
+    ``credit`` for ``x``, ``gamma`` (per layer, mean over samples of the per-sample
+    cosine). Norms follow :func:`measure`.
+    """
+    tap = tap or Tap(model)
+    m = measure(model, x, y, tap=tap, batch_size=batch_size)
+    snap = {k: m[k] for k in ("hidden_norms", "bp_grad_norms", "loss", "acc", "aggregate")}
+    snap["max_block_growth"] = max_block_growth(m["hidden_norms"])
+    snap["g_L"] = m["bp_grad_norms"][-1]
+    snap["stability"] = stability_of(m["batch_mean_grads"]) if len(m["batch_mean_grads"]) >= 2 else None
+    if credit is not None:
+        _, grads, _ = bp_grads(model, x, y, tap=tap)
+        snap["gamma"] = gamma_per_layer(credit, grads).mean
+    return snap
+
+
+def disjoint_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int = 128, k: int = 10):
+    """The first k disjoint batches of batch_size (fewer if x is shorter)."""
+    n = min(k, len(x) // batch_size)
+    return [(x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size]) for i in range(n)]
+

@@ -1,0 +1,361 @@
+"""The evaluation protocol: thresholds, FAProtocol, Report and the in-training Monitor (SPEC section 5).
+
+Four diagnostics:
+
+* **D1 scale growth**: max per-block growth of the median per-sample L2 norm of
+  the hidden state; fires above 50x.
+* **D2 reference validity**: median per-sample L2 norm of the BP gradient at the
+  deepest hidden state; fires below 1e-7 (= 10 x the 1e-8 epsilon of
+  ``F.cosine_similarity``), where a gradient cosine stops being interpretable.
+* **C direction stability**: mean pairwise cosine of the batch-mean BP gradient
+  direction over disjoint batches; fires above 0.30 (drift-dominated reference).
+* **D3 depth utility**: headline accuracy must clear a frozen-random-blocks
+  baseline by 2 percentage points; fires otherwise (None without a baseline).
+
+The verdict is ``'PASS'`` when none fires, else ``'FAIL(D1+D2+...)'`` naming every
+diagnostic that fired. *Mode 1* (measurement degeneracy) is D1 and D2 together.
+Passing does not certify a rule; it rules out this class of silent failure.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+from . import diagnostics as D
+
+__all__ = ["Thresholds", "FAProtocol", "Report", "Monitor", "verdict_from", "DIAGNOSTICS"]
+
+DIAGNOSTICS = ("D1", "D2", "C", "D3")
+_KEYS = {"D1": "D1_scale_growth", "D2": "D2_ref_validity", "C": "C_direction_stability", "D3": "D3_depth_utility"}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Protocol thresholds (SPEC 4): override any of them by name."""
+
+    d1_growth: float = 50.0        # D1 fires if max per-block growth > this
+    d2_floor: float = 1e-7         # D2 fires if ||g_L|| < this (10 x the 1e-8 cosine eps)
+    c_stability: float = 0.30      # C fires if cross-batch stability > this
+    d3_margin_pp: float = 2.0      # D3 fires if acc < frozen_acc + this many percentage points
+
+    @classmethod
+    def from_any(cls, t: "Thresholds | Mapping[str, float] | None") -> "Thresholds":
+        if t is None:
+            return cls()
+        if isinstance(t, Thresholds):
+            return t
+        valid = {f.name for f in fields(cls)}
+        unknown = set(t) - valid
+        if unknown:
+            raise ValueError(f"unknown threshold(s) {sorted(unknown)}; valid names: {sorted(valid)}")
+        bad = [k for k, v in t.items() if not (isinstance(v, (int, float)) and math.isfinite(v))]
+        if bad:
+            raise ValueError(f"threshold(s) {bad} must be finite numbers")
+        return replace(cls(), **{k: float(v) for k, v in t.items()})
+
+
+def fires(diag: str, value: float | None, th: Thresholds, frozen_acc: float | None = None) -> bool | None:
+    """Whether one diagnostic fires for a measured value (None: not evaluated).
+
+    A non-finite D1 value (a hidden state overflowed) fires; a non-finite D2 value
+    (the reference gradient itself is NaN/inf) fires, since the reference is then
+    unusable; a NaN stability is reported as not evaluated.
+    """
+    if value is None:
+        return None
+    if diag == "D1":
+        return not (value <= th.d1_growth)          # NaN/inf -> fires
+    if diag == "D2":
+        return not (math.isfinite(value) and value >= th.d2_floor)
+    if diag == "C":
+        return None if math.isnan(value) else value > th.c_stability
+    if diag == "D3":
+        if frozen_acc is None:
+            return None
+        return value < frozen_acc + th.d3_margin_pp / 100.0
+    raise ValueError(f"unknown diagnostic {diag!r}; valid: {DIAGNOSTICS}")
+
+
+def verdict_from(fired: Mapping[str, bool | None]) -> str:
+    """'PASS' or 'FAIL(D1+D2...)' from which diagnostics fired, in protocol order."""
+    names = [d for d in DIAGNOSTICS if fired.get(d)]
+    return "PASS" if not names else f"FAIL({'+'.join(names)})"
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------
+class Report(Mapping):
+    """Result of :meth:`FAProtocol.run`.
+
+    Reads like a dict (``report['verdict']``, ``report['diagnostics']``) and renders
+    as text (``str``), HTML in a notebook, JSON (:meth:`to_json`) and the filled-in
+    reporting template (:meth:`to_markdown`).
+    """
+
+    def __init__(self, data: dict) -> None:
+        self._data = data
+
+    # Mapping protocol
+    def __getitem__(self, k: str) -> Any:
+        return self._data[k]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def verdict(self) -> str:
+        return self._data["verdict"]
+
+    @property
+    def fired(self) -> list[str]:
+        return list(self._data["fired"])
+
+    @property
+    def mode1(self) -> bool:
+        return bool(self._data["mode1"])
+
+    def as_dict(self) -> dict:
+        return json.loads(self.to_json())
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self._data, default=_jsonable, allow_nan=True, **kw)
+
+    # -- renderers ------------------------------------------------------------------------
+    def _rows(self) -> list[tuple[str, str, str, str]]:
+        d, th = self._data["diagnostics"], self._data["thresholds"]
+        rows = []
+        for name, key, rule in (("D1", "D1_scale_growth", f"> {th['d1_growth']:g}x"),
+                                ("D2", "D2_ref_validity", f"< {th['d2_floor']:.0e}"),
+                                ("C", "C_direction_stability", f"> {th['c_stability']:g}"),
+                                ("D3", "D3_depth_utility", f"< frozen + {th['d3_margin_pp']:g} pp")):
+            v = d[key]
+            if v is None:
+                rows.append((name, "not evaluated", rule, "-"))
+                continue
+            rows.append((name, _fmt(v["value"]), rule,
+                         "n/a" if v["fired"] is None else ("FIRES" if v["fired"] else "ok")))
+        return rows
+
+    def __str__(self) -> str:
+        lines = [f"FAProtocol verdict: {self.verdict}" + ("   [Mode 1: D1+D2 measurement degeneracy]" if self.mode1 else "")]
+        for name, val, rule, state in self._rows():
+            lines.append(f"  {name:<3} {_KEYS[name]:<22} {val:>12}   fires if {rule:<22} {state}")
+        pl = self._data["per_layer"]
+        lines.append("  per layer  " + "  ".join(pl["layers"]))
+        lines.append("  ||h_l||    " + "  ".join(_fmt(v) for v in pl["hidden_norms"]))
+        lines.append("  ||g_l||    " + "  ".join(_fmt(v) for v in pl["bp_grad_norms"]))
+        lines.append(f"  ({pl['aggregate']}; {self._data['n_eval']} eval samples)")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        colour = "#1a7f37" if self.verdict == "PASS" else "#b42318"
+        rows = "".join(
+            f"<tr><td>{n}</td><td>{_KEYS[n]}</td><td style='text-align:right'>{html.escape(v)}</td>"
+            f"<td>{html.escape(r)}</td><td><b>{s}</b></td></tr>" for n, v, r, s in self._rows())
+        pl = self._data["per_layer"]
+        head = "".join(f"<th>{html.escape(l)}</th>" for l in pl["layers"])
+        hn = "".join(f"<td>{_fmt(v)}</td>" for v in pl["hidden_norms"])
+        gn = "".join(f"<td>{_fmt(v)}</td>" for v in pl["bp_grad_norms"])
+        mode1 = " &middot; Mode 1 (D1+D2)" if self.mode1 else ""
+        return (f"<div><p><b>FAProtocol verdict: <span style='color:{colour}'>{self.verdict}</span></b>{mode1}</p>"
+                f"<table><tr><th></th><th>diagnostic</th><th>value</th><th>fires if</th><th></th></tr>{rows}</table>"
+                f"<table><tr><th></th>{head}</tr><tr><th>||h_l||</th>{hn}</tr><tr><th>||g_l||</th>{gn}</tr></table>"
+                f"<p><small>{html.escape(pl['aggregate'])}; {self._data['n_eval']} eval samples</small></p></div>")
+
+    def to_markdown(self, method: str = "(method)", arch: str = "(architecture)", dataset: str = "(dataset)",
+                    seeds: str = "(seeds)", notes: str = "") -> str:
+        """The reporting template, filled in with this report's numbers."""
+        d, pl = self._data["diagnostics"], self._data["per_layer"]
+        acc = self._data.get("headline_acc")
+        frozen = self._data.get("frozen_baseline_acc")
+        lines = [
+            f"## Protocol report: {method}", "",
+            "| field | value |", "|---|---|",
+            f"| method | {method} |", f"| architecture | {arch} |", f"| dataset | {dataset} |", f"| seeds | {seeds} |",
+            f"| headline accuracy | {_fmt(acc)} ({self._data.get('headline_acc_source', '')}) |",
+            f"| frozen-blocks baseline accuracy | {_fmt(frozen)} |",
+            f"| eval samples | {self._data['n_eval']} |",
+            f"| verdict | **{self.verdict}** |", f"| Mode 1 (D1 and D2) | {'yes' if self.mode1 else 'no'} |", "",
+            "| diagnostic | value | fires if | state |", "|---|---|---|---|",
+            *[f"| {n} {_KEYS[n]} | {v} | {r} | {s} |" for n, v, r, s in self._rows()], "",
+            "| layer | " + " | ".join(pl["layers"]) + " |", "|---|" + "---|" * len(pl["layers"]),
+            "| median per-sample ‖h_l‖ | " + " | ".join(_fmt(v) for v in pl["hidden_norms"]) + " |",
+            "| median per-sample ‖g_l‖ (BP) | " + " | ".join(_fmt(v) for v in pl["bp_grad_norms"]) + " |",
+        ]
+        if d["C_direction_stability"] is not None:
+            lines.append(f"\nDirection stability over {d['C_direction_stability']['n_batches']} disjoint batches.")
+        if notes:
+            lines += ["", notes]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.2e}"
+    return str(v)
+
+
+def _jsonable(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Thresholds):
+        return asdict(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+# ---------------------------------------------------------------------------------------
+# FAProtocol
+# ---------------------------------------------------------------------------------------
+class FAProtocol:
+    """Apply the four diagnostics to a trained model on an eval set.
+
+    >>> report = FAProtocol(model, x_eval, y_eval, frozen_baseline_acc=0.84).run()
+    >>> report['verdict'], report['diagnostics']
+
+    * ``model``: a faeval layered model, or any ``nn.Module`` with ``layers=[names]``
+      of the sub-modules whose outputs are the hidden states h_0..h_L.
+    * ``frozen_baseline_acc``: accuracy of the same architecture with its blocks frozen
+      at init (D3 is ``None`` without it).
+    * ``headline_acc``: the accuracy to judge for D3; by default the model's accuracy on
+      ``(x_eval, y_eval)``.
+    * ``thresholds``: a :class:`Thresholds` or a dict overriding some of its fields.
+    * ``batch_size``/``n_batches``: D1 and D2 are measured on all of ``x_eval`` in
+      disjoint batches of ``batch_size`` (BP gradients of each batch's mean CE, the
+      scale the D2 floor assumes); C uses the first ``n_batches`` of them (10 x 128).
+    """
+
+    def __init__(self, model: nn.Module, x_eval: torch.Tensor, y_eval: torch.Tensor,
+                 frozen_baseline_acc: float | None = None, headline_acc: float | None = None,
+                 thresholds: Thresholds | Mapping[str, float] | None = None, layers: Sequence[str] | None = None,
+                 batch_size: int = 128, n_batches: int = 10, token: str = "cls", spatial: str = "mean") -> None:
+        D._check_xy(x_eval, y_eval)
+        self.model = model
+        self.tap = D.Tap(model, layers=layers, token=token, spatial=spatial)
+        self.x, self.y = x_eval, y_eval
+        self.frozen_baseline_acc = frozen_baseline_acc
+        self.headline_acc = headline_acc
+        self.thresholds = Thresholds.from_any(thresholds)
+        self.batch_size, self.n_batches = batch_size, n_batches
+
+    def run(self, frozen_baseline_acc: float | None = None) -> Report:
+        """Measure and judge. D1/D2 use the whole eval set; C uses its first disjoint batches."""
+        frozen = frozen_baseline_acc if frozen_baseline_acc is not None else self.frozen_baseline_acc
+        th = self.thresholds
+        m = D.measure(self.model, self.x, self.y, tap=self.tap, batch_size=self.batch_size)
+        h_norms, g_norms = m["hidden_norms"], m["bp_grad_norms"]
+        growth = D.max_block_growth(h_norms)
+        g_L = g_norms[-1]
+        dirs = m["batch_mean_grads"][:self.n_batches]
+        stability = D.stability_of(dirs) if len(dirs) >= 2 else None
+
+        if self.headline_acc is not None:
+            acc, acc_src = float(self.headline_acc), "given"
+        else:
+            acc, acc_src = m["acc"], f"measured on the {len(self.x)} eval samples"
+
+        diag = {
+            "D1_scale_growth": {"value": growth, "threshold": th.d1_growth,
+                                "fired": fires("D1", growth, th),
+                                "what": "max over blocks of median||h_{l+1}|| / median||h_l||"},
+            "D2_ref_validity": {"value": g_L, "threshold": th.d2_floor, "fired": fires("D2", g_L, th),
+                                "what": "median per-sample ||dCE/dh_L|| at the deepest hidden state"},
+            "C_direction_stability": None if stability is None else {
+                "value": stability, "threshold": th.c_stability, "fired": fires("C", stability, th),
+                "n_batches": len(dirs), "batch_size": self.batch_size,
+                "what": "mean pairwise cosine of batch-mean BP gradient at h_L over disjoint batches"},
+            "D3_depth_utility": None if frozen is None else {
+                "value": acc, "frozen_baseline_acc": frozen, "margin_pp": 100.0 * (acc - frozen),
+                "threshold": th.d3_margin_pp, "fired": fires("D3", acc, th, frozen),
+                "what": "headline accuracy minus frozen-blocks baseline, in percentage points"},
+        }
+        fired = {d: (diag[_KEYS[d]] or {}).get("fired") for d in DIAGNOSTICS}
+        data = {
+            "verdict": verdict_from(fired),
+            "fired": [d for d in DIAGNOSTICS if fired[d]],
+            "mode1": bool(fired["D1"] and fired["D2"]),
+            "diagnostics": diag,
+            "per_layer": {"layers": self.tap.layer_names, "hidden_norms": h_norms, "bp_grad_norms": g_norms,
+                          "aggregate": m["aggregate"]},
+            "thresholds": asdict(th),
+            "headline_acc": acc, "headline_acc_source": acc_src,
+            "frozen_baseline_acc": frozen,
+            "n_eval": len(self.x),
+        }
+        return Report(data)
+
+
+# ---------------------------------------------------------------------------------------
+# Monitor: the same thresholds during training
+# ---------------------------------------------------------------------------------------
+class Monitor:
+    """Apply the protocol's thresholds to each epoch's diagnostic snapshot.
+
+    Call it with ``(epoch, record)`` after every epoch, where ``record`` holds a
+    snapshot from :func:`faeval.diagnostics.snapshot` (directly, or under the key
+    ``"diag"``), optionally with ``"stability"``. It records the first epoch at which
+    D1, D2 and C fire (``first_fired``) and returns True when a diagnostic named in
+    ``stop_on`` has fired, so a trainer can stop. :meth:`replay` runs a stored
+    history through the same logic. D3 compares final accuracies and is judged by
+    :class:`FAProtocol`, not per epoch.
+    """
+
+    PER_EPOCH = ("D1", "D2", "C")
+
+    def __init__(self, thresholds: Thresholds | Mapping[str, float] | None = None,
+                 stop_on: Iterable[str] = ()) -> None:
+        self.thresholds = Thresholds.from_any(thresholds)
+        self.stop_on = tuple(stop_on)
+        bad = [d for d in self.stop_on if d not in self.PER_EPOCH]
+        if bad:
+            raise ValueError(f"stop_on={bad}: the Monitor judges {self.PER_EPOCH} per epoch")
+        self.first_fired: dict[str, int | None] = {d: None for d in self.PER_EPOCH}
+        self.stopped_at: int | None = None
+        self.fired_by_epoch: list[dict] = []
+
+    @staticmethod
+    def _values(record: Mapping) -> dict[str, float | None]:
+        snap = record.get("diag", record)
+        growth = snap.get("max_block_growth")
+        if growth is None and "hidden_norms" in snap:
+            growth = D.max_block_growth(snap["hidden_norms"])
+        g_L = snap.get("g_L")
+        if g_L is None and snap.get("bp_grad_norms"):
+            g_L = snap["bp_grad_norms"][-1]
+        return {"D1": growth, "D2": g_L, "C": snap.get("stability", record.get("stability"))}
+
+    def __call__(self, epoch: int, record: Mapping) -> bool:
+        vals = self._values(record)
+        state = {d: fires(d, vals[d], self.thresholds) for d in self.PER_EPOCH}
+        self.fired_by_epoch.append({"epoch": epoch, **state})
+        for d, f in state.items():
+            if f and self.first_fired[d] is None:
+                self.first_fired[d] = epoch
+        stop = any(state.get(d) for d in self.stop_on)
+        if stop and self.stopped_at is None:
+            self.stopped_at = epoch
+        return stop
+
+    def replay(self, history: Sequence[Mapping]) -> dict[str, int | None]:
+        """First firing epoch of each per-epoch diagnostic over a stored history (resets the monitor)."""
+        self.__init__(self.thresholds, self.stop_on)
+        for i, rec in enumerate(history):
+            if self(rec.get("epoch", i), rec):
+                break
+        return dict(self.first_fired)

@@ -1,0 +1,366 @@
+"""Diagnostics and FAProtocol on cases with known answers."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from faeval import FAProtocol, Monitor, Thresholds, build_model
+from faeval import diagnostics as D
+from faeval.analysis import decision_utility_ablation, row_from_report, threshold_sensitivity
+
+
+def _data(n=1280, shape=(1, 28, 28), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.fixture(scope="module")
+def xy():
+    return _data()
+
+
+def _resmlp(seed=0, **kw):
+    return build_model("resmlp", (1, 28, 28), 10, seed=seed, **kw)
+
+
+# -- known answers ----------------------------------------------------------------------
+def test_random_init_resmlp_passes(xy):
+    x, y = xy
+    r = FAProtocol(_resmlp(), x, y, frozen_baseline_acc=0.05).run()
+    assert r["verdict"] == "PASS" and r.fired == [] and not r.mode1
+    d = r["diagnostics"]
+    assert 0.9 < d["D1_scale_growth"]["value"] < 1.2              # ~1 per block at init
+    assert 3e-3 < d["D2_ref_validity"]["value"] < 2e-2           # ~8e-3 (SPEC 1.1 random-init BP grad)
+    assert -0.1 < d["C_direction_stability"]["value"] < 0.3
+    assert d["C_direction_stability"]["n_batches"] == 10
+    assert all(7 < h < 11 for h in r["per_layer"]["hidden_norms"])
+
+
+def test_blown_up_blocks_fire_d1(xy):
+    x, y = xy
+    m = _resmlp()
+    with torch.no_grad():
+        m.blocks[1].w2.weight.mul_(1e4)                           # block 1 multiplies the stream
+    r = FAProtocol(m, x, y).run()
+    assert r["diagnostics"]["D1_scale_growth"]["fired"]
+    assert r["diagnostics"]["D1_scale_growth"]["value"] > 50
+    assert "D1" in r["verdict"]
+
+
+def test_terminal_ln_with_huge_stream_fires_d2_only(xy):
+    x, y = xy
+    m = _resmlp()
+    with torch.no_grad():                                       # ||h|| ~ 1e8 everywhere: no growth, but
+        m.embed.weight.mul_(1e7)                                # the LN Jacobian 1/||h|| kills g_L
+        m.embed.bias.mul_(1e7)
+    r = FAProtocol(m, x, y).run()
+    d = r["diagnostics"]
+    assert d["D2_ref_validity"]["fired"] and d["D2_ref_validity"]["value"] < 1e-7
+    assert not d["D1_scale_growth"]["fired"]
+    assert r["verdict"] == "FAIL(D2)"
+    assert min(r["per_layer"]["hidden_norms"]) > 1e7
+    # without the terminal LN the same stream leaves the reference valid (D2 is an LN effect)
+    m2 = _resmlp(out_ln=False)
+    with torch.no_grad():
+        m2.embed.weight.mul_(1e7)
+        m2.embed.bias.mul_(1e7)
+    assert not FAProtocol(m2, x, y).run()["diagnostics"]["D2_ref_validity"]["fired"]
+
+
+def test_mode1_and_verdict_names_every_fired_diagnostic(xy):
+    x, y = xy
+    m = _resmlp()
+    with torch.no_grad():
+        for b in m.blocks:
+            b.w2.weight.mul_(1e6)                            # ||h_L|| ~ 2e6 -> g_L ~ 4e-8
+    r = FAProtocol(m, x, y, frozen_baseline_acc=0.9).run()
+    assert r.fired[:2] == ["D1", "D2"] and r.mode1
+    assert r["verdict"].startswith("FAIL(D1+D2") and r["verdict"].endswith("D3)")
+
+
+def test_d3_margin(xy):
+    x, y = xy
+    m = _resmlp()
+    assert FAProtocol(m, x, y, frozen_baseline_acc=0.50, headline_acc=0.515).run()["diagnostics"]["D3_depth_utility"]["fired"]
+    r = FAProtocol(m, x, y, frozen_baseline_acc=0.50, headline_acc=0.525).run()
+    assert not r["diagnostics"]["D3_depth_utility"]["fired"]
+    assert r["diagnostics"]["D3_depth_utility"]["margin_pp"] == pytest.approx(2.5)
+    assert FAProtocol(m, x, y).run()["diagnostics"]["D3_depth_utility"] is None
+    # thresholds are overridable
+    assert FAProtocol(m, x, y, frozen_baseline_acc=0.50, headline_acc=0.525,
+                      thresholds={"d3_margin_pp": 3.0}).run()["diagnostics"]["D3_depth_utility"]["fired"]
+
+
+def test_self_cosine_is_one_at_tiny_norm():
+    v = torch.randn(4, 256, dtype=torch.float64)
+    v = v / v.norm(dim=1, keepdim=True) * 1e-12
+    assert torch.allclose(D.per_sample_cosine(v, v), torch.ones(4, dtype=torch.float64), atol=1e-12)
+    # the clamped library cosine is not: this is pitfall 2
+    assert F.cosine_similarity(v, v, dim=1).max().item() < 1e-6
+
+
+def test_rho_true_gradient_vs_random(xy):
+    x, y = xy
+    x, y = x[:256], y[:256]
+    m = _resmlp()
+    _, grads, _ = D.bp_grads(m, x, y)
+    rho_bp = D.perturbation_rho(m, x, y, grads, eps=1e-3, n_directions=32)
+    assert min(rho_bp) > 0.99, rho_bp
+    rnd = [torch.randn_like(g) for g in grads]
+    rho_rnd = D.perturbation_rho(m, x, y, rnd, eps=1e-3, n_directions=32)
+    assert max(abs(r) for r in rho_rnd) < 0.05, rho_rnd
+
+
+def test_nudging_along_bp_gradient_lowers_loss(xy):
+    x, y = xy
+    m = _resmlp()
+    _, grads, _ = D.bp_grads(m, x[:256], y[:256])
+    res = D.nudging(m, x[:256], y[:256], [g * 256 for g in grads], etas=(1e-3, 1e-2))
+    for eta, deltas in res.items():
+        assert all(dl < 0 for dl in deltas), (eta, deltas)
+    assert res["0.01"][0] < res["0.001"][0]                       # a bigger step helps more
+    up = D.nudging(m, x[:256], y[:256], [-g * 256 for g in grads], etas=(1e-2,))
+    assert all(dl > 0 for dl in up["0.01"])                       # the opposite direction hurts
+
+
+def test_stability_of_constant_direction_is_one(xy):
+    v = torch.randn(64, dtype=torch.float64)
+    assert D.stability_of([v, 2 * v, 0.5 * v, 7 * v]) == pytest.approx(1.0, abs=1e-12)
+    assert D.stability_of([v, -v]) == pytest.approx(-1.0, abs=1e-12)
+    x, y = xy
+    same = [(x[:128], y[:128])] * 4                                # identical batches: identical directions
+    assert D.direction_stability(_resmlp(), same) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_gamma_per_layer_and_aggregates(xy):
+    x, y = xy
+    m = _resmlp()
+    _, grads, _ = D.bp_grads(m, x[:128], y[:128])
+    res = D.gamma_per_layer([g * 1e6 for g in grads], grads)          # scale-free: exactly aligned
+    assert all(abs(v - 1) < 1e-12 for v in res.mean)
+    assert res.ref_norm[0] == pytest.approx(D.median_per_sample_l2(grads[0]))
+    neg = D.gamma_per_layer([-g for g in grads], grads)
+    assert all(abs(v + 1) < 1e-12 for v in neg.mean)
+    agg = D.gamma_aggregations(grads, grads)
+    assert set(agg) == {"mean_over_layers", "median_over_layers", "pooled_over_batch", "batch_mean_direction"}
+    assert all(v == pytest.approx(1.0) for v in agg.values())
+
+
+def test_null_calibration_is_centred_on_zero(xy):
+    x, y = xy
+    m = _resmlp()
+    _, grads, _ = D.bp_grads(m, x[:256], y[:256])
+    e = torch.randn(256, 10, dtype=torch.float32)
+
+    def draw(g):
+        return [e @ torch.randn(10, h.shape[1], generator=g) for h in grads]
+
+    null = D.null_calibration(grads, draw, n_draws=10)
+    assert len(null["mean"]) == 5 and len(null["draws"]) == 10
+    assert all(abs(mu) < 0.05 for mu in null["mean"])
+    assert all(0 < s < 0.1 for s in null["std"])
+
+
+def test_parameter_drift():
+    m = _resmlp()
+    init = {k: v.clone() for k, v in m.named_parameters()}
+    with torch.no_grad():
+        m.embed.weight.mul_(1.5)
+    drift = D.parameter_drift(m, init)
+    assert drift["embed.weight"] == pytest.approx(0.5, rel=1e-6)
+    assert drift["blocks.0.w1.weight"] == 0.0
+
+
+# -- foreign models via layers= ---------------------------------------------------------
+class _Seq(nn.Sequential):
+    """A plain nn.Sequential equal to a non-residual ResMLP, built from its modules."""
+
+
+def test_foreign_sequential_via_layers_matches_resmlp(xy):
+    x, y = xy
+    m = _resmlp(residual=False, w2_std=0.5)
+    seq = nn.Sequential(m.embed, *m.blocks, nn.Sequential(m.out_ln, m.out_head))
+    r1 = FAProtocol(m, x, y, frozen_baseline_acc=0.1).run()
+    r2 = FAProtocol(seq, x, y, frozen_baseline_acc=0.1, layers=["0", "1", "2", "3", "4"]).run()
+    for k in ("hidden_norms", "bp_grad_norms"):
+        assert r1["per_layer"][k] == pytest.approx(r2["per_layer"][k], rel=1e-6)
+    for k in ("D1_scale_growth", "D2_ref_validity", "C_direction_stability", "D3_depth_utility"):
+        assert r1["diagnostics"][k]["value"] == pytest.approx(r2["diagnostics"][k]["value"], rel=1e-6)
+    assert r1["verdict"] == r2["verdict"]
+    _, g1, _ = D.bp_grads(m, x[:64], y[:64])
+    tap = D.Tap(seq, layers=["0", "1", "2", "3", "4"])
+    rho1 = D.perturbation_rho(m, x[:64], y[:64], g1, n_directions=4)
+    rho2 = D.perturbation_rho(seq, x[:64], y[:64], g1, n_directions=4, tap=tap)
+    assert rho1 == pytest.approx(rho2, abs=1e-6)
+
+
+class _UserBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.f = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+
+    def forward(self, h):
+        return h + self.f(h)                     # the user's block adds its own skip
+
+
+class UserResNet(nn.Module):
+    """A residual net written the way a user would, with no faeval interface."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(784, 64)
+        self.b1 = _UserBlock(64)
+        self.b2 = _UserBlock(64)
+        self.norm = nn.LayerNorm(64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(self.norm(self.b2(self.b1(self.inp(x.flatten(1))))))
+
+
+def test_user_residual_net_via_layers(xy):
+    x, y = xy
+    net = UserResNet()
+    with pytest.raises(TypeError, match="layers="):
+        FAProtocol(net, x, y)
+    r = FAProtocol(net, x, y, layers=["inp", "b1", "b2"]).run()
+    assert r["verdict"] == "PASS"
+    assert r["per_layer"]["layers"] == ["inp", "b1", "b2"]
+    with torch.no_grad():                         # the taps really are the residual stream
+        h0 = net.inp(x.flatten(1))
+        h2 = net.b2(net.b1(h0))
+    assert r["per_layer"]["hidden_norms"][0] == pytest.approx(D.median_per_sample_l2(h0), rel=1e-6)
+    assert r["per_layer"]["hidden_norms"][2] == pytest.approx(D.median_per_sample_l2(h2), rel=1e-6)
+    with pytest.raises(ValueError, match="its module names are: .*'b1'.*'head'"):
+        FAProtocol(net, x, y, layers=["inp", "block9"])
+
+
+# -- bad input --------------------------------------------------------------------------
+def test_bad_inputs(xy):
+    x, y = xy
+    m = _resmlp()
+    with pytest.raises(ValueError, match="x has 1280 samples but y has 1279"):
+        FAProtocol(m, x, y[:-1])
+    with pytest.raises(ValueError, match="eval set is empty"):
+        FAProtocol(m, x[:0], y[:0])
+    with pytest.raises(ValueError, match="unknown threshold"):
+        FAProtocol(m, x, y, thresholds={"d1": 3})
+    with pytest.raises(D.MissingAuxStateError, match="never substituted"):
+        D.gamma_per_layer(None, [torch.zeros(2, 3)])
+    with pytest.raises(ValueError, match="half precision"):
+        D.bp_grads(_resmlp().half(), x[:8].half(), y[:8])
+
+
+def test_non_finite_state_is_infinite_growth_and_fail(xy):
+    x, y = xy
+    m = _resmlp()
+    with torch.no_grad():
+        m.blocks[2].w2.weight.fill_(float("inf"))
+    r = FAProtocol(m, x, y).run()
+    assert r["diagnostics"]["D1_scale_growth"]["value"] == math.inf
+    assert r["verdict"].startswith("FAIL(D1")
+    json.loads(r.to_json().replace("Infinity", "1e999").replace("NaN", "null"))
+
+
+def test_report_renderers(xy):
+    x, y = xy
+    r = FAProtocol(_resmlp(), x, y, frozen_baseline_acc=0.2).run()
+    assert "FAProtocol verdict: FAIL(D3)" in str(r)
+    assert "<table>" in r._repr_html_() and "FAIL(D3)" in r._repr_html_()
+    j = json.loads(r.to_json())
+    assert j["verdict"] == "FAIL(D3)" and len(j["per_layer"]["hidden_norms"]) == 5
+    md = r.to_markdown(method="bp", arch="resmlp", dataset="fashion-mnist", seeds="42")
+    assert "| verdict | **FAIL(D3)** |" in md and "| method | bp |" in md and "median per-sample ‖g_l‖" in md
+
+
+def test_protocol_on_vit_and_cnn_read_cls_and_channel_means():
+    x = torch.randn(96, 3, 32, 32)
+    y = torch.randint(0, 10, (96,))
+    for arch in ("vit", "cnn"):
+        m = build_model(arch, (3, 32, 32), 10, seed=0)
+        r = FAProtocol(m, x, y, batch_size=32).run()
+        assert r["diagnostics"]["C_direction_stability"]["n_batches"] == 3
+        assert r["verdict"] in ("PASS", "FAIL(C)")
+        with torch.no_grad():
+            hs, _ = m.eval().states(x)
+        expect = D.median_per_sample_l2(m.reduce_state(hs[1]))
+        assert r["per_layer"]["hidden_norms"][1] == pytest.approx(expect, rel=1e-5)
+
+
+# -- Monitor ------------------------------------------------------------------------------
+def _history():
+    """Per-epoch snapshots of a model whose block grows each epoch (a synthetic trajectory)."""
+    x, y = _data(256)
+    m = _resmlp()
+    hist = []
+    for epoch in range(6):
+        hist.append({"epoch": epoch, "diag": D.snapshot(m, x, y)})
+        with torch.no_grad():
+            for b in m.blocks:
+                b.w2.weight.mul_(30.0)
+    return hist
+
+
+def test_monitor_online_equals_replay_and_stops():
+    hist = _history()
+    online = Monitor()
+    for rec in hist:
+        online(rec["epoch"], rec)
+    assert online.first_fired["D1"] is not None and online.first_fired["D2"] is not None
+    assert online.first_fired["D1"] >= 1
+    assert Monitor().replay(hist) == online.first_fired
+    stopper = Monitor(stop_on=("D1",))
+    stopped = [e for e, rec in enumerate(hist) if stopper(e, rec)]
+    assert stopped[0] == online.first_fired["D1"] == stopper.stopped_at
+    with pytest.raises(ValueError, match="judges"):
+        Monitor(stop_on=("D3",))
+
+
+def test_snapshot_keys_match_protocol(xy):
+    x, y = xy
+    m = _resmlp()
+    snap = D.snapshot(m, x, y)
+    r = FAProtocol(m, x, y).run()
+    assert snap["hidden_norms"] == r["per_layer"]["hidden_norms"]
+    assert snap["g_L"] == r["diagnostics"]["D2_ref_validity"]["value"]
+    assert snap["stability"] == pytest.approx(r["diagnostics"]["C_direction_stability"]["value"])
+
+
+# -- analysis helpers ---------------------------------------------------------------------
+def _rows():
+    healthy = [{"name": f"bp/s{s}", "growth": g, "g_L": gl, "stability": st, "acc": 0.6, "frozen_acc": 0.35,
+                "gamma": 1.0, "num_classes": 10} for s, g, gl, st in [(1, 3.0, 3e-4, 0.1), (2, 11.0, 1e-4, 0.12)]]
+    bad = [{"name": f"dfa/s{s}", "growth": g, "g_L": gl, "stability": st, "acc": 0.30, "frozen_acc": 0.35,
+            "gamma": 0.1, "num_classes": 10} for s, g, gl, st in [(1, 694.0, 4e-9, 0.05), (2, 2000.0, 5e-10, 0.5)]]
+    return healthy + bad
+
+
+def test_threshold_sensitivity_separation():
+    res = threshold_sensitivity(_rows())
+    sep = res["separation"]
+    assert sep["D1"]["healthy_worst"] == 11.0 and sep["D1"]["degenerate_mildest"] == 694.0
+    assert sep["D1"]["equivalent_range"] == (11.0, 694.0)
+    assert sep["D2"]["gap"] == pytest.approx(1e-4 / 4e-9)
+    assert sep["D3"]["gap"] == pytest.approx(25 - (-5))
+    d1 = [t for t in res["table"] if t["diagnostic"] == "D1"]
+    assert all(t["verdicts_unchanged"] == (11.0 < t["threshold"] < 694.0) for t in d1
+               if t["threshold"] not in (11.0, 694.0))
+
+
+def test_decision_utility_ablation():
+    res = decision_utility_ablation(_rows())
+    assert res["S0"]["n_walked_back"] == 0 and res["S1"]["n_walked_back"] == 0
+    assert {b["name"] for b in res["S_full"]["walked_back"]} == {"dfa/s1", "dfa/s2"}
+    for s in ("S2", "S3", "S5"):
+        assert res[s]["n_walked_back"] == 2
+    assert res["S4"]["n_walked_back"] == 1                        # C alone misses one degenerate run
+
+
+def test_row_from_report(xy):
+    x, y = xy
+    r = FAProtocol(_resmlp(), x, y, frozen_baseline_acc=0.1).run()
+    row = row_from_report(r, "init", gamma=0.0, num_classes=10)
+    assert row["growth"] == r["diagnostics"]["D1_scale_growth"]["value"] and row["frozen_acc"] == 0.1
