@@ -29,7 +29,7 @@ from .models import reduce_state
 __all__ = [
     "Tap", "MissingAuxStateError", "per_sample_l2", "median_per_sample_l2", "per_sample_cosine",
     "hidden_norms", "bp_grads", "bp_grad_norms", "max_block_growth", "direction_stability",
-    "gamma_per_layer", "GammaResult", "gamma_aggregations", "perturbation_rho", "nudging",
+    "gamma_per_layer", "gamma_of", "GammaResult", "gamma_aggregations", "perturbation_rho", "nudging",
     "parameter_drift", "null_calibration", "snapshot", "accuracy", "disjoint_batches", "measure",
     "stability_of",
 ]
@@ -376,6 +376,19 @@ def gamma_per_layer(credit: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
         credit_norm=[_median_or_nan(a) for a in credit],
         per_sample=per,
     )
+
+
+def gamma_of(rule, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | None = None) -> GammaResult:
+    """Gamma of a learning rule on (x, y): ``rule.credit(x, y)`` against the BP gradients.
+
+    The rule must produce its own credit from its saved auxiliary state; a rule
+    without that state raises (:class:`MissingAuxStateError`), it is never
+    replaced by the BP gradient (pitfall 6.5).
+    """
+    if not callable(getattr(rule, "credit", None)):
+        raise TypeError(f"{type(rule).__name__} has no credit(x, y) method: Gamma needs the rule's own credit signal")
+    _, grads, _ = bp_grads(model, x, y, tap=tap)
+    return gamma_per_layer(rule.credit(x, y), grads)
 
 
 def gamma_aggregations(credit: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> dict[str, float]:

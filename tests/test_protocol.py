@@ -149,6 +149,28 @@ def test_gamma_per_layer_and_aggregates(xy):
     assert all(v == pytest.approx(1.0) for v in agg.values())
 
 
+def test_gamma_of_a_rule_without_aux_state_raises(xy):
+    x, y = xy
+    m = _resmlp()
+
+    class NoFeedback:                      # a rule whose feedback matrices were not saved
+        feedback = None
+
+        def credit(self, x, y):
+            return None if self.feedback is None else [f(x) for f in self.feedback]
+
+    with pytest.raises(D.MissingAuxStateError):
+        D.gamma_of(NoFeedback(), m, x[:64], y[:64])
+    with pytest.raises(TypeError, match="no credit"):
+        D.gamma_of(object(), m, x[:64], y[:64])
+
+    class BPRule:
+        def credit(self, x, y):
+            return D.bp_grads(m, x, y)[1]
+
+    assert D.gamma_of(BPRule(), m, x[:64], y[:64]).mean == pytest.approx([1.0] * 5)
+
+
 def test_null_calibration_is_centred_on_zero(xy):
     x, y = xy
     m = _resmlp()
