@@ -16,6 +16,7 @@ A model is read through :class:`Tap`: a faeval layered model directly, or any
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -133,6 +134,13 @@ class Tap:
             handle.remove()
 
 
+def _float64_tap(tap: Tap) -> Tap:
+    """A Tap over a float64 copy of the model (for finite differences of the loss)."""
+    model = copy.deepcopy(tap.model).double()
+    layers = None if tap.modules is None else tap.layer_names
+    return Tap(model, layers=layers, token=tap.token, spatial=tap.spatial)
+
+
 def _example_layers(model: nn.Module) -> list[str]:
     names = [n for n, m in model.named_children()]
     return names[:-1] if len(names) > 1 else names
@@ -171,9 +179,10 @@ def median_per_sample_l2(t: torch.Tensor) -> float:
 def per_sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """cos(a_i, b_i) per sample, float64, no epsilon clamp: shape (B,).
 
-    ``F.cosine_similarity`` divides by max(|a||b|, 1e-8), which shrinks the cosine
-    of any reference gradient below 1e-8 (pitfall 2). Here each vector is divided
-    by its own norm (guarded only against exact zero), so cos(v, v) = 1 at any scale.
+    ``F.cosine_similarity`` (torch 2.x) divides each vector by max(||v||, 1e-8), which
+    shrinks the cosine against any reference gradient of norm below 1e-8 by
+    ||g|| / 1e-8 (pitfall 2). Here each vector is divided by its own norm (guarded
+    only against exact zero), so cos(v, v) = 1 at any scale.
     """
     a = a.detach().flatten(1).double()
     b = b.detach().flatten(1).double()
@@ -430,9 +439,12 @@ def perturbation_rho(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit:
     All (prediction, truth) pairs over samples and directions are pooled into one
     Pearson correlation per layer. The credit is scaled per sample by the batch
     size to match the per-sample loss (the mean-loss convention divides by B).
+    Losses are evaluated on a float64 copy of the model: a change of order
+    eps * ||g|| must stay above rounding even when ||g|| is near the D2 floor.
     """
-    tap = tap or Tap(model)
+    tap = _float64_tap(tap or Tap(model))
     credit = _check_credit(credit, tap.n_layers)
+    x = x.double() if x.is_floating_point() else x
     g = torch.Generator(device=x.device).manual_seed(seed)
     out = []
     with _eval_mode(tap.model), torch.no_grad():
@@ -440,15 +452,28 @@ def perturbation_rho(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit:
         base = F.cross_entropy(logits, y, reduction="none").double()
         for l in (layers if layers is not None else range(tap.n_layers)):
             a = credit[l].flatten(1).double() * len(x)
-            preds, trues = [], []
-            for _ in range(n_directions):
-                v = torch.randn(hs[l].shape, generator=g, device=x.device, dtype=hs[l].dtype)
-                v = v / (v.flatten(1).norm(dim=1).view(-1, *[1] * (v.dim() - 1)) + 1e-8)
-                new = F.cross_entropy(tap.logits_with_delta(x, l, hs, eps * v), y, reduction="none").double()
-                preds.append(eps * (a * v.flatten(1).double()).sum(1))
-                trues.append(new - base)
-            out.append(_pearson(torch.cat(preds), torch.cat(trues)))
+            v = torch.randn((n_directions, *hs[l].shape), generator=g, device=x.device, dtype=hs[l].dtype)
+            v = v / (v.flatten(2).norm(dim=2).view(n_directions, -1, *[1] * (hs[l].dim() - 1)) + 1e-8)
+            true = torch.cat([loss - base for loss in _losses_with_deltas(tap, x, y, l, hs, eps * v)]).flatten()
+            pred = eps * (a.unsqueeze(0) * v.flatten(2).double()).sum(2).flatten()
+            out.append(_pearson(pred, true))
     return out
+
+
+def _losses_with_deltas(tap: Tap, x, y, l, hs, deltas: torch.Tensor, budget: int = 1 << 23):
+    """Per-sample losses for each of k perturbations ``deltas`` (k, *h_l.shape) of h_l.
+
+    Several perturbations go through one forward pass (the batch is repeated), as
+    many at a time as fit in ``budget`` elements of the perturbed state.
+    """
+    per_chunk = max(1, budget // hs[l].numel())
+    for i in range(0, len(deltas), per_chunk):
+        d = deltas[i:i + per_chunk]
+        k = len(d)
+        rep = lambda t: t.unsqueeze(0).expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:])  # noqa: E731
+        hs_rep = None if tap.modules is not None else {l: rep(hs[l])}
+        logits = tap.logits_with_delta(rep(x), l, hs_rep, d.reshape(-1, *d.shape[2:]))
+        yield F.cross_entropy(logits, rep(y), reduction="none").double().view(k, -1)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -463,9 +488,11 @@ def nudging(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit: Sequence
     """Nudging test (SPEC 4.7): Delta_l = L(h_l - eta a_l) - L(h_l) on the eval batch (mean CE).
 
     Negative Delta means a step against the credit lowers the loss (the credit is
-    useful). Raw credit, not normalised; keys are str(eta).
+    useful). Raw credit, not normalised; keys are str(eta). Evaluated in float64
+    (see :func:`perturbation_rho`).
     """
-    tap = tap or Tap(model)
+    tap = _float64_tap(tap or Tap(model))
+    x = x.double() if x.is_floating_point() else x
     credit = _check_credit(credit, tap.n_layers)
     res: dict[str, list[float]] = {}
     with _eval_mode(tap.model), torch.no_grad():
@@ -473,7 +500,7 @@ def nudging(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit: Sequence
         base = F.cross_entropy(logits, y).double().item()
         for eta in etas:
             res[str(eta)] = [
-                F.cross_entropy(tap.logits_with_delta(x, l, hs, -eta * credit[l].to(hs[l].dtype)), y).double().item()
+                F.cross_entropy(tap.logits_with_delta(x, l, hs, -eta * credit[l].double()), y).double().item()
                 - base for l in range(tap.n_layers)]
     return res
 
