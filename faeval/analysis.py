@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from .protocol import DIAGNOSTICS, Report, Thresholds, fires, verdict_from
+from .protocol import DIAGNOSTICS, VERDICT_ON, Report, Thresholds, fires, verdict_from
 
 __all__ = ["row_from_report", "verdicts", "threshold_sensitivity", "decision_utility_ablation", "STRATEGIES"]
 
@@ -37,14 +37,15 @@ def _fired(row: Mapping, th: Thresholds) -> dict[str, bool | None]:
     return {d: fires(d, row.get(_FIELD[d]), th, row.get("frozen_acc")) for d in DIAGNOSTICS}
 
 
-def verdicts(rows: Sequence[Mapping], thresholds: Thresholds | Mapping | None = None) -> dict[str, str]:
-    """Verdict per run name at the given thresholds."""
+def verdicts(rows: Sequence[Mapping], thresholds: Thresholds | Mapping | None = None,
+             verdict_on: Sequence[str] = VERDICT_ON) -> dict[str, str]:
+    """Verdict per run name at the given thresholds (judged on ``verdict_on``)."""
     th = Thresholds.from_any(thresholds)
-    return {r["name"]: verdict_from(_fired(r, th)) for r in rows}
+    return {r["name"]: verdict_from(_fired(r, th), verdict_on) for r in rows}
 
 
-def _healthy(rows: Sequence[Mapping]) -> dict[str, bool]:
-    default = verdicts(rows)
+def _healthy(rows: Sequence[Mapping], verdict_on: Sequence[str]) -> dict[str, bool]:
+    default = verdicts(rows, verdict_on=verdict_on)
     return {r["name"]: bool(r["healthy"]) if "healthy" in r else default[r["name"]] == "PASS" for r in rows}
 
 
@@ -58,7 +59,8 @@ def _default_grid(diag: str, th: Thresholds) -> list[float]:
 
 
 def threshold_sensitivity(rows: Sequence[Mapping], grids: Mapping[str, Sequence[float]] | None = None,
-                          thresholds: Thresholds | Mapping | None = None) -> dict:
+                          thresholds: Thresholds | Mapping | None = None,
+                          verdict_on: Sequence[str] = VERDICT_ON) -> dict:
     """Sweep each threshold alone; report verdicts and the healthy/degenerate separation.
 
     Returns ``{"table": [...], "separation": {...}}``. Each table row is one
@@ -70,14 +72,14 @@ def threshold_sensitivity(rows: Sequence[Mapping], grids: Mapping[str, Sequence[
     """
     th = Thresholds.from_any(thresholds)
     grids = dict(grids or {})
-    healthy = _healthy(rows)
-    default = verdicts(rows, th)
+    healthy = _healthy(rows, verdict_on)
+    default = verdicts(rows, th, verdict_on)
     table = []
     for diag in DIAGNOSTICS:
         for t in grids.get(diag, _default_grid(diag, th)):
             th_t = Thresholds.from_any({**th.__dict__, _TH_NAME[diag]: t})
             flagged = [r["name"] for r in rows if _fired(r, th_t)[diag]]
-            now = verdicts(rows, th_t)
+            now = verdicts(rows, th_t, verdict_on)
             table.append({"diagnostic": diag, "threshold": t, "n_flagged": len(flagged), "flagged": flagged,
                           "verdicts_unchanged": now == default})
     return {"table": table, "separation": {d: _separation(d, rows, healthy, th) for d in DIAGNOSTICS},

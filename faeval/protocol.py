@@ -12,8 +12,14 @@ Four diagnostics:
 * **D3 depth utility**: headline accuracy must clear a frozen-random-blocks
   baseline by 2 percentage points; fires otherwise (None without a baseline).
 
-The verdict is ``'PASS'`` when none fires, else ``'FAIL(D1+D2+...)'`` naming every
-diagnostic that fired. *Mode 1* (measurement degeneracy) is D1 and D2 together.
+The verdict is ``'PASS'`` when none of the verdict diagnostics fires, else
+``'FAIL(D1+D2+...)'`` naming every one that fired. By default the verdict is
+judged on D1, D2 and D3, the three diagnostics of the paper's protocol; C is
+measured and flagged in the report as a supplementary signal (drift-dominated
+reference) but does not decide the verdict, because it is not a clean
+discriminator: healthy BP runs can exceed 0.30 (on Fashion-MNIST a trained BP
+ResMLP measures about 0.5). Pass ``verdict_on=("D1", "D2", "C", "D3")`` for the
+four-diagnostic variant. *Mode 1* (measurement degeneracy) is D1 and D2 together.
 Passing does not certify a rule; it rules out this class of silent failure.
 """
 from __future__ import annotations
@@ -30,9 +36,10 @@ import torch.nn as nn
 
 from . import diagnostics as D
 
-__all__ = ["Thresholds", "FAProtocol", "Report", "Monitor", "verdict_from", "DIAGNOSTICS"]
+__all__ = ["Thresholds", "FAProtocol", "Report", "Monitor", "verdict_from", "DIAGNOSTICS", "VERDICT_ON"]
 
 DIAGNOSTICS = ("D1", "D2", "C", "D3")
+VERDICT_ON = ("D1", "D2", "D3")        # the paper's three-diagnostic verdict; C is supplementary
 _KEYS = {"D1": "D1_scale_growth", "D2": "D2_ref_validity", "C": "C_direction_stability", "D3": "D3_depth_utility"}
 
 
@@ -83,9 +90,9 @@ def fires(diag: str, value: float | None, th: Thresholds, frozen_acc: float | No
     raise ValueError(f"unknown diagnostic {diag!r}; valid: {DIAGNOSTICS}")
 
 
-def verdict_from(fired: Mapping[str, bool | None]) -> str:
-    """'PASS' or 'FAIL(D1+D2...)' from which diagnostics fired, in protocol order."""
-    names = [d for d in DIAGNOSTICS if fired.get(d)]
+def verdict_from(fired: Mapping[str, bool | None], on: Sequence[str] = VERDICT_ON) -> str:
+    """'PASS' or 'FAIL(D1+D2...)' from which of the verdict diagnostics ``on`` fired, in protocol order."""
+    names = [d for d in DIAGNOSTICS if d in on and fired.get(d)]
     return "PASS" if not names else f"FAIL({'+'.join(names)})"
 
 
@@ -143,14 +150,17 @@ class Report(Mapping):
             if v is None:
                 rows.append((name, "not evaluated", rule, "-"))
                 continue
-            rows.append((name, _fmt(v["value"]), rule,
-                         "n/a" if v["fired"] is None else ("FIRES" if v["fired"] else "ok")))
+            state = "n/a" if v["fired"] is None else ("FIRES" if v["fired"] else "ok")
+            if name not in self._data["verdict_on"]:
+                state += " (not in verdict)"
+            rows.append((name, _fmt(v["value"]), rule, state))
         return rows
 
     def __str__(self) -> str:
         lines = [f"FAProtocol verdict: {self.verdict}" + ("   [Mode 1: D1+D2 measurement degeneracy]" if self.mode1 else "")]
         for name, val, rule, state in self._rows():
             lines.append(f"  {name:<3} {_KEYS[name]:<22} {val:>12}   fires if {rule:<22} {state}")
+        lines.append(f"  (verdict judged on {'+'.join(self._data['verdict_on'])})")
         pl = self._data["per_layer"]
         lines.append("  per layer  " + "  ".join(pl["layers"]))
         lines.append("  ||h_l||    " + "  ".join(_fmt(v) for v in pl["hidden_norms"]))
@@ -236,6 +246,8 @@ class FAProtocol:
     * ``headline_acc``: the accuracy to judge for D3; by default the model's accuracy on
       ``(x_eval, y_eval)``.
     * ``thresholds``: a :class:`Thresholds` or a dict overriding some of its fields.
+    * ``verdict_on``: the diagnostics that decide the verdict (default D1, D2, D3; C is
+      always measured and flagged, and decides the verdict only if listed here).
     * ``batch_size``/``n_batches``: D1 and D2 are measured on all of ``x_eval`` in
       disjoint batches of ``batch_size`` (BP gradients of each batch's mean CE, the
       scale the D2 floor assumes); C uses the first ``n_batches`` of them (10 x 128).
@@ -244,8 +256,13 @@ class FAProtocol:
     def __init__(self, model: nn.Module, x_eval: torch.Tensor, y_eval: torch.Tensor,
                  frozen_baseline_acc: float | None = None, headline_acc: float | None = None,
                  thresholds: Thresholds | Mapping[str, float] | None = None, layers: Sequence[str] | None = None,
-                 batch_size: int = 128, n_batches: int = 10, token: str = "cls", spatial: str = "mean") -> None:
+                 batch_size: int = 128, n_batches: int = 10, token: str = "cls", spatial: str = "mean",
+                 verdict_on: Sequence[str] = VERDICT_ON) -> None:
         D._check_xy(x_eval, y_eval)
+        bad = [d for d in verdict_on if d not in DIAGNOSTICS]
+        if bad or not verdict_on:
+            raise ValueError(f"verdict_on={tuple(verdict_on)}: choose a non-empty subset of {DIAGNOSTICS}")
+        self.verdict_on = tuple(d for d in DIAGNOSTICS if d in verdict_on)
         self.model = model
         self.tap = D.Tap(model, layers=layers, token=token, spatial=spatial)
         self.x, self.y = x_eval, y_eval
@@ -287,8 +304,10 @@ class FAProtocol:
         }
         fired = {d: (diag[_KEYS[d]] or {}).get("fired") for d in DIAGNOSTICS}
         data = {
-            "verdict": verdict_from(fired),
-            "fired": [d for d in DIAGNOSTICS if fired[d]],
+            "verdict": verdict_from(fired, self.verdict_on),
+            "verdict_on": list(self.verdict_on),
+            "fired": [d for d in self.verdict_on if fired[d]],
+            "flagged_supplementary": [d for d in DIAGNOSTICS if d not in self.verdict_on and fired[d]],
             "mode1": bool(fired["D1"] and fired["D2"]),
             "diagnostics": diag,
             "per_layer": {"layers": self.tap.layer_names, "hidden_norms": h_norms, "bp_grad_norms": g_norms,
