@@ -1,0 +1,122 @@
+# faeval: build the book, run the tests, run the benchmarks.
+#
+#   make book [PROFILE=smoke|quick|paper]   set up .venv, data and MathJax; execute every
+#                                           notebook; render the book; print its path
+#   make test [PYTEST_ARGS=...]             set up .venv and data; run pytest
+#   make bench                              set up .venv and data; run benchmarks/*.py
+#
+# Every target sets up what it needs, from a machine with python3 (>= 3.10), pip, npm and
+# apt. To use an environment you manage yourself (e.g. the conda environment of
+# environment.yml, with a CUDA build of torch) instead of .venv, add USE_ENV=1: the
+# `python` on PATH is used and nothing is pip-installed.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PROFILE ?= quick
+PYTEST_ARGS ?=
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed before the package: a plain `pip install -e .` would fetch the CUDA
+# build (several GB). Off this project's machines, add the CPU wheel index, e.g.
+#   make test TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu'
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+MATHJAX_SPEC ?= mathjax@3
+BOOK_TOC := $(CURDIR)/_build/_toc.yml
+
+ifeq ($(USE_ENV),1)
+PY := $(shell command -v python)
+ENV_READY := env-check
+else
+PY := $(VENV)/bin/python
+ENV_READY := $(VENV)/.stamp
+endif
+BIN := $(dir $(PY))
+
+.PHONY: help venv env-check data mathjax notebooks book test bench clean distclean
+
+help:
+	@sed -n '2,11s/^# \{0,1\}//p' Makefile
+
+# --- environments ------------------------------------------------------------------------
+
+venv: $(ENV_READY)
+
+$(VENV)/.stamp: pyproject.toml
+	@echo "== venv: $(VENV) (torch: $(TORCH_SPEC))"
+	@start=$$(date +%s); \
+	if [ ! -x "$(VENV)/bin/python" ]; then \
+	  if ! $(PYTHON) -m venv "$(VENV)"; then \
+	    echo "venv: '$(PYTHON) -m venv' failed (on Debian/Ubuntu, python3-venv is missing);" \
+	         "creating it without pip and bootstrapping pip from the system pip"; \
+	    rm -rf "$(VENV)"; \
+	    $(PYTHON) -m venv --without-pip "$(VENV)"; \
+	    $(PYTHON) -m pip --python "$(VENV)/bin/python" install pip; \
+	  fi; \
+	fi; \
+	"$(VENV)/bin/python" -m pip install $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'; \
+	"$(VENV)/bin/python" -m pip install -e '.[book,test]'; \
+	echo "venv: ready in $$(( $$(date +%s) - start )) s"
+	@touch $@
+
+env-check:
+	@test -n "$(PY)" || { echo "USE_ENV=1: no 'python' on PATH (activate your environment)"; exit 1; }
+	@$(PY) -c "import faeval, torch, papermill, jupyter_book, pytest" 2>/dev/null || { \
+	  echo "USE_ENV=1: $(PY) lacks faeval or its book/test extras; run: $(PY) -m pip install -e '.[book,test]'"; \
+	  exit 1; }
+	@echo "env: using $(PY) (torch $$($(PY) -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'))"
+
+# --- data and MathJax --------------------------------------------------------------------
+
+data:
+	@scripts/ensure_data.sh
+
+mathjax: _vendor/mathjax/tex-chtml.js
+
+# MathJax 3 from the npm registry; its `es5` folder (tex-chtml.js, fonts, extensions) is
+# what a page loads. Served with the book through html_extra_path (see _config.yml).
+_vendor/mathjax/tex-chtml.js:
+	@command -v npm >/dev/null || { echo "mathjax: npm not found; install Node.js and npm (e.g. apt-get install -y npm)"; exit 1; }
+	@echo "== mathjax: npm install $(MATHJAX_SPEC)"
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	npm install --prefix "$$tmp" --no-audit --no-fund --no-save --loglevel=error $(MATHJAX_SPEC); \
+	pkg="$$tmp/node_modules/mathjax"; \
+	test -f "$$pkg/es5/tex-chtml.js" || { echo "mathjax: $$pkg/es5/tex-chtml.js missing: package layout changed"; exit 1; }; \
+	mkdir -p _vendor; rm -rf _vendor/mathjax.tmp _vendor/mathjax; \
+	cp -R "$$pkg/es5" _vendor/mathjax.tmp; \
+	cp "$$pkg/LICENSE" _vendor/mathjax.tmp/LICENSE; \
+	sed -n 's/^ *"version": *"\(.*\)".*/\1/p' "$$pkg/package.json" | head -1 > _vendor/mathjax.tmp/VERSION; \
+	mv _vendor/mathjax.tmp _vendor/mathjax; \
+	echo "mathjax: $$(cat _vendor/mathjax/VERSION) in _vendor/mathjax"
+
+# --- the book ----------------------------------------------------------------------------
+
+notebooks: $(ENV_READY) data
+	@$(PY) scripts/book_toc.py --check
+	@$(PY) scripts/run_notebooks.py --profile $(PROFILE)
+
+# MathJax first: a machine without npm fails before the notebooks run, not after
+book: mathjax notebooks
+	@$(PY) scripts/book_toc.py --out $(BOOK_TOC)
+	@echo "== jupyter-book build (warnings are errors)"
+	@$(BIN)jupyter-book build . --toc $(BOOK_TOC) --all -W --keep-going
+	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+# --- tests and benchmarks ----------------------------------------------------------------
+
+test: $(ENV_READY) data
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(ENV_READY) data
+	@shopt -s nullglob; files=(benchmarks/*.py); \
+	if [ $${#files[@]} -eq 0 ]; then echo "bench: no benchmarks/*.py"; exit 0; fi; \
+	for f in "$${files[@]}"; do echo "== $$f"; $(PY) "$$f"; done
+
+clean:
+	rm -rf _build book/executed
+
+distclean: clean
+	rm -rf $(VENV) _vendor

@@ -1,0 +1,220 @@
+"""The book: notebooks execute under the smoke profile, the build is strict, math renders offline.
+
+The build runs in a copy of the book's sources under tmp_path, so it never touches
+book/executed/ or _build/ of the checkout (which may hold a quick-profile build).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+MATHJAX = ROOT / "_vendor" / "mathjax" / "tex-chtml.js"
+CHAPTERS = ["intro", "protocol", "checklist", "reporting_template", "assumptions", "gpu", "api"]
+SCRIPT_SRC = re.compile(r"<script\b[^>]*\bsrc=\"([^\"]+)\"")
+
+
+def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], check=False, capture_output=True, text=True, **kw)
+
+
+def _jupyter_book() -> str:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    return str(exe) if exe.exists() else (shutil.which("jupyter-book") or "jupyter-book")
+
+
+def _ensure_mathjax() -> None:
+    if MATHJAX.exists():
+        return
+    if shutil.which("npm") is None:
+        pytest.skip("_vendor/mathjax is absent and npm is not installed, so `make mathjax` cannot fetch it")
+    proc = _run(["make", "mathjax"], cwd=ROOT)
+    assert proc.returncode == 0, f"make mathjax failed:\n{proc.stdout}\n{proc.stderr}"
+    assert MATHJAX.exists()
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory) -> Path:
+    """Execute the notebooks (smoke) and build the book strictly; returns the source copy."""
+    _ensure_mathjax()
+    src = tmp_path_factory.mktemp("book")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed", "_build"))
+    shutil.copytree(ROOT / "_vendor", src / "_vendor")
+
+    proc = _run([sys.executable, SCRIPTS / "run_notebooks.py", "--profile", "smoke",
+                 "--src", ROOT / "notebooks", "--out", src / "book" / "executed"], cwd=ROOT)
+    assert proc.returncode == 0, f"notebooks failed under the smoke profile:\n{proc.stdout}\n{proc.stderr}"
+
+    toc = src / "_build" / "_toc.yml"
+    proc = _run([sys.executable, SCRIPTS / "book_toc.py", "--toc", src / "_toc.yml",
+                 "--src", ROOT / "notebooks", "--out", toc])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    proc = _run([_jupyter_book(), "build", src, "--toc", toc, "--all", "-W", "--keep-going"], cwd=src)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"jupyter-book build -W failed:\n{log[-6000:]}"
+    return src
+
+
+@pytest.mark.book
+def test_every_chapter_is_built(built_book):
+    html = built_book / "_build" / "html"
+    assert (html / "index.html").is_file()
+    for chapter in CHAPTERS:
+        assert (html / "book" / f"{chapter}.html").is_file(), chapter
+    for nb in sorted((built_book / "book" / "executed").glob("*.ipynb")):
+        assert (html / "book" / "executed" / f"{nb.stem}.html").is_file(), nb.name
+
+
+@pytest.mark.book
+def test_no_page_loads_a_script_from_the_network(built_book):
+    pages = sorted((built_book / "_build" / "html").rglob("*.html"))
+    pages = [p for p in pages if "mathjax" not in p.relative_to(built_book / "_build" / "html").parts]
+    assert pages
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert "cdn.jsdelivr" not in text, page
+        for src in SCRIPT_SRC.findall(text):
+            assert not src.startswith(("http:", "https:", "//")), f"{page.name} loads {src}"
+
+
+@pytest.mark.book
+def test_math_pages_load_the_local_mathjax(built_book):
+    html = built_book / "_build" / "html"
+    assert (html / "mathjax" / "tex-chtml.js").is_file()
+    fonts = html / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2"
+    assert any(fonts.glob("*.woff")), "MathJax fonts were not copied into the build"
+    for chapter in ("intro", "protocol", "checklist"):
+        page = html / "book" / f"{chapter}.html"
+        text = page.read_text(encoding="utf-8")
+        assert 'class="math notranslate nohighlight"' in text, f"{chapter}: no math found"
+        srcs = [s for s in SCRIPT_SRC.findall(text) if s.split("?")[0].endswith("mathjax/tex-chtml.js")]
+        assert len(srcs) == 1, f"{chapter}: MathJax script tags {srcs}"
+        target = (page.parent / srcs[0].split("?")[0]).resolve()
+        assert target == (html / "mathjax" / "tex-chtml.js").resolve() and target.is_file()
+
+
+@pytest.mark.book
+def test_citations_and_api_are_rendered(built_book):
+    html = built_book / "_build" / "html" / "book"
+    intro = html.joinpath("intro.html").read_text(encoding="utf-8")
+    for author in ("Lillicrap", "Nøkland", "Scellier"):
+        assert author in intro, f"bibliography lacks {author}"
+    api = html.joinpath("api.html").read_text(encoding="utf-8")
+    for name in ("faeval.models.build_model", "faeval.data.load_dataset"):
+        assert f'id="{name}"' in api, f"api page does not document {name}"
+
+
+@pytest.mark.book
+def test_executed_notebooks_hide_their_parameter_cells(built_book):
+    for path in sorted((built_book / "book" / "executed").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            tags = cell.get("metadata", {}).get("tags", [])
+            if "parameters" in tags or "injected-parameters" in tags:
+                assert "remove-cell" in tags, f"{path.name}: a parameter cell is visible"
+
+
+# --------------------------------------------------------------------------- the scripts
+
+
+def _notebook(path: Path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "quick"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_run_notebooks_injects_the_profile_hides_parameters_and_names_failures(tmp_path):
+    src, out = tmp_path / "nb", tmp_path / "out"
+    src.mkdir()
+    _notebook(src / "01_ok.ipynb", "import sys\nprint('profile=' + profile, sys.executable)")
+    _notebook(src / "02_bad.ipynb", "raise RuntimeError('boom ' + profile)")
+    _notebook(src / "03_after.ipynb", "print('never runs')")
+    proc = _run([sys.executable, SCRIPTS / "run_notebooks.py", "--profile", "smoke", "--src", src, "--out", out])
+    assert proc.returncode == 1
+    assert "FAILED" in proc.stdout and "02_bad.ipynb" in proc.stdout and "boom smoke" in proc.stdout
+    assert "02_bad.ipynb" in proc.stderr and "03_after" not in proc.stdout.split("seconds per notebook")[0]
+    assert re.search(r"01_ok\.ipynb\s+\d+\.\d\s+ok", proc.stdout), proc.stdout
+
+    nb = nbformat.read(out / "01_ok.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "profile=smoke" in printed and sys.executable in printed  # the kernel is this interpreter
+    tagged = [c.metadata.get("tags", []) for c in nb.cells]
+    assert ["parameters", "remove-cell"] in tagged and ["injected-parameters", "remove-cell"] in tagged
+    assert not (out / "03_after.ipynb").exists()
+
+
+def test_run_notebooks_with_no_notebook_says_so(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stale.ipynb").write_text("{}")
+    proc = _run([sys.executable, SCRIPTS / "run_notebooks.py", "--src", tmp_path / "none", "--out", tmp_path / "out"])
+    assert proc.returncode == 0
+    assert "nothing to execute" in proc.stdout
+    assert not (tmp_path / "out" / "stale.ipynb").exists()  # an executed copy without a source goes
+
+
+def test_book_toc_leaves_out_unexecuted_notebooks_and_flags_unlisted_ones(tmp_path):
+    (tmp_path / "book" / "executed").mkdir(parents=True)
+    (tmp_path / "book" / "executed" / "01_done.ipynb").write_text("{}")
+    (tmp_path / "nb").mkdir()
+    toc = tmp_path / "_toc.yml"
+    toc.write_text("format: jb-book\nroot: book/intro\nparts:\n"
+                   "  - caption: Prose\n    chapters:\n      - file: book/protocol\n"
+                   "  - caption: Experiments\n    chapters:\n"
+                   "      - file: book/executed/01_done\n      - file: book/executed/02_missing\n"
+                   "  - caption: Later\n    chapters:\n      - file: book/executed/03_missing\n")
+    out = tmp_path / "_build" / "_toc.yml"
+    proc = _run([sys.executable, SCRIPTS / "book_toc.py", "--toc", toc, "--src", tmp_path / "nb", "--out", out])
+    assert proc.returncode == 0, proc.stderr
+    assert "02_missing" in proc.stdout and "03_missing" in proc.stdout
+    import yaml
+
+    built = yaml.safe_load(out.read_text())
+    assert [p["caption"] for p in built["parts"]] == ["Prose", "Experiments"]
+    assert built["parts"][1]["chapters"] == [{"file": "book/executed/01_done"}]
+
+    (tmp_path / "nb" / "04_new.ipynb").write_text(json.dumps(nbformat.v4.new_notebook()))
+    proc = _run([sys.executable, SCRIPTS / "book_toc.py", "--toc", toc, "--src", tmp_path / "nb", "--check"])
+    assert proc.returncode == 1 and "04_new.ipynb" in proc.stderr
+
+
+def test_every_source_notebook_has_a_toc_entry():
+    proc = _run([sys.executable, SCRIPTS / "book_toc.py", "--check"])
+    assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------- the README
+
+
+def test_readme_starts_with_the_two_commands_and_its_targets_exist():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    body = [line for line in lines[1:] if line.strip() and not line.startswith("```")]
+    assert body[0].startswith("make book") and body[1].startswith("make test"), body[:2]
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    readme = "\n".join(lines)
+    for target in sorted(set(re.findall(r"`make (\w+)", readme))):
+        assert re.search(rf"^{target}:", makefile, re.MULTILINE), f"README mentions `make {target}`; Makefile lacks it"
+
+
+def test_readme_python_sketch_runs(tmp_path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    assert blocks, "README has no python example"
+    script = tmp_path / "sketch.py"
+    script.write_text("\n".join(blocks))
+    proc = _run([sys.executable, script], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^(PASS|FAIL\(.+\))$", proc.stdout, re.MULTILINE), proc.stdout
