@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -55,11 +56,53 @@ def _eval_mode(model: nn.Module):
         model.train(was)
 
 
+class _ReturnHiddenModel:
+    """Adapter for the original artifact's model contract (reference quick-start).
+
+    A model with ``.blocks`` (ModuleList whose blocks return the residual branch),
+    ``.out_head``, optional ``.out_ln``, and ``forward(x, return_hidden=True) ->
+    (logits, [h_0..h_L])``. The rest of the forward pass from h_l is rebuilt as
+    ``h + block(h)`` (``h = block(h)`` when ``residual_add`` is False) followed by
+    ``out_head(out_ln(h))``; :meth:`check` verifies that this reproduces the
+    model's own logits before any number is reported.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.residual = bool(getattr(model, "residual_add", getattr(model, "residual", True)))
+
+    def states(self, x):
+        logits, hs = self.model(x, return_hidden=True)
+        return list(hs), logits
+
+    def run_from(self, l: int, h: torch.Tensor) -> torch.Tensor:
+        for blk in list(self.model.blocks)[l:]:
+            h = h + blk(h) if self.residual else blk(h)
+        ln = getattr(self.model, "out_ln", None)
+        return self.model.out_head(ln(h) if ln is not None else h)
+
+    def check(self, x: torch.Tensor) -> None:
+        with _eval_mode(self.model), torch.no_grad():
+            hs, logits = self.states(x[:8])
+            if len(hs) != len(self.model.blocks) + 1:
+                raise TypeError(f"forward(x, return_hidden=True) returned {len(hs)} hidden states for "
+                                f"{len(self.model.blocks)} blocks; expected h_0..h_L. Pass layers=[...] instead.")
+            again = self.run_from(0, hs[0])
+        if not torch.allclose(again, logits, rtol=1e-4, atol=1e-5 * (1 + logits.abs().max().item())):
+            raise TypeError(
+                "this model's forward is not h_{l+1} = h_l + blocks[l](h_l) followed by out_head(out_ln(h_L)), "
+                "so the protocol cannot re-run it from a hidden state. Pass layers=[names of the sub-modules "
+                "whose outputs are the hidden states] instead.")
+
+
 class Tap:
     """Uniform access to a model's hidden states h_0..h_L and to the loss from each of them.
 
-    * Without ``layers`` the model must have faeval's layered interface
-      (``embed``, ``blocks``, ``readout``; see :mod:`faeval.models`).
+    * A faeval layered model (``embed``, ``blocks``, ``readout``; see
+      :mod:`faeval.models`) is read directly.
+    * A model with the original artifact's contract (``blocks``, ``out_head``,
+      optional ``out_ln``, ``forward(x, return_hidden=True)``) is read through its
+      hidden list, after a check that re-running it from h_0 gives its logits.
     * With ``layers=[module names]`` any ``nn.Module`` works: the hidden states are
       those modules' outputs (in the order given), captured by forward hooks.
 
@@ -71,14 +114,19 @@ class Tap:
                  token: str = "cls", spatial: str = "mean") -> None:
         self.model = model
         self.token, self.spatial = token, spatial
+        self.modules = None
+        self.layered = model
         if layers is None:
-            missing = [a for a in ("embed", "blocks", "readout") if not hasattr(model, a)]
-            if missing:
-                raise TypeError(
-                    f"{type(model).__name__} lacks the layered interface ({', '.join(missing)} missing). "
-                    "Pass layers=[names of the sub-modules whose outputs are the hidden states], e.g. "
-                    f"layers={_example_layers(model)!r}.")
-            self.modules = None
+            if not all(hasattr(model, a) for a in ("embed", "blocks", "readout")):
+                if hasattr(model, "blocks") and hasattr(model, "out_head") and _accepts_return_hidden(model):
+                    self.layered = _ReturnHiddenModel(model)
+                else:
+                    missing = [a for a in ("embed", "blocks", "readout") if not hasattr(model, a)]
+                    raise TypeError(
+                        f"{type(model).__name__} lacks the layered interface ({', '.join(missing)} missing) and the "
+                        "blocks/out_head/forward(x, return_hidden=True) contract. Pass layers=[names of the "
+                        f"sub-modules whose outputs are the hidden states], e.g. layers={_example_layers(model)!r}.")
+            n = len(model.blocks) + 1
         else:
             if len(layers) < 1:
                 raise ValueError("layers= must name at least one sub-module")
@@ -89,8 +137,9 @@ class Tap:
                 raise ValueError(f"no sub-module named {', '.join(map(repr, unknown))} in "
                                  f"{type(model).__name__}; its module names are: {valid}")
             self.modules = [named[n] for n in layers]
-        self.layer_names = list(layers) if layers is not None else \
-            [f"h{l}" for l in range(len(model.blocks) + 1)]
+            n = len(layers)
+        self.layer_names = list(layers) if layers is not None else [f"h{l}" for l in range(n)]
+        self._checked = not isinstance(self.layered, _ReturnHiddenModel)
 
     @property
     def n_layers(self) -> int:
@@ -103,7 +152,10 @@ class Tap:
     def states(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Hidden states (full tensors, in the autograd graph when grad is on) and logits."""
         if self.modules is None:
-            return self.model.states(x)
+            if not self._checked:
+                self.layered.check(x)
+                self._checked = True
+            return self.layered.states(x)
         captured: dict[int, torch.Tensor] = {}
 
         def make_hook(i):
@@ -126,12 +178,19 @@ class Tap:
                           delta: torch.Tensor) -> torch.Tensor:
         """Logits when hidden state l is replaced by h_l + delta (everything downstream recomputed)."""
         if self.modules is None:
-            return self.model.run_from(l, hs[l] + delta)
+            return self.layered.run_from(l, hs[l] + delta)
         handle = self.modules[l].register_forward_hook(lambda _m, _i, out: out + delta)
         try:
             return self.model(x)
         finally:
             handle.remove()
+
+
+def _accepts_return_hidden(model: nn.Module) -> bool:
+    try:
+        return "return_hidden" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _float64_tap(tap: Tap) -> Tap:

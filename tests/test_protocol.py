@@ -273,6 +273,51 @@ def test_user_residual_net_via_layers(xy):
         FAProtocol(net, x, y, layers=["inp", "block9"])
 
 
+class PaperResMLP(nn.Module):
+    """The original artifact's model contract: blocks return the branch, forward(x, return_hidden=True)."""
+
+    def __init__(self, d_input=784, d=64, classes=10, blocks=3, skip_inside=False):
+        super().__init__()
+        self.embed_layer = nn.Linear(d_input, d)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+                                     for _ in range(blocks)])
+        self.out_ln = nn.LayerNorm(d)
+        self.out_head = nn.Linear(d, classes)
+        self.skip_inside = skip_inside
+
+    def forward(self, x, return_hidden=False):
+        hs = [self.embed_layer(x)]
+        for b in self.blocks:
+            hs.append(hs[-1] + b(hs[-1]) * (2.0 if self.skip_inside else 1.0))
+        logits = self.out_head(self.out_ln(hs[-1]))
+        return (logits, hs) if return_hidden else logits
+
+
+def test_reference_quick_start_works_as_written():
+    """reference/000: FAProtocol(model, x_eval, y_eval).run() on a .blocks/.out_head/.out_ln model."""
+    from faeval import FAProtocol
+    torch.manual_seed(0)
+    model = PaperResMLP()
+    x_eval, y_eval = torch.randn(512, 784), torch.randint(0, 10, (512,))     # (N, d_input), (N,)
+    protocol = FAProtocol(model, x_eval, y_eval)
+    report = protocol.run()
+    assert report['verdict'] == 'PASS'
+    assert {'D1_scale_growth', 'D2_ref_validity', 'D3_depth_utility'} <= set(report['diagnostics'])
+    assert report['diagnostics']['D3_depth_utility'] is None
+    assert protocol.run(frozen_baseline_acc=0.9)['verdict'] == 'FAIL(D3)'
+    # the adapter reads the model's own hidden list; rho re-runs blocks from h_l
+    with torch.no_grad():
+        _, hs = model(x_eval[:128], return_hidden=True)
+    assert report['per_layer']['hidden_norms'][2] == pytest.approx(
+        D.median_per_sample_l2(torch.cat([model(x_eval[i:i + 128], return_hidden=True)[1][2]
+                                          for i in range(0, 512, 128)]).detach()), rel=1e-6)
+    _, g, _ = D.bp_grads(model, x_eval[:128], y_eval[:128])
+    assert min(D.perturbation_rho(model, x_eval[:128], y_eval[:128], g, n_directions=8)) > 0.99
+    # a forward the adapter cannot re-run is refused, not mis-measured
+    with pytest.raises(TypeError, match="cannot re-run it from a hidden state. Pass layers="):
+        FAProtocol(PaperResMLP(skip_inside=True), x_eval, y_eval).run()
+
+
 # -- bad input --------------------------------------------------------------------------
 def test_bad_inputs(xy):
     x, y = xy
