@@ -111,7 +111,7 @@ test: $(ENV_READY) data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(ENV_READY) data
-	@shopt -s nullglob; files=(benchmarks/*.py); \
+	@shopt -s nullglob; files=(benchmarks/[!_]*.py); \
 	if [ $${#files[@]} -eq 0 ]; then echo "bench: no benchmarks/*.py"; exit 0; fi; \
 	for f in "$${files[@]}"; do echo "== $$f"; $(PY) "$$f"; done
 

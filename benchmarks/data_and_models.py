@@ -14,16 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from _timing import best_of
 from faeval import build_model, load_dataset
-
-
-def best_of(fn, repeat=3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main() -> None:

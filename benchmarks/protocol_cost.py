@@ -16,18 +16,13 @@ import time
 import torch
 import torch.nn.functional as F
 
+from _timing import best_of
 from faeval import FAProtocol, build_model
 from faeval import diagnostics as D
 
 
 def _timeit(fn, repeat=3):
-    fn()                                   # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_of(fn, repeat=repeat, warmup=True)
 
 
 def _data():
