@@ -270,7 +270,12 @@ def bp_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     be float32 or float64: half precision is refused (pitfall 3). For a float64
     reference, pass ``model.double()`` and float64 inputs.
     """
-    tap = tap or Tap(model)
+    hs, grads, per_sample, _ = _bp_pass(tap or Tap(model), x, y)
+    return hs, grads, per_sample
+
+
+def _bp_pass(tap: Tap, x: torch.Tensor, y: torch.Tensor):
+    """One eval-mode forward + backward: (hs, grads, per-sample loss, logits), all detached."""
     _check_xy(x, y)
     half = (torch.float16, torch.bfloat16)
     if x.dtype in half or any(p.dtype in half for p in tap.model.parameters()):
@@ -281,7 +286,7 @@ def bp_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         per_sample = F.cross_entropy(logits, y, reduction="none")
         grads = torch.autograd.grad(per_sample.mean(), hs, allow_unused=True)
     grads = [torch.zeros_like(h) if g is None else g for h, g in zip(hs, grads)]
-    return [h.detach() for h in hs], [g.detach() for g in grads], per_sample.detach()
+    return [h.detach() for h in hs], [g.detach() for g in grads], per_sample.detach(), logits.detach()
 
 
 def bp_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | None = None,
@@ -305,21 +310,19 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
     batch, for direction stability), and the eval ``loss`` and ``acc``.
     """
     tap = tap or Tap(model)
-    _check_xy(x, y)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     hn, gn, dirs, losses, correct = [], [], [], [], 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        hs, grads, per_sample = bp_grads(model, xb, yb, tap=tap)
+        hs, grads, per_sample, logits = _bp_pass(tap, xb, yb)
         hn.append([per_sample_l2(tap.reduce(h)) for h in hs])
         gr = [tap.reduce(g) for g in grads]
         gn.append([per_sample_l2(g) for g in gr])
         if len(xb) == batch_size:
             dirs.append(gr[-1].double().mean(dim=0))
         losses.append(per_sample.double())
-        with _eval_mode(tap.model), torch.no_grad():
-            correct += (tap.states(xb)[1].argmax(-1) == yb).sum().item()
+        correct += (logits.argmax(-1) == yb).sum().item()
     per_layer = lambda rows: [torch.cat(col) for col in zip(*rows)]  # noqa: E731
     return {
         "hidden_norms": [_median_inf(n) for n in per_layer(hn)],
@@ -439,7 +442,7 @@ def gamma_per_layer(credit: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
     per = [per_sample_cosine(a, g) for a, g in zip(credit, grads)]
     return GammaResult(
         mean=[p.mean().item() for p in per],
-        std=[p.std(unbiased=False).item() for p in per],
+        std=[p.std(correction=0).item() for p in per],
         ref_norm=[_median_or_nan(g) for g in grads],
         credit_norm=[_median_or_nan(a) for a in credit],
         per_sample=per,

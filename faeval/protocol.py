@@ -133,10 +133,12 @@ class Report(Mapping):
         return bool(self._data["mode1"])
 
     def as_dict(self) -> dict:
+        """The report as plain JSON types (non-finite numbers as the strings 'inf', '-inf', 'nan')."""
         return json.loads(self.to_json())
 
     def to_json(self, **kw) -> str:
-        return json.dumps(self._data, default=_jsonable, allow_nan=True, **kw)
+        """Strict JSON (no NaN/Infinity literals): a non-finite number is written as 'inf', '-inf' or 'nan'."""
+        return json.dumps(_finite(self._data), allow_nan=False, **kw)
 
     # -- renderers ------------------------------------------------------------------------
     def _rows(self) -> list[tuple[str, str, str, str]]:
@@ -222,12 +224,17 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _jsonable(o):
+def _finite(o):
+    """A copy of o with tensors as lists and non-finite floats as strings, for strict JSON."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else ("nan" if math.isnan(o) else ("inf" if o > 0 else "-inf"))
     if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, Thresholds):
-        return asdict(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+        return _finite(o.tolist())
+    if isinstance(o, Mapping):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 # ---------------------------------------------------------------------------------------
@@ -344,6 +351,10 @@ class Monitor:
         bad = [d for d in self.stop_on if d not in self.PER_EPOCH]
         if bad:
             raise ValueError(f"stop_on={bad}: the Monitor judges {self.PER_EPOCH} per epoch")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was seen (thresholds and stop_on are kept)."""
         self.first_fired: dict[str, int | None] = {d: None for d in self.PER_EPOCH}
         self.stopped_at: int | None = None
         self.fired_by_epoch: list[dict] = []
@@ -373,7 +384,7 @@ class Monitor:
 
     def replay(self, history: Sequence[Mapping]) -> dict[str, int | None]:
         """First firing epoch of each per-epoch diagnostic over a stored history (resets the monitor)."""
-        self.__init__(self.thresholds, self.stop_on)
+        self.reset()
         for i, rec in enumerate(history):
             if self(rec.get("epoch", i), rec):
                 break
