@@ -310,6 +310,7 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
     batch, for direction stability), and the eval ``loss`` and ``acc``.
     """
     tap = tap or Tap(model)
+    _check_xy(x, y)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     hn, gn, dirs, losses, correct = [], [], [], [], 0

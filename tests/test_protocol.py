@@ -326,6 +326,8 @@ def test_bad_inputs(xy):
         FAProtocol(m, x, y[:-1])
     with pytest.raises(ValueError, match="eval set is empty"):
         FAProtocol(m, x[:0], y[:0])
+    with pytest.raises(ValueError, match="eval set is empty"):
+        D.snapshot(m, x[:0], y[:0])
     with pytest.raises(ValueError, match="unknown threshold"):
         FAProtocol(m, x, y, thresholds={"d1": 3})
     with pytest.raises(D.MissingAuxStateError, match="never substituted"):
