@@ -30,7 +30,7 @@ from .models import reduce_state
 
 __all__ = [
     "Tap", "MissingAuxStateError", "per_sample_l2", "median_per_sample_l2", "per_sample_cosine",
-    "hidden_norms", "bp_grads", "bp_grad_norms", "max_block_growth", "direction_stability",
+    "median_hidden_norms", "bp_grads", "median_bp_grad_norms", "max_block_growth", "direction_stability",
     "gamma_per_layer", "gamma_of", "GammaResult", "gamma_aggregations", "perturbation_rho", "nudging",
     "parameter_drift", "null_calibration", "snapshot", "accuracy", "disjoint_batches", "measure",
     "stability_of",
@@ -252,12 +252,16 @@ def per_sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (an * bn).sum(dim=1)
 
 
-def hidden_norms(model: nn.Module, x: torch.Tensor, *, tap: Tap | None = None) -> list[float]:
-    """Per layer: median over samples of the per-sample L2 norm of h_l (reduced state)."""
+def median_hidden_norms(model: nn.Module, x: torch.Tensor, *, tap: Tap | None = None,
+                        batch_size: int = 128) -> list[float]:
+    """Per layer: median over samples of the per-sample L2 norm of h_l (reduced state); no labels needed."""
     tap = tap or Tap(model)
+    if len(x) == 0:
+        raise ValueError("the eval set is empty: pass at least one sample")
     with _eval_mode(tap.model), torch.no_grad():
-        hs, _ = tap.states(x)
-    return [median_per_sample_l2(tap.reduce(h)) for h in hs]
+        rows = [[per_sample_l2(tap.reduce(h)) for h in tap.states(x[i:i + batch_size])[0]]
+                for i in range(0, len(x), batch_size)]
+    return [_median_inf(torch.cat(col)) for col in zip(*rows)]
 
 
 def bp_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -289,8 +293,8 @@ def _bp_pass(tap: Tap, x: torch.Tensor, y: torch.Tensor):
     return [h.detach() for h in hs], [g.detach() for g in grads], per_sample.detach(), logits.detach()
 
 
-def bp_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | None = None,
-                  batch_size: int = 128) -> list[float]:
+def median_bp_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | None = None,
+                         batch_size: int = 128) -> list[float]:
     """Per layer: median over samples of the per-sample L2 norm of the BP gradient at h_l.
 
     The loss is the mean CE over disjoint batches of ``batch_size`` (the scale of

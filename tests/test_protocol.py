@@ -407,6 +407,11 @@ def test_snapshot_keys_match_protocol(xy):
     m = _resmlp()
     snap = D.snapshot(m, x, y)
     r = FAProtocol(m, x, y).run()
+    assert D.median_hidden_norms(m, x) == r["per_layer"]["hidden_norms"]
+    assert D.median_bp_grad_norms(m, x, y) == r["per_layer"]["bp_grad_norms"]
+    # 1280 samples as one batch would give gradients 10x smaller: the 128-batch convention is kept
+    one_batch = D.median_bp_grad_norms(m, x, y, batch_size=1280)
+    assert one_batch[-1] == pytest.approx(r["per_layer"]["bp_grad_norms"][-1] / 10, rel=0.05)
     assert snap["hidden_norms"] == r["per_layer"]["hidden_norms"]
     assert snap["g_L"] == r["diagnostics"]["D2_ref_validity"]["value"]
     assert snap["stability"] == pytest.approx(r["diagnostics"]["C_direction_stability"]["value"])
