@@ -51,13 +51,13 @@ def main() -> None:
         m = build_model(arch, shape, 10, seed=0)
         x, y = torch.randn(128, *shape), torch.randint(0, 10, (128,))
 
-        def fb():
+        def fb(m=m, x=x, y=y):
             m.zero_grad(set_to_none=True)
             F.cross_entropy(m(x), y).backward()
 
         fb()
         reps = 5 if arch in ("vit", "cnn") else 20
-        sec = best_of(lambda: [fb() for _ in range(reps)], repeat=2) / reps
+        sec = best_of(lambda fb=fb, reps=reps: [fb() for _ in range(reps)], repeat=2) / reps
         print(f"  {arch:<10} input {str(shape):<12} {128 / sec:>9,.0f} samples/s")
 
 

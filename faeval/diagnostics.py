@@ -328,10 +328,9 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
             dirs.append(gr[-1].double().mean(dim=0))
         losses.append(per_sample.double())
         correct += (logits.argmax(-1) == yb).sum().item()
-    per_layer = lambda rows: [torch.cat(col) for col in zip(*rows)]  # noqa: E731
     return {
-        "hidden_norms": [_median_inf(n) for n in per_layer(hn)],
-        "bp_grad_norms": [_median_nan(n) for n in per_layer(gn)],
+        "hidden_norms": [_median_inf(torch.cat(col)) for col in zip(*hn)],
+        "bp_grad_norms": [_median_nan(torch.cat(col)) for col in zip(*gn)],
         "batch_mean_grads": dirs,
         "loss": torch.cat(losses).mean().item(),
         "acc": correct / len(x),
@@ -537,10 +536,14 @@ def _losses_with_deltas(tap: Tap, x, y, l, hs, deltas: torch.Tensor, budget: int
     for i in range(0, len(deltas), per_chunk):
         d = deltas[i:i + per_chunk]
         k = len(d)
-        rep = lambda t: t.unsqueeze(0).expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:])  # noqa: E731
-        hs_rep = None if tap.modules is not None else {l: rep(hs[l])}
-        logits = tap.logits_with_delta(rep(x), l, hs_rep, d.reshape(-1, *d.shape[2:]))
-        yield F.cross_entropy(logits, rep(y), reduction="none").double().view(k, -1)
+        hs_rep = None if tap.modules is not None else {l: _repeat(hs[l], k)}
+        logits = tap.logits_with_delta(_repeat(x, k), l, hs_rep, d.reshape(-1, *d.shape[2:]))
+        yield F.cross_entropy(logits, _repeat(y, k), reduction="none").double().view(k, -1)
+
+
+def _repeat(t: torch.Tensor, k: int) -> torch.Tensor:
+    """k copies of a batch stacked along the batch dimension: (k * B, ...)."""
+    return t.unsqueeze(0).expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:])
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:

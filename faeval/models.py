@@ -119,7 +119,7 @@ class LayeredModel(nn.Module):
 class FlattenLinear(nn.Linear):
     """A Linear layer that flattens its input first (parameter names stay weight/bias)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.flatten(1))
 
 
@@ -132,7 +132,7 @@ class PhiAlpha(nn.Module):
             raise ValueError(f"alpha={alpha}: valid range is [0, 1]")
         self.alpha = float(alpha)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         return (1.0 - self.alpha) * z + self.alpha * torch.tanh(z)
 
     def extra_repr(self) -> str:
@@ -155,7 +155,7 @@ class ResidualBlock(nn.Module):
         nn.init.normal_(self.w2.weight, mean=0.0, std=w2_std)
         nn.init.zeros_(self.w2.bias)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.w2(self.act(self.w1(self.ln(h))))
 
 
@@ -206,7 +206,7 @@ class PatchEmbed(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.randn(1, n_tokens + 1, d) * 0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.proj(x).flatten(2).transpose(1, 2)
         cls = self.cls_token.expand(t.shape[0], -1, -1)
         return torch.cat([cls, t], dim=1) + self.pos_embed
@@ -230,7 +230,7 @@ class TransformerBranch(nn.Module):
         self.ln2 = nn.LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Linear(mlp_ratio * d, d))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
         B, T, d = h.shape
         q, k, v = self.qkv(self.ln1(h)).view(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, d)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from faeval import FAProtocol, Monitor, Thresholds, build_model
+from faeval import FAProtocol, Monitor, build_model
 from faeval import diagnostics as D
 from faeval.analysis import decision_utility_ablation, row_from_report, threshold_sensitivity
 
@@ -306,8 +306,6 @@ def test_reference_quick_start_works_as_written():
     assert report['diagnostics']['D3_depth_utility'] is None
     assert protocol.run(frozen_baseline_acc=0.9)['verdict'] == 'FAIL(D3)'
     # the adapter reads the model's own hidden list; rho re-runs blocks from h_l
-    with torch.no_grad():
-        _, hs = model(x_eval[:128], return_hidden=True)
     assert report['per_layer']['hidden_norms'][2] == pytest.approx(
         D.median_per_sample_l2(torch.cat([model(x_eval[i:i + 128], return_hidden=True)[1][2]
                                           for i in range(0, 512, 128)]).detach()), rel=1e-6)
