@@ -17,8 +17,8 @@ The verdict is ``'PASS'`` when none of the verdict diagnostics fires, else
 judged on D1, D2 and D3, the three diagnostics of the paper's protocol; C is
 measured and flagged in the report as a supplementary signal (drift-dominated
 reference) but does not decide the verdict, because it is not a clean
-discriminator: healthy BP runs can exceed 0.30 (on Fashion-MNIST a trained BP
-ResMLP measures about 0.5). Pass ``verdict_on=("D1", "D2", "C", "D3")`` for the
+discriminator: healthy BP runs can exceed the ceiling and degenerate runs can
+stay below it. Pass ``verdict_on=("D1", "D2", "C", "D3")`` for the
 four-diagnostic variant. *Mode 1* (measurement degeneracy) is D1 and D2 together.
 Passing does not certify a rule; it rules out this class of silent failure.
 """
@@ -246,8 +246,10 @@ class FAProtocol:
     >>> report = FAProtocol(model, x_eval, y_eval, frozen_baseline_acc=0.84).run()
     >>> report['verdict'], report['diagnostics']
 
-    * ``model``: a faeval layered model, or any ``nn.Module`` with ``layers=[names]``
-      of the sub-modules whose outputs are the hidden states h_0..h_L.
+    * ``model``: a faeval layered model; a model with the original artifact's contract
+      (``blocks``, ``out_head``, optional ``out_ln``, ``forward(x, return_hidden=True)``);
+      or any ``nn.Module`` with ``layers=[names]`` of the sub-modules whose outputs are
+      the hidden states h_0..h_L.
     * ``frozen_baseline_acc``: accuracy of the same architecture with its blocks frozen
       at init (D3 is ``None`` without it).
     * ``headline_acc``: the accuracy to judge for D3; by default the model's accuracy on
