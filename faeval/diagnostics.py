@@ -32,8 +32,7 @@ __all__ = [
     "Tap", "MissingAuxStateError", "per_sample_l2", "median_per_sample_l2", "per_sample_cosine",
     "median_hidden_norms", "bp_grads", "median_bp_grad_norms", "max_block_growth", "direction_stability",
     "gamma_per_layer", "gamma_of", "GammaResult", "gamma_aggregations", "perturbation_rho", "nudging",
-    "parameter_drift", "null_calibration", "snapshot", "accuracy", "disjoint_batches", "measure",
-    "stability_of",
+    "parameter_drift", "null_calibration", "snapshot", "measure", "stability_of",
 ]
 
 _TINY = 1e-30   # guards a division by exactly zero; never a clamp that changes a real value
@@ -205,16 +204,6 @@ def _example_layers(model: nn.Module) -> list[str]:
     return names[:-1] if len(names) > 1 else names
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    """Top-1 accuracy in eval mode."""
-    _check_xy(x, y)
-    correct = 0
-    with _eval_mode(model), torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            correct += (model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum().item()
-    return correct / len(x)
-
-
 def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
     if len(x) == 0:
         raise ValueError("the eval set is empty: pass at least one sample")
@@ -305,19 +294,22 @@ def median_bp_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
 
 
 def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | None = None,
-            batch_size: int = 128) -> dict:
+            batch_size: int = 128, keep_grads: bool = False) -> dict:
     """One pass over ``x`` in disjoint batches of ``batch_size`` (the last, shorter one included).
 
     Returns per-layer ``hidden_norms`` and ``bp_grad_norms`` (median over all samples
     of per-sample L2 norms of the reduced state / BP gradient of each batch's mean
     CE), the ``batch_mean_grads`` at the deepest layer (one reduced vector per full
-    batch, for direction stability), and the eval ``loss`` and ``acc``.
+    batch, for direction stability), and the eval ``loss`` and ``acc``. With
+    ``keep_grads`` it also returns ``grads``: the full per-layer BP gradients of all
+    samples (each batch's mean-CE convention), e.g. for Gamma, whose per-sample
+    cosine does not depend on the batch scale.
     """
     tap = tap or Tap(model)
     _check_xy(x, y)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
-    hn, gn, dirs, losses, correct = [], [], [], [], 0
+    hn, gn, dirs, losses, kept, correct = [], [], [], [], [], 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         hs, grads, per_sample, logits = _bp_pass(tap, xb, yb)
@@ -328,7 +320,9 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
             dirs.append(gr[-1].double().mean(dim=0))
         losses.append(per_sample.double())
         correct += (logits.argmax(-1) == yb).sum().item()
-    return {
+        if keep_grads:
+            kept.append(grads)
+    out = {
         "hidden_norms": [_median_inf(torch.cat(col)) for col in zip(*hn)],
         "bp_grad_norms": [_median_nan(torch.cat(col)) for col in zip(*gn)],
         "batch_mean_grads": dirs,
@@ -338,6 +332,9 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
         "n": len(x),
         "aggregate": f"median over samples of per-sample L2; BP gradient of the mean CE per batch of {batch_size}",
     }
+    if keep_grads:
+        out["grads"] = [torch.cat(col) for col in zip(*kept)]
+    return out
 
 
 def _median_inf(n: torch.Tensor) -> float:
@@ -615,19 +612,12 @@ def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, credit: Sequ
     cosine). Norms follow :func:`measure`.
     """
     tap = tap or Tap(model)
-    m = measure(model, x, y, tap=tap, batch_size=batch_size)
+    m = measure(model, x, y, tap=tap, batch_size=batch_size, keep_grads=credit is not None)
     snap = {k: m[k] for k in ("hidden_norms", "bp_grad_norms", "loss", "acc", "aggregate")}
     snap["max_block_growth"] = max_block_growth(m["hidden_norms"])
     snap["g_L"] = m["bp_grad_norms"][-1]
     snap["stability"] = stability_of(m["batch_mean_grads"]) if len(m["batch_mean_grads"]) >= 2 else None
     if credit is not None:
-        _, grads, _ = bp_grads(model, x, y, tap=tap)
-        snap["gamma"] = gamma_per_layer(credit, grads).mean
+        snap["gamma"] = gamma_per_layer(credit, m["grads"]).mean
     return snap
-
-
-def disjoint_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int = 128, k: int = 10):
-    """The first k disjoint batches of batch_size (fewer if x is shorter)."""
-    n = min(k, len(x) // batch_size)
-    return [(x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size]) for i in range(n)]
 

@@ -210,10 +210,6 @@ def test_parameter_drift():
 
 
 # -- foreign models via layers= ---------------------------------------------------------
-class _Seq(nn.Sequential):
-    """A plain nn.Sequential equal to a non-residual ResMLP, built from its modules."""
-
-
 def test_foreign_sequential_via_layers_matches_resmlp(xy):
     x, y = xy
     m = _resmlp(residual=False, w2_std=0.5)
@@ -413,6 +409,10 @@ def test_snapshot_keys_match_protocol(xy):
     assert snap["hidden_norms"] == r["per_layer"]["hidden_norms"]
     assert snap["g_L"] == r["diagnostics"]["D2_ref_validity"]["value"]
     assert snap["stability"] == pytest.approx(r["diagnostics"]["C_direction_stability"]["value"])
+    _, full, _ = D.bp_grads(m, x, y)                               # one batch of 1280: other 1/B scale
+    credit = [g + 0.5 * g.std() * torch.randn_like(g) for g in full]
+    expect = D.gamma_per_layer(credit, full).mean
+    assert D.snapshot(m, x, y, credit=credit)["gamma"] == pytest.approx(expect, rel=1e-6)   # float32 grads
 
 
 # -- analysis helpers ---------------------------------------------------------------------
