@@ -88,7 +88,7 @@ _vendor/mathjax/tex-chtml.js:
 	mkdir -p _vendor; rm -rf _vendor/mathjax.tmp _vendor/mathjax; \
 	cp -R "$$pkg/es5" _vendor/mathjax.tmp; \
 	cp "$$pkg/LICENSE" _vendor/mathjax.tmp/LICENSE; \
-	sed -n 's/^ *"version": *"\(.*\)".*/\1/p' "$$pkg/package.json" | head -1 > _vendor/mathjax.tmp/VERSION; \
+	sed -n '/^ *"version": *"/{s/^ *"version": *"\(.*\)".*/\1/p;q;}' "$$pkg/package.json" > _vendor/mathjax.tmp/VERSION; \
 	mv _vendor/mathjax.tmp _vendor/mathjax; \
 	echo "mathjax: $$(cat _vendor/mathjax/VERSION) in _vendor/mathjax"
 
