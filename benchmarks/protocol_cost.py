@@ -15,8 +15,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _timing import best_of
+
 from faeval import FAProtocol, build_model
 from faeval import diagnostics as D
 

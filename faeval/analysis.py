@@ -14,7 +14,7 @@ Both work on *rows*, one per run: plain dicts with
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from .protocol import DIAGNOSTICS, VERDICT_ON, Report, Thresholds, fires, verdict_from
 

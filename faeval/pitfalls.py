@@ -329,8 +329,9 @@ def layer0_dominance_pitfall(seed: int = 0) -> PitfallResult:
     return PitfallResult(
         "6", "layer 0 dominates the layer mean", wrong, {"per_layer": G.mean, "hidden_only_mean": hidden},
         "mean over layers 0..L of per-layer Gamma", "per-layer Gamma and the hidden-only mean (layers 1..L)",
-        f"On the checkpoint of pitfall 5, layer 0 (the embedding output, Gamma {G.mean[0]:+.3f}) lifts the all-layer mean to {wrong:+.3f} while "
-        f"the hidden layers average {hidden:+.3f}: the headline number describes the embedding only.",
+        f"On the checkpoint of pitfall 5, layer 0 (the embedding output, Gamma {G.mean[0]:+.3f}) lifts the "
+        f"all-layer mean to {wrong:+.3f} while the hidden layers average {hidden:+.3f}: the headline number "
+        f"describes the embedding only.",
         {"layer0": G.mean[0], "hidden_only_mean": hidden})
 
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -53,7 +53,7 @@ class Thresholds:
     d3_margin_pp: float = 2.0      # D3 fires if acc < frozen_acc + this many percentage points
 
     @classmethod
-    def from_any(cls, t: "Thresholds | Mapping[str, float] | None") -> "Thresholds":
+    def from_any(cls, t: Thresholds | Mapping[str, float] | None) -> Thresholds:
         if t is None:
             return cls()
         if isinstance(t, Thresholds):
@@ -159,7 +159,8 @@ class Report(Mapping):
         return rows
 
     def __str__(self) -> str:
-        lines = [f"FAProtocol verdict: {self.verdict}" + ("   [Mode 1: D1+D2 measurement degeneracy]" if self.mode1 else "")]
+        mode1 = "   [Mode 1: D1+D2 measurement degeneracy]" if self.mode1 else ""
+        lines = [f"FAProtocol verdict: {self.verdict}{mode1}"]
         for name, val, rule, state in self._rows():
             lines.append(f"  {name:<3} {_KEYS[name]:<22} {val:>12}   fires if {rule:<22} {state}")
         lines.append(f"  (verdict judged on {'+'.join(self._data['verdict_on'])})")

@@ -64,7 +64,8 @@ def test_resmlp_block_matches_spec():
     assert abs(blk.w2.weight.std().item() - 0.01) < 5e-4
     assert torch.count_nonzero(blk.w2.bias) == 0
     h = torch.randn(3, 256)
-    expect = blk.w2(torch.nn.functional.gelu(blk.w1(torch.nn.functional.layer_norm(h, (256,), blk.ln.weight, blk.ln.bias))))
+    F = torch.nn.functional
+    expect = blk.w2(F.gelu(blk.w1(F.layer_norm(h, (256,), blk.ln.weight, blk.ln.bias))))
     assert torch.allclose(blk(h), expect)
     assert torch.allclose(m.block_forward(0, h), h + expect)           # skip added by the model
     plain = build_model("resmlp", (3, 32, 32), 10, residual=False, seed=42)
@@ -98,7 +99,7 @@ def test_same_seed_same_weights_and_rng_untouched():
     assert torch.equal(before, after), "build_model(seed=...) must not consume the global RNG"
     b = build_model("resmlp", (1, 28, 28), 10, seed=7)
     c = build_model("resmlp", (1, 28, 28), 10, seed=8)
-    for (na, pa), (_, pb), (_, pc) in zip(a.state_dict().items(), b.state_dict().items(), c.state_dict().items()):
+    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), na
     assert not torch.equal(a.embed.weight, c.embed.weight)
 

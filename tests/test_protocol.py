@@ -97,7 +97,8 @@ def test_c_is_supplementary_unless_asked(xy):
 def test_d3_margin(xy):
     x, y = xy
     m = _resmlp()
-    assert FAProtocol(m, x, y, frozen_baseline_acc=0.50, headline_acc=0.515).run()["diagnostics"]["D3_depth_utility"]["fired"]
+    r = FAProtocol(m, x, y, frozen_baseline_acc=0.50, headline_acc=0.515).run()
+    assert r["diagnostics"]["D3_depth_utility"]["fired"]
     r = FAProtocol(m, x, y, frozen_baseline_acc=0.50, headline_acc=0.525).run()
     assert not r["diagnostics"]["D3_depth_utility"]["fired"]
     assert r["diagnostics"]["D3_depth_utility"]["margin_pp"] == pytest.approx(2.5)
