@@ -1,19 +1,25 @@
 """faeval: evaluate feedback-alignment-style learning rules.
 
 The protocol (D1 scale growth, D2 reference validity, C direction stability,
-D3 depth utility), the models it was calibrated on, and the datasets.
+D3 depth utility), the models it was calibrated on, the learning rules, the
+training loop and run store, and the datasets.
 """
+from .methods import METHODS, Method, build_method, register_method
 from .models import ARCHS, LayeredModel, build_model
 from .protocol import FAProtocol, Monitor, Report, Thresholds
 
 __version__ = "0.1.0"
 
 __all__ = ["ARCHS", "LayeredModel", "build_model", "FAProtocol", "Monitor", "Report", "Thresholds",
-           "load_dataset", "Dataset", "DATASETS"]
+           "METHODS", "Method", "build_method", "register_method",
+           "load_dataset", "Dataset", "DATASETS", "fit", "Run", "experiment", "load_run", "list_runs"]
+
+_LAZY = {"load_dataset": "data", "Dataset": "data", "DATASETS": "data", "fit": "train", "Run": "train",
+         "experiment": "store", "load_run": "store", "list_runs": "store"}
 
 
-def __getattr__(name):  # data.py is imported lazily: it is optional for protocol-only users
-    if name in ("load_dataset", "Dataset", "DATASETS"):
-        from . import data
-        return getattr(data, name)
+def __getattr__(name):  # data, training and the store load lazily: protocol-only users need none of them
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'faeval' has no attribute {name!r}")

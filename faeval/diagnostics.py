@@ -294,7 +294,8 @@ def median_bp_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
 
 
 def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | None = None,
-            batch_size: int = 128, keep_grads: bool = False) -> dict:
+            batch_size: int = 128, keep_grads: bool = False,
+            credit_fn: Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor]] | None = None) -> dict:
     """One pass over ``x`` in disjoint batches of ``batch_size`` (the last, shorter one included).
 
     Returns per-layer ``hidden_norms`` and ``bp_grad_norms`` (median over all samples
@@ -303,13 +304,15 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
     batch, for direction stability), and the eval ``loss`` and ``acc``. With
     ``keep_grads`` it also returns ``grads``: the full per-layer BP gradients of all
     samples (each batch's mean-CE convention), e.g. for Gamma, whose per-sample
-    cosine does not depend on the batch scale.
+    cosine does not depend on the batch scale. With ``credit_fn(x, y) -> credit``
+    (a learning rule's ``credit``) it also returns ``gamma_per_sample``: per layer,
+    the per-sample cosine of that credit with the BP gradient, batch by batch.
     """
     tap = tap or Tap(model)
     _check_xy(x, y)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
-    hn, gn, dirs, losses, kept, correct = [], [], [], [], [], 0
+    hn, gn, dirs, losses, kept, cos, correct = [], [], [], [], [], [], 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         hs, grads, per_sample, logits = _bp_pass(tap, xb, yb)
@@ -322,6 +325,9 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
         correct += (logits.argmax(-1) == yb).sum().item()
         if keep_grads:
             kept.append(grads)
+        if credit_fn is not None:
+            credit = _check_credit(credit_fn(xb, yb), len(grads))
+            cos.append([per_sample_cosine(a, g) for a, g in zip(credit, grads)])
     out = {
         "hidden_norms": [_median_inf(torch.cat(col)) for col in zip(*hn)],
         "bp_grad_norms": [_median_nan(torch.cat(col)) for col in zip(*gn)],
@@ -334,6 +340,8 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
     }
     if keep_grads:
         out["grads"] = [torch.cat(col) for col in zip(*kept)]
+    if credit_fn is not None:
+        out["gamma_per_sample"] = [torch.cat(col) for col in zip(*cos)]
     return out
 
 
@@ -603,21 +611,27 @@ def null_calibration(grads: Sequence[torch.Tensor], draw_credit: Callable[[torch
 # The cheap per-epoch snapshot the trainer and the Monitor share
 # ---------------------------------------------------------------------------------------
 def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, credit: Sequence[torch.Tensor] | None = None,
+             credit_fn: Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor]] | None = None,
              tap: Tap | None = None, batch_size: int = 128) -> dict:
     """The cheap per-epoch record: per-layer norms, max growth, g_L, loss, acc (and Gamma with credit).
 
     Keys: ``hidden_norms``, ``bp_grad_norms``, ``max_block_growth``, ``g_L``,
     ``stability`` (when ``x`` holds >= 2 full batches), ``loss``, ``acc`` and, with
-    ``credit`` for ``x``, ``gamma`` (per layer, mean over samples of the per-sample
+    ``credit`` for ``x`` (or ``credit_fn(x, y)``, called batch by batch, e.g. a
+    rule's ``credit``), ``gamma`` (per layer, mean over samples of the per-sample
     cosine). Norms follow :func:`measure`.
     """
+    if credit is not None and credit_fn is not None:
+        raise ValueError("pass credit= or credit_fn=, not both")
     tap = tap or Tap(model)
-    m = measure(model, x, y, tap=tap, batch_size=batch_size, keep_grads=credit is not None)
+    m = measure(model, x, y, tap=tap, batch_size=batch_size, keep_grads=credit is not None, credit_fn=credit_fn)
     snap = {k: m[k] for k in ("hidden_norms", "bp_grad_norms", "loss", "acc", "aggregate")}
     snap["max_block_growth"] = max_block_growth(m["hidden_norms"])
     snap["g_L"] = m["bp_grad_norms"][-1]
     snap["stability"] = stability_of(m["batch_mean_grads"]) if len(m["batch_mean_grads"]) >= 2 else None
     if credit is not None:
         snap["gamma"] = gamma_per_layer(credit, m["grads"]).mean
+    if credit_fn is not None:
+        snap["gamma"] = [c.mean().item() for c in m["gamma_per_sample"]]
     return snap
 

@@ -358,10 +358,11 @@ def build_model(arch: str, input_shape: Sequence[int], num_classes: int, seed: i
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(sorted(ARCHS))}")
     try:
-        if seed is None:
-            return ARCHS[arch](tuple(input_shape), num_classes, **kw)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return ARCHS[arch](tuple(input_shape), num_classes, **kw)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = ARCHS[arch](tuple(input_shape), num_classes, **kw)
     except TypeError as e:  # an unknown keyword: name the arch in the message
         raise TypeError(f"build_model({arch!r}): {e}") from None
+    model.input_shape = tuple(int(s) for s in input_shape)   # the learning rules probe state shapes with it
+    return model

@@ -1,0 +1,368 @@
+"""The learning-rule interface, the registry, and the machinery every local rule shares.
+
+A rule is a small class, registered by name::
+
+    @register_method("my_rule")
+    class MyRule(LocalRule):
+        def local_credit(self, states, logits, y):
+            ...                       # one tensor per hidden state h_0..h_L
+            return credit
+
+* ``method.step(x, y) -> dict`` fills ``.grad`` of the model parameters the rule
+  trains (:meth:`Method.parameters`) and of the rule's own networks
+  (:meth:`Method.aux_parameters`); the trainer owns both optimisers and calls
+  :meth:`Method.after_step` after stepping them (EMA targets).
+* ``method.credit(x, y) -> list[Tensor]``: the credit the rule sends to each hidden
+  state h_0..h_L, shaped like the state, on the mean-loss scale (a per-sample
+  gradient divided by the batch size, like the BP gradient of a mean loss).
+* ``method.aux_state()`` / ``method.load_aux_state(state)``: feedback matrices and
+  bridge networks, saved with every checkpoint. A rule built with
+  ``init_aux=False`` has none until loaded, and its ``credit`` raises
+  :class:`~faeval.diagnostics.MissingAuxStateError`: the BP gradient is never
+  substituted.
+
+Conventions shared by all local rules (SPEC 3, 10): e_T = (softmax - onehot) / B;
+block l minimises <f_l(sg h_l), sg a_{l+1}>, the embedding <h_0, sg a_0>, and
+out_ln + out_head train on the true cross-entropy. ``penalty=lambda`` adds
+lambda * mean_i ||f_l(h_l)_i||^2 for every trained block (and to BP's loss).
+``trainable_blocks=k`` trains only the last k blocks (the depth ladder); the
+embedding and the readout always train.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..diagnostics import MissingAuxStateError
+from ..models import LayeredModel
+
+__all__ = ["Method", "LocalRule", "FeedbackRule", "METHODS", "register_method", "build_method", "method_hparams",
+           "UnsupportedArchError", "check_range", "error_signal"]
+
+
+class UnsupportedArchError(ValueError):
+    """A rule was applied to an architecture it is not defined on."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type], type]:
+    """Class decorator: make a :class:`Method` subclass available as ``build_method(name, ...)``.
+
+    Re-registering a name replaces the earlier class (so a notebook cell can be re-run).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a method name must be a non-empty string, got {name!r}")
+
+    def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register_method({name!r}) decorates a subclass of faeval.methods.Method, "
+                            f"not {cls!r}")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return deco
+
+
+def method_hparams(name: str) -> dict[str, object]:
+    """The hyperparameters of a registered rule and their defaults."""
+    cls = _method_class(name)
+    out: dict[str, object] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for p in list(inspect.signature(init).parameters.values())[2:]:
+            if p.kind == p.KEYWORD_ONLY or p.kind == p.POSITIONAL_OR_KEYWORD:
+                out[p.name] = p.default
+    return out
+
+
+def _method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))} "
+                         "(or register your own with @faeval.register_method)")
+    return METHODS[name]
+
+
+def build_method(name: str, model: nn.Module, **hparams) -> Method:
+    """Build the learning rule ``name`` for ``model``.
+
+    Every rule takes ``seed`` (its random draws), ``penalty``, ``trainable_blocks``
+    and ``init_aux``; see each rule's class for its own hyperparameters. An unknown
+    hyperparameter or one out of range raises, naming the valid ones.
+    """
+    cls = _method_class(name)
+    valid = method_hparams(name)
+    unknown = sorted(set(hparams) - set(valid))
+    if unknown:
+        raise TypeError(f"method {name!r} got unknown hyperparameter(s) {', '.join(map(repr, unknown))}; "
+                        f"valid: {', '.join(sorted(valid))}")
+    return cls(model, **hparams)
+
+
+def check_range(name: str, value, ok: bool, valid: str) -> None:
+    """Raise ``ValueError('<name>=<value>: must be <valid>')`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{name}={value!r}: must be {valid}")
+
+
+def error_signal(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """e_T = softmax(logits) - onehot(y), per sample (not divided by the batch size)."""
+    return logits.detach().softmax(-1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+
+
+class Method:
+    """Base class of every learning rule. Subclasses set ``archs`` to limit where they apply."""
+
+    name = "method"
+    #: the architectures the rule is defined on (``None``: every layered model)
+    archs: tuple[str, ...] | None = None
+
+    def __init__(self, model: nn.Module, *, seed: int = 0, penalty: float = 0.0,
+                 trainable_blocks: int | None = None, init_aux: bool = True) -> None:
+        if not isinstance(model, LayeredModel):
+            raise TypeError(f"learning rules train faeval layered models (faeval.build_model); got "
+                            f"{type(model).__name__}. To judge a model of your own, use FAProtocol(..., layers=[...]).")
+        if self.archs is not None and model.arch not in self.archs:
+            raise UnsupportedArchError(
+                f"method {self.name!r} is not defined on arch {model.arch!r}{self._why_not(model)}; "
+                f"it supports: {', '.join(self.archs)}")
+        check_range("penalty", penalty, penalty >= 0, ">= 0 (the weight of ||f_l(h_l)||^2)")
+        if penalty > 0 and not model.residual:
+            raise UnsupportedArchError(f"penalty={penalty}: the penalty is on the residual branch f_l(h_l), and arch "
+                                       f"{model.arch!r} has no residual branch")
+        L = model.depth
+        if trainable_blocks is not None:
+            check_range("trainable_blocks", trainable_blocks,
+                        isinstance(trainable_blocks, int) and 0 <= trainable_blocks <= L, f"an integer in [0, {L}]")
+        self.model = model
+        self.seed = int(seed)
+        self.penalty = float(penalty)
+        self.trainable_blocks = L if trainable_blocks is None else int(trainable_blocks)
+        self.init_aux = bool(init_aux)
+
+    def _why_not(self, model) -> str:
+        return ""
+
+    # -- what trains -------------------------------------------------------------------
+    def block_trains(self, l: int) -> bool:
+        """Whether block l trains (the last ``trainable_blocks`` blocks do)."""
+        return l >= self.model.depth - self.trainable_blocks
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Model parameters this rule trains: embedding, trained blocks, out_ln, out_head."""
+        m = self.model
+        frozen = {id(p) for l, b in enumerate(m.blocks) if not self.block_trains(l) for p in b.parameters()}
+        return [p for p in m.parameters() if id(p) not in frozen]
+
+    def aux_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the rule's own networks (bridges), trained at ``lr_fb``."""
+        return []
+
+    def after_step(self) -> None:
+        """Called by the trainer after the optimisers stepped (EMA updates)."""
+
+    # -- the rule ----------------------------------------------------------------------
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def credit(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    # -- auxiliary state ---------------------------------------------------------------
+    def aux_state(self) -> dict:
+        """Everything besides the model that the rule needs to reproduce its credit."""
+        return {}
+
+    def load_aux_state(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"method {self.name!r} has no auxiliary state, but got keys {sorted(state)}")
+
+    def _need(self, attr: str, what: str):
+        value = getattr(self, attr, None)
+        if value is None:
+            raise MissingAuxStateError(
+                f"method {self.name!r}: its {what} are not loaded (built with init_aux=False). Load them with "
+                "method.load_aux_state(checkpoint['aux']) or faeval.store.load_run(path); the BP gradient is "
+                "never substituted for a rule's own credit.")
+        return value
+
+    def _penalty_term(self, branches: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+        if self.penalty == 0:
+            return None
+        terms = [f.flatten(1).pow(2).sum(1).mean() for f in branches if f is not None]
+        return self.penalty * torch.stack(terms).sum() if terms else None
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, arch={self.model.arch!r}, penalty={self.penalty}, "
+                f"trainable_blocks={self.trainable_blocks}/{self.model.depth})")
+
+
+class LocalRule(Method):
+    """A rule that trains each block on its own local loss <f_l, sg a_{l+1}> (DFA, FA, EP, bridges).
+
+    Subclasses implement :meth:`local_credit`. Block inputs are detached, so no
+    gradient crosses a block boundary; the readout trains on the true loss.
+    """
+
+    #: whether local_credit needs d CE / d h_L (the top state then requires grad)
+    needs_top_grad = False
+
+    def local_credit(self, states: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor,
+                     top_grad: torch.Tensor | None) -> list[torch.Tensor]:
+        """Credit for h_0..h_L from detached states, the logits and (if asked for) dCE/dh_L."""
+        raise NotImplementedError
+
+    def extra_loss(self, states, logits, y) -> dict[str, torch.Tensor]:
+        """Losses of the rule's own networks (backpropagated into :meth:`aux_parameters` only)."""
+        return {}
+
+    def _forward(self, x: torch.Tensor):
+        """Forward with every block's input detached: (h0 with graph, detached states, branches)."""
+        m = self.model
+        h0 = m.embed(x)
+        states, branches = [h0.detach()], []
+        h = states[0]
+        for l in range(m.depth):
+            if self.block_trains(l):
+                out = m.blocks[l](h)
+                branches.append(out)
+                out = out.detach()
+            else:
+                with torch.no_grad():
+                    out = m.blocks[l](h)
+                branches.append(None)
+            h = h + out if m.residual else out
+            states.append(h)
+        return h0, states, branches
+
+    def _top(self, states, y, need_grad: bool):
+        hL = states[-1].requires_grad_(need_grad)
+        logits = self.model.readout(hL)
+        ce = F.cross_entropy(logits, y)
+        top_grad = torch.autograd.grad(ce, hL, retain_graph=True)[0] if need_grad else None
+        return logits, ce, top_grad
+
+    def step(self, x, y):
+        h0, states, branches = self._forward(x)
+        logits, ce, top_grad = self._top(states, y, self.needs_top_grad)
+        states = [s.detach() for s in states]
+        credit = [a.detach() for a in self.local_credit(states, logits.detach(), y, top_grad)]
+        local = (h0 * credit[0]).sum()
+        for l, f in enumerate(branches):
+            if f is not None:
+                local = local + (f * credit[l + 1]).sum()
+        loss = ce + local
+        stats = {"loss": ce.detach(), "correct": (logits.argmax(-1) == y).sum()}
+        pen = self._penalty_term(branches)
+        if pen is not None:
+            loss = loss + pen
+            stats["penalty"] = pen.detach()
+        loss.backward(inputs=self.parameters())
+        aux = self.extra_loss(states, logits.detach(), y)
+        if aux:
+            total = sum(aux.values())
+            total.backward(inputs=self.aux_parameters())
+            stats.update({k: v.detach() for k, v in aux.items()})
+        return stats
+
+    def credit(self, x, y):
+        m = self.model
+        was = m.training
+        m.eval()
+        try:
+            with torch.no_grad():
+                states, _ = m.states(x)
+            states = [s.detach() for s in states]
+            with torch.enable_grad():
+                logits, _, top_grad = self._top(states, y, self.needs_top_grad)
+                credit = self.local_credit([s.detach() for s in states], logits.detach(), y, top_grad)
+            return [a.detach() for a in credit]
+        finally:
+            m.train(was)
+
+
+def gaussian_matrices(shapes: Sequence[tuple[int, ...]], std: float, device, generator: torch.Generator
+                      ) -> list[torch.Tensor]:
+    """Random matrices with i.i.d. N(0, std^2) entries, drawn on the CPU from ``generator`` (device-independent)."""
+    return [(torch.randn(s, generator=generator) * std).to(device) for s in shapes]
+
+
+def state_shapes(model: LayeredModel) -> list[tuple[int, ...]]:
+    """Per-sample shapes of h_0..h_L (from one probe forward pass on zeros)."""
+    p = next(model.parameters())
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise TypeError("the model does not record its input_shape; build it with faeval.build_model")
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            hs, _ = model.states(torch.zeros((2, *shape), device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was)
+    return [tuple(h.shape[1:]) for h in hs]
+
+
+def load_tensors(method: Method, state: dict, key: str, expect: Sequence[tuple[int, ...]], what: str):
+    """Read a list of tensors from an aux state, checking it exists and has the expected shapes."""
+    if not state or key not in state:
+        raise MissingAuxStateError(f"method {method.name!r}: the auxiliary state has no {key!r} ({what}); "
+                                   "was it saved by this rule?")
+    ts = list(state[key])
+    got = [tuple(t.shape) for t in ts]
+    if got != [tuple(s) for s in expect]:
+        raise ValueError(f"method {method.name!r}: saved {what} have shapes {got}, but this model needs {list(expect)}")
+    p = next(method.model.parameters())
+    return [t.to(device=p.device, dtype=p.dtype) for t in ts]
+
+
+class FeedbackRule(LocalRule):
+    """A local rule whose credit comes from fixed random feedback matrices, saved with the run.
+
+    Subclasses give :meth:`feedback_shapes`, ``feedback_std`` and :meth:`credit_from`,
+    and call :meth:`_init_feedback` at the end of ``__init__``.
+    """
+
+    feedback_std: float = 1.0
+    feedback: list[torch.Tensor] | None = None
+
+    def feedback_shapes(self) -> list[tuple[int, ...]]:
+        raise NotImplementedError
+
+    def credit_from(self, feedback, states, logits, y, top_grad) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _init_feedback(self) -> None:
+        self.feedback = self.draw_feedback(torch.Generator().manual_seed(self.seed)) if self.init_aux else None
+
+    def draw_feedback(self, generator: torch.Generator) -> list[torch.Tensor]:
+        """A set of feedback matrices drawn from ``generator`` (fresh draws give the null calibration)."""
+        p = next(self.model.parameters())
+        mats = gaussian_matrices(self.feedback_shapes(), self.feedback_std, p.device, generator)
+        return [B.to(p.dtype) for B in mats]
+
+    def local_credit(self, states, logits, y, top_grad):
+        return self.credit_from(self._need("feedback", "feedback matrices B_l"), states, logits, y, top_grad)
+
+    def credit(self, x, y, feedback: list[torch.Tensor] | None = None):
+        """The credit for (x, y); with ``feedback``, the credit those matrices would send instead."""
+        if feedback is None:
+            return super().credit(x, y)
+        saved, self.feedback = self.feedback, list(feedback)
+        try:
+            return super().credit(x, y)
+        finally:
+            self.feedback = saved
+
+    def aux_state(self):
+        return {"feedback": [B.detach().cpu() for B in self._need("feedback", "feedback matrices B_l")]}
+
+    def load_aux_state(self, state):
+        self.feedback = load_tensors(self, state, "feedback", self.feedback_shapes(), "feedback matrices B_l")

@@ -1,0 +1,40 @@
+"""Backpropagation, and the frozen-blocks baseline (SPEC 3.1, 3.8)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from ..diagnostics import bp_grads
+from .base import Method, register_method
+
+
+@register_method("bp")
+class BP(Method):
+    """End-to-end backprop of the mean cross-entropy (plus the penalty, when set).
+
+    Its credit is the BP gradient itself, so its Gamma is 1 by construction.
+    """
+
+    def step(self, x, y):
+        m = self.model
+        hs, logits = m.states(x)
+        ce = F.cross_entropy(logits, y)
+        loss = ce
+        stats = {"loss": ce.detach(), "correct": (logits.argmax(-1) == y).sum()}
+        if self.penalty > 0:
+            pen = self._penalty_term([hs[l + 1] - hs[l] if self.block_trains(l) else None for l in range(m.depth)])
+            if pen is not None:
+                loss = loss + pen
+                stats["penalty"] = pen.detach()
+        loss.backward(inputs=self.parameters())
+        return stats
+
+    def credit(self, x, y):
+        return bp_grads(self.model, x, y)[1]
+
+
+@register_method("frozen")
+class Frozen(BP):
+    """The D3 baseline: blocks frozen at init; embedding, out_ln and out_head trained with BP."""
+
+    def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, init_aux: bool = True) -> None:
+        super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=0, init_aux=init_aux)

@@ -1,0 +1,60 @@
+"""The bridge network shared by State Bridge and Credit Bridge (SPEC 3.6, 3.7)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .base import check_range
+
+
+class BridgeNet(nn.Module):
+    """MLP on [LN(h_l), t_l, s] -> ``out_dim``: G_psi of State Bridge, V_phi of Credit Bridge.
+
+    ``in_dims`` are the flattened sizes of the states it reads. When they are all
+    equal (ResMLP, ViT) one input layer serves every depth, which then enters only
+    through t_l = l / L; when they differ (the CNN's stages) each depth gets its own
+    LayerNorm and input layer. ``layers`` counts the linear layers (input, hidden...,
+    output); GELU between them. ``cond_dim`` is the size of the conditioning code s
+    (0 for none).
+    """
+
+    def __init__(self, in_dims: list[int], out_dim: int, cond_dim: int, hidden: int = 256, layers: int = 3) -> None:
+        super().__init__()
+        check_range("hidden", hidden, isinstance(hidden, int) and hidden >= 1, "an integer >= 1")
+        check_range("layers", layers, isinstance(layers, int) and layers >= 2, "an integer >= 2 (input and output)")
+        self.shared = len(set(in_dims)) == 1
+        dims = in_dims[:1] if self.shared else in_dims
+        self.ln = nn.ModuleList([nn.LayerNorm(d) for d in dims])
+        self.inp = nn.ModuleList([nn.Linear(d, hidden) for d in dims])
+        self.t_embed = nn.Linear(1, hidden)
+        self.s_embed = nn.Linear(cond_dim, hidden) if cond_dim else None
+        body: list[nn.Module] = []
+        for _ in range(layers - 2):
+            body += [nn.GELU(), nn.Linear(hidden, hidden)]
+        body += [nn.GELU(), nn.Linear(hidden, out_dim)]
+        self.body = nn.Sequential(*body)
+
+    def forward(self, hs: list[torch.Tensor], depths: list[int], t: list[float], s: torch.Tensor | None
+                ) -> list[torch.Tensor]:
+        """Outputs for states ``hs`` at depths ``depths`` (indices into ``in_dims``) and times ``t``.
+
+        All states go through the body as one batch; returns one (B, out_dim) tensor per state.
+        """
+        B = hs[0].shape[0]
+        if self.shared:
+            z = self.inp[0](self.ln[0](torch.cat([h.flatten(1) for h in hs])))
+        else:
+            z = torch.cat([self.inp[d](self.ln[d](h.flatten(1))) for h, d in zip(hs, depths)])
+        tt = torch.tensor(t, dtype=z.dtype, device=z.device).repeat_interleave(B).unsqueeze(1)
+        z = z + self.t_embed(tt)
+        if self.s_embed is not None:
+            z = z + self.s_embed(s).repeat(len(hs), 1)
+        return list(self.body(z).split(B))
+
+
+def build_bridge(seed: int, device, dtype, **kw) -> BridgeNet:
+    """A BridgeNet whose initial weights come from ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = BridgeNet(**kw)
+    return net.to(device=device, dtype=dtype)

@@ -1,0 +1,36 @@
+"""Feedback alignment (SPEC 3.3, 10): a_l = B_l a_{l+1} with fixed d x d Gaussian B_l / sqrt(d)."""
+from __future__ import annotations
+
+from .base import FeedbackRule, register_method, state_shapes
+
+
+@register_method("fa")
+class FA(FeedbackRule):
+    """Sequential random feedback. The credit at h_L is the true gradient through out_ln and
+    out_head; below it a_l = B_l a_{l+1} (per token for a transformer), B_l ~ N(0, 1/d).
+
+    Needs every hidden state to have the same width d (ResMLP, StudentNet, ViT-Mini);
+    the CNN's stages change shape, so FA is not defined there (use DFA).
+    """
+
+    archs = ("resmlp", "studentnet", "vit")
+    needs_top_grad = True
+
+    def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, trainable_blocks: int | None = None,
+                 init_aux: bool = True) -> None:
+        super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=trainable_blocks, init_aux=init_aux)
+        self.width = state_shapes(model)[0][-1]
+        self.feedback_std = self.width ** -0.5
+        self._init_feedback()
+
+    def _why_not(self, model):
+        return " (its hidden states change shape between stages, so there is no d x d feedback chain)"
+
+    def feedback_shapes(self):
+        return [(self.width, self.width)] * self.model.depth
+
+    def credit_from(self, feedback, states, logits, y, top_grad):
+        credit = [top_grad]
+        for B in reversed(feedback):     # a_l = B_l a_{l+1} for column vectors, i.e. rows times B_l^T
+            credit.append(credit[-1] @ B.T)
+        return credit[::-1]

@@ -1,0 +1,99 @@
+"""State Bridge (SPEC 3.6): credit through a learned predictor of the terminal state."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .base import LocalRule, check_range, error_signal, register_method, state_shapes
+from .bridges import build_bridge
+
+Predictor = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
+@register_method("state_bridge")
+class StateBridge(LocalRule):
+    """a_l = d/dh_l CE(readout(G_psi(h_l, t_l, s)), y) for l < L; a_L = the true dCE/dh_L.
+
+    G_psi (a :class:`BridgeNet`, conditioned on s = e_T when ``cond="eT"``) predicts
+    h_L from h_l and trains on the normalised MSE ||G - h_L||^2 / ||h_L||^2 (per
+    sample, mean over samples and layers) at ``lr_fb``. The credit is the terminal
+    loss pulled back through G's Jacobian instead of the network's. ``predictor``
+    replaces G by any callable ``(h_l, l, s) -> h_L`` (nothing is then trained or
+    saved); the true forward map gives exactly the BP gradient.
+    """
+
+    needs_top_grad = True
+
+    def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, trainable_blocks: int | None = None,
+                 init_aux: bool = True, hidden: int = 256, layers: int = 3, cond: str = "eT",
+                 predictor: Predictor | None = None) -> None:
+        super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=trainable_blocks, init_aux=init_aux)
+        check_range("cond", cond, cond in ("eT", "none"), "'eT' or 'none'")
+        self.shapes = state_shapes(model)
+        self.cond = cond
+        self.predictor = predictor
+        p = next(model.parameters())
+        self._net_kw = dict(in_dims=[math.prod(s) for s in self.shapes[:-1]], out_dim=math.prod(self.shapes[-1]),
+                            cond_dim=model.out_head.out_features if cond == "eT" else 0, hidden=hidden, layers=layers)
+        self._device, self._dtype = p.device, p.dtype
+        self.net = self._new_net() if (init_aux and predictor is None) else None
+        self._bridge_loss = None
+
+    def _new_net(self):
+        return build_bridge(self.seed + 1, self._device, self._dtype, **self._net_kw)
+
+    def aux_parameters(self):
+        return list(self.net.parameters()) if self.net is not None else []
+
+    def _predict(self, hs: list[torch.Tensor], s: torch.Tensor) -> list[torch.Tensor]:
+        L = self.model.depth
+        if self.predictor is not None:
+            return [self.predictor(h, l, s) for l, h in enumerate(hs)]
+        net = self._need("net", "state-bridge network G_psi")
+        out = net(hs, list(range(L)), [l / L for l in range(L)], s if self.cond == "eT" else None)
+        return [o.view(len(o), *self.shapes[-1]) for o in out]
+
+    def local_credit(self, states, logits, y, top_grad):
+        s = error_signal(logits, y)
+        with torch.enable_grad():
+            hs = [h.detach().requires_grad_() for h in states[:-1]]
+            preds = self._predict(hs, s)
+            ce = sum(F.cross_entropy(self.model.readout(p), y) for p in preds)
+            train_net = self.net is not None and self.model.training   # not when credit() asks
+            credit = list(torch.autograd.grad(ce, hs, retain_graph=train_net))
+        if train_net:
+            target = states[-1].detach().flatten(1)
+            den = target.pow(2).sum(1).clamp_min(1e-30)
+            self._bridge_loss = torch.stack(
+                [((p.flatten(1) - target).pow(2).sum(1) / den).mean() for p in preds]).mean()
+        return credit + [top_grad]
+
+    def extra_loss(self, states, logits, y):
+        loss, self._bridge_loss = self._bridge_loss, None
+        return {} if loss is None else {"bridge_loss": loss}
+
+    def aux_state(self):
+        if self.predictor is not None:
+            return {}
+        return {"net": {k: v.detach().cpu() for k, v in self._need("net", "state-bridge network G_psi")
+                        .state_dict().items()}}
+
+    def load_aux_state(self, state):
+        if self.predictor is not None:
+            return
+        self.net = _load_net(self, state, "net", self._new_net, "state-bridge network G_psi")
+
+
+def _load_net(method, state: dict, key: str, make, what: str):
+    from ..diagnostics import MissingAuxStateError
+    if not state or key not in state:
+        raise MissingAuxStateError(f"method {method.name!r}: the auxiliary state has no {key!r} ({what})")
+    net = make()
+    try:
+        net.load_state_dict(state[key])
+    except RuntimeError as e:
+        raise ValueError(f"method {method.name!r}: the saved {what} does not fit this model: {e}") from None
+    return net

@@ -1,0 +1,236 @@
+"""The run store: train a configuration once, load it every later time.
+
+``experiment(**config)`` trains or loads. A run is keyed by its canonical config
+(every default filled in, so ``width=256`` and leaving the width out are the same
+run) plus :data:`CACHE_VERSION`, hashed. Its directory holds
+
+* ``config.json``: the canonical config, its hash, the cache version, and facts that
+  are not part of the key (device, torch version, the data's provenance, how long it took);
+* ``history.json``: the per-epoch records of :func:`faeval.train.fit`;
+* ``checkpoint.pt``: the model's weights and the rule's auxiliary state (feedback
+  matrices, bridge networks, EMA targets).
+
+Writes are atomic: the files are written into a temporary directory that is renamed
+into place only when all three are complete, so an interrupted run leaves no entry
+that reads as complete. The store lives in ``results/`` (git-ignored), or
+``$FAEVAL_RESULTS``, or the ``results=`` argument.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from .methods import build_method, method_hparams
+from .models import ARCHS, ResMLP, SmallCNN, StudentNet, ViTMini, build_model
+from .protocol import Monitor
+from .train import Run, fit
+
+__all__ = ["CACHE_VERSION", "experiment", "canonical_config", "config_hash", "load_run", "list_runs",
+           "results_dir", "run_dir"]
+
+#: bump when a change to training or to the history format makes stored runs stale
+CACHE_VERSION = 1
+
+TOP = {"arch": "resmlp", "method": "bp", "dataset": "fashion-mnist", "epochs": 1, "seed": 0, "batch_size": 128,
+       "lr": 1e-3, "weight_decay": 0.01, "lr_fb": 1e-3, "eval_n": 1280, "stop_on": []}
+_MODEL_CLASSES = {"resmlp": ResMLP, "vit": ViTMini, "cnn": SmallCNN, "studentnet": StudentNet}
+_NOT_KEYED_MODEL = ("d_input", "input_shape", "num_classes", "act")
+_NOT_KEYED_METHOD = ("seed", "init_aux", "predictor")
+_DATA_COMMON = {"subset": None, "label_noise": 0.0, "random_targets": False}
+
+
+def results_dir(results: str | os.PathLike | None = None) -> Path:
+    """The store's directory: ``results``, else ``$FAEVAL_RESULTS``, else ``./results``."""
+    return Path(results or os.environ.get("FAEVAL_RESULTS") or "results")
+
+
+def _defaults(fn, skip) -> dict:
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items()
+            if n not in skip and n != "self" and p.default is not inspect.Parameter.empty}
+
+
+def _data_defaults(name: str) -> dict:
+    if name not in data_mod._LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(data_mod.DATASETS)}")
+    loader = data_mod._LOADERS[name]
+    own = {n: p.default for n, p in inspect.signature(loader).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    return {**_DATA_COMMON, **own}
+
+
+def canonical_config(**config) -> dict:
+    """The full config of a run: top-level settings plus ``model``, ``hparams`` and ``data`` dicts.
+
+    Flat keys are routed by name: a hyperparameter of the rule goes to ``hparams``,
+    a model option to ``model``, a dataset option to ``data`` (nested dicts work
+    too). Every default is filled in. An unknown key raises, listing the valid ones.
+    """
+    cfg = {k: config.pop(k, v) for k, v in TOP.items()}
+    if cfg["arch"] not in ARCHS:
+        raise ValueError(f"unknown arch {cfg['arch']!r}; valid archs: {', '.join(sorted(ARCHS))}")
+    hp_def = {k: v for k, v in method_hparams(cfg["method"]).items() if k not in _NOT_KEYED_METHOD}
+    model_def = _defaults(_MODEL_CLASSES[cfg["arch"]].__init__, _NOT_KEYED_MODEL)
+    data_def = _data_defaults(cfg["dataset"])
+    parts = {"hparams": dict(config.pop("hparams", None) or {}), "model": dict(config.pop("model", None) or {}),
+             "data": dict(config.pop("data", None) or {})}
+    for key in list(config):
+        for part, defaults in (("hparams", hp_def), ("model", model_def), ("data", data_def)):
+            if key in defaults:
+                parts[part][key] = config.pop(key)
+                break
+    owner = {"hparams": f"method {cfg['method']!r}", "model": f"arch {cfg['arch']!r}",
+             "data": f"dataset {cfg['dataset']!r}"}
+    for part, defaults in (("hparams", hp_def), ("model", model_def), ("data", data_def)):
+        unknown = sorted(set(parts[part]) - set(defaults))
+        if unknown:
+            raise TypeError(f"{part} key(s) {', '.join(map(repr, unknown))} are not options of {owner[part]}; "
+                            f"valid: {', '.join(sorted(defaults))}")
+    if config:
+        valid = sorted({*TOP, *hp_def, *model_def, *data_def})
+        raise TypeError(f"unknown config key(s) {', '.join(map(repr, sorted(config)))} for method {cfg['method']!r}, "
+                        f"arch {cfg['arch']!r}, dataset {cfg['dataset']!r}; valid keys: {', '.join(valid)}")
+    cfg["stop_on"] = sorted(cfg["stop_on"])
+    for part, defaults in (("hparams", hp_def), ("model", model_def), ("data", data_def)):
+        cfg[part] = {k: _like(defaults[k], v) for k, v in {**defaults, **parts[part]}.items()}
+    cfg.update({k: _like(TOP[k], cfg[k]) for k in TOP})
+    json.dumps(cfg)   # raises for a value that cannot be keyed (e.g. a function)
+    return cfg
+
+
+def _like(default, value):
+    """An int given where the default is a float becomes that float (so lr=1 and lr=1.0 are one run)."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def config_hash(cfg: dict) -> str:
+    """16 hex digits of the SHA-256 of the canonical JSON of ``cfg`` and the cache version."""
+    blob = json.dumps({"cache_version": CACHE_VERSION, **cfg}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_dir(cfg: dict, results=None) -> Path:
+    """Where the run of canonical config ``cfg`` is stored."""
+    name = f"{cfg['method']}_{cfg['arch']}_{cfg['dataset']}_s{cfg['seed']}_{config_hash(cfg)}"
+    return results_dir(results) / name
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset(name: str, data_json: str, seed: int, device: str, root: str | None):
+    opts = json.loads(data_json)
+    return data_mod.load_dataset(name, root=root, device=device, seed=seed, **opts)
+
+
+def experiment(*, results=None, retrain: bool = False, progress: bool = True, device: str | None = None,
+               data_root: str | None = None, **config) -> Run:
+    """Train the run that ``config`` describes, or load it from the store.
+
+    ``config`` takes ``arch``, ``method``, ``dataset``, ``epochs``, ``seed``,
+    ``batch_size``, ``lr``, ``weight_decay``, ``lr_fb``, ``eval_n``, ``stop_on``
+    (diagnostics that stop the run, e.g. ``["D1"]``) and any option of the rule, the
+    model or the dataset (``penalty=1e-2``, ``width=512``, ``subset=20000``, ...).
+    ``device``, ``results``, ``data_root`` and ``progress`` do not change the run and
+    are not part of its key. ``retrain=True`` trains again and replaces the entry.
+    """
+    cfg = canonical_config(**config)
+    path = run_dir(cfg, results)
+    if path.is_dir() and not retrain:
+        return load_run(path, device=device)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ds = _dataset(cfg["dataset"], json.dumps(cfg["data"], sort_keys=True), cfg["seed"], device, data_root)
+    model = build_model(cfg["arch"], ds.input_shape, ds.num_classes, seed=cfg["seed"], **cfg["model"]).to(device)
+    method = build_method(cfg["method"], model, seed=cfg["seed"], **cfg["hparams"])
+    monitor = Monitor(stop_on=cfg["stop_on"]) if cfg["stop_on"] else None
+    start = time.perf_counter()
+    run = fit(model, method, ds, cfg["epochs"], cfg["seed"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+              weight_decay=cfg["weight_decay"], lr_fb=cfg["lr_fb"], eval_n=cfg["eval_n"], monitor=monitor,
+              progress=progress, config=cfg)
+    meta = {"config": cfg, "hash": config_hash(cfg), "cache_version": CACHE_VERSION,
+            "input_shape": list(ds.input_shape), "num_classes": ds.num_classes, "stopped": run.stopped,
+            "device": str(device), "torch": torch.__version__, "train_seconds": time.perf_counter() - start,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "data_info": _jsonable(ds.info)}
+    _write_run(path, meta, run, replace=retrain)
+    run.path = path
+    return run
+
+
+def _jsonable(o):
+    return json.loads(json.dumps(o, default=str))
+
+
+def _write_run(path: Path, meta: dict, run: Run, replace: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        (tmp / "history.json").write_text(json.dumps(run.history, indent=1))
+        torch.save({"format": 1, "model": run.model.state_dict(), "aux": run.method.aux_state()},
+                   tmp / "checkpoint.pt")
+        if replace and path.exists():
+            old = path.with_name(f".old-{path.name}-{os.getpid()}")
+            path.rename(old)
+            shutil.rmtree(old)
+        try:
+            tmp.rename(path)
+        except OSError:
+            if not path.is_dir():      # another process stored the same run meanwhile: keep theirs
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def load_run(path: str | os.PathLike, device: str | None = None) -> Run:
+    """Load a stored run: model weights, the rule with its auxiliary state, and the history."""
+    path = Path(path)
+    missing = [f for f in ("config.json", "history.json", "checkpoint.pt") if not (path / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a complete faeval run ({', '.join(missing)} missing); "
+                                "delete it and train again")
+    meta = json.loads((path / "config.json").read_text())
+    if meta.get("cache_version") != CACHE_VERSION:
+        raise ValueError(f"{path} was stored with cache version {meta.get('cache_version')}, this faeval uses "
+                         f"{CACHE_VERSION}: train again (experiment(..., retrain=True))")
+    cfg = meta["config"]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = torch.load(path / "checkpoint.pt", map_location=device, weights_only=True)
+    model = build_model(cfg["arch"], meta["input_shape"], meta["num_classes"], **cfg["model"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    method = build_method(cfg["method"], model, seed=cfg["seed"], init_aux=False, **cfg["hparams"])
+    method.load_aux_state(ckpt["aux"])
+    history = json.loads((path / "history.json").read_text())
+    return Run(model, method, history, cfg, meta.get("stopped"), path, from_cache=True)
+
+
+def list_runs(results=None) -> list[dict]:
+    """One summary dict per complete run in the store, oldest first."""
+    rows = []
+    root = results_dir(results)
+    if not root.is_dir():
+        return rows
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or not (p / "config.json").is_file():
+            continue
+        meta = json.loads((p / "config.json").read_text())
+        hist = json.loads((p / "history.json").read_text()) if (p / "history.json").is_file() else []
+        cfg = meta["config"]
+        last = hist[-1] if hist else {}
+        rows.append({"run": p.name, "method": cfg["method"], "arch": cfg["arch"], "dataset": cfg["dataset"],
+                     "seed": cfg["seed"], "epochs": last.get("epoch"), "test_acc": last.get("test_acc"),
+                     "max_growth": last.get("diag", {}).get("max_block_growth"),
+                     "g_L": last.get("diag", {}).get("g_L"), "stopped": meta.get("stopped"),
+                     "created": meta.get("created"), "current": meta.get("cache_version") == CACHE_VERSION})
+    return sorted(rows, key=lambda r: r["created"] or "")

@@ -1,0 +1,200 @@
+"""The training loop: one rule, one model, one dataset, a per-epoch history.
+
+``fit`` trains with AdamW (model parameters at ``lr``, the rule's own networks at
+``lr_fb``; both with ``weight_decay``), shows a progress bar, and after every epoch
+(and once before training, as epoch 0) appends a history record:
+
+* ``epoch``, ``step``, ``train_loss``, ``train_acc`` (running means over the epoch's
+  batches, in training mode), ``test_loss``, ``test_acc`` (the whole test split, eval
+  mode), ``seconds`` (training time of the epoch; excluded from comparisons);
+* the rule's own per-step statistics averaged over the epoch (``penalty``,
+  ``bridge_loss``, ...);
+* ``diag``: :func:`faeval.diagnostics.snapshot` on a fixed eval batch (the first
+  ``eval_n`` test samples): per-layer hidden norms, BP-gradient norms, max block
+  growth, g_L, direction stability and per-layer Gamma of the rule's credit.
+
+A ``monitor(epoch, record) -> bool`` (e.g. :class:`faeval.Monitor`) may stop the
+run. A non-finite training loss or hidden state ends the run cleanly: the history
+so far is kept and ``run.stopped`` says why.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import diagnostics as D
+from .methods import Method, build_method
+from .models import LayeredModel
+
+__all__ = ["fit", "Run", "evaluate"]
+
+
+@dataclass
+class Run:
+    """A trained (or loaded) run: the model, the rule with its auxiliary state, and the history."""
+
+    model: LayeredModel
+    method: Method
+    history: list[dict]
+    config: dict = field(default_factory=dict)
+    stopped: str | None = None
+    path: Path | None = None
+    from_cache: bool = False
+
+    @property
+    def final(self) -> dict:
+        """The last history record."""
+        return self.history[-1]
+
+    @property
+    def test_acc(self) -> float:
+        return self.final["test_acc"]
+
+    def summary(self) -> str:
+        """One line: method, epochs, accuracy, the final diagnostics."""
+        f, d = self.final, self.final["diag"]
+        gam = d.get("gamma")
+        parts = [f"{self.method.name}", f"epoch {f['epoch']}", f"step {f['step']}",
+                 f"test_acc {f['test_acc']:.4f}", f"|h_L| {d['hidden_norms'][-1]:.3g}",
+                 f"max growth {d['max_block_growth']:.3g}", f"g_L {d['g_L']:.3g}"]
+        if gam is not None:
+            parts.append("Gamma " + "/".join(f"{g:+.2f}" for g in gam))
+        if self.stopped:
+            parts.append(f"stopped: {self.stopped}")
+        return "  ".join(parts)
+
+    def __repr__(self) -> str:
+        where = f", path={str(self.path)!r}" if self.path else ""
+        return f"Run({self.summary()}{where})"
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over (x, y) in eval mode."""
+    was = model.training
+    model.eval()
+    try:
+        loss, correct = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i:i + batch_size])
+            loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+            correct += (logits.argmax(-1) == y[i:i + batch_size]).sum().item()
+    finally:
+        model.train(was)
+    return loss / len(x), correct / len(x)
+
+
+def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: int = 0, *, batch_size: int = 128,
+        lr: float = 1e-3, weight_decay: float = 0.01, lr_fb: float = 1e-3, eval_n: int = 1280,
+        monitor: Callable[[int, Mapping], bool] | None = None, progress: bool = True, check_every: int = 20,
+        config: dict | None = None) -> Run:
+    """Train ``model`` with ``method`` (a rule or its registered name) for ``epochs`` epochs.
+
+    Batches follow ``dataset.batches(batch_size, seed, epoch)``; the data move to the
+    model's device. Same seed, same inputs: the same history (apart from ``seconds``).
+    ``check_every`` is how many steps pass between checks for a non-finite loss.
+    """
+    if isinstance(method, str):
+        method = build_method(method, model, seed=seed)
+    if method.model is not model:
+        raise ValueError("the method was built for a different model: build_method(name, model) with this model")
+    for name, v, ok, rng in [("epochs", epochs, isinstance(epochs, int) and epochs >= 0, "an integer >= 0"),
+                             ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1,
+                              "an integer >= 1"),
+                             ("lr", lr, lr > 0, "> 0"), ("lr_fb", lr_fb, lr_fb > 0, "> 0"),
+                             ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+                             ("eval_n", eval_n, isinstance(eval_n, int) and eval_n >= 2, "an integer >= 2")]:
+        if not ok:
+            raise ValueError(f"{name}={v!r}: must be {rng}")
+    device = next(model.parameters()).device
+    if dataset.x_train.device != device:
+        dataset = dataset.to(device)
+    x_eval, y_eval = dataset.eval_batch(min(eval_n, dataset.n_test))
+    opt = torch.optim.AdamW(method.parameters(), lr=lr, weight_decay=weight_decay)
+    aux = method.aux_parameters()
+    opt_fb = torch.optim.AdamW(aux, lr=lr_fb, weight_decay=weight_decay) if aux else None
+
+    history: list[dict] = []
+    stopped = None
+    step = 0
+
+    def record(epoch: int, sums: dict, n_batches: int, n_seen: int, seconds: float) -> dict:
+        test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
+        loss, correct = sums.pop("loss", 0.0), sums.pop("correct", 0)
+        rec = {"epoch": epoch, "step": step,
+               "train_loss": loss / n_batches if n_batches else None,
+               "train_acc": correct / n_seen if n_seen else None,
+               "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds}
+        rec.update({k: v / n_batches for k, v in sums.items() if n_batches})
+        rec["diag"] = D.snapshot(model, x_eval, y_eval, credit_fn=method.credit)
+        return rec
+
+    steps_per_epoch = math.ceil(dataset.n_train / batch_size)
+    bar = _progress(epochs * steps_per_epoch, f"{method.name} {model.arch}", progress)
+    try:
+        history.append(record(0, {}, 0, 0, 0.0))
+        if monitor is not None and monitor(0, history[-1]):
+            stopped = "monitor stopped the run at epoch 0"
+        for epoch in range(1, epochs + 1):
+            if stopped:
+                break
+            model.train()
+            sums: dict[str, torch.Tensor | float] = {}
+            n_batches = n_seen = 0
+            start = time.perf_counter()
+            for x, y in dataset.batches(batch_size, seed=seed, epoch=epoch):
+                opt.zero_grad(set_to_none=True)
+                if opt_fb is not None:
+                    opt_fb.zero_grad(set_to_none=True)
+                stats = method.step(x, y)
+                opt.step()
+                if opt_fb is not None:
+                    opt_fb.step()
+                method.after_step()
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().double()
+                n_batches += 1
+                n_seen += len(y)
+                step += 1
+                bar.update(1)
+                if n_batches % check_every == 0:
+                    bad = _non_finite(sums)
+                    if bad:
+                        stopped = f"non-finite {bad} at epoch {epoch}, step {step}"
+                        break
+                    bar.set_postfix(loss=f"{sums['loss'].item() / n_batches:.3f}",
+                                    acc=f"{sums['correct'].item() / n_seen:.3f}", refresh=False)
+            seconds = time.perf_counter() - start
+            bad = _non_finite(sums)
+            if bad and not stopped:
+                stopped = f"non-finite {bad} at epoch {epoch}, step {step}"
+            rec = record(epoch, {k: float(v) for k, v in sums.items()}, n_batches, n_seen, seconds)
+            if stopped:
+                rec["stopped"] = stopped
+            elif not all(math.isfinite(h) for h in rec["diag"]["hidden_norms"]):
+                stopped = rec["stopped"] = f"non-finite hidden state at epoch {epoch}"
+            history.append(rec)
+            if not stopped and monitor is not None and monitor(epoch, rec):
+                stopped = rec["stopped"] = f"monitor stopped the run at epoch {epoch}"
+    finally:
+        bar.close()
+    model.eval()
+    return Run(model, method, history, dict(config or {}), stopped)
+
+
+def _non_finite(sums: Mapping) -> str | None:
+    for k, v in sums.items():
+        if not math.isfinite(float(v)):
+            return "training loss" if k == "loss" else k
+    return None
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="step", leave=False, dynamic_ncols=True)
