@@ -223,6 +223,10 @@ class LocalRule(Method):
         """Losses of the rule's own networks (backpropagated into :meth:`aux_parameters` only)."""
         return {}
 
+    def step_stats(self) -> dict[str, torch.Tensor]:
+        """Extra per-step statistics of the last :meth:`local_credit` call (averaged into the history)."""
+        return {}
+
     def _forward(self, x: torch.Tensor):
         """Forward with every block's input detached: (h0 with graph, detached states, branches)."""
         m = self.model
@@ -265,6 +269,7 @@ class LocalRule(Method):
             loss = loss + pen
             stats["penalty"] = pen.detach()
         loss.backward(inputs=self.parameters())
+        stats.update(self.step_stats())
         aux = self.extra_loss(states, logits.detach(), y)
         if aux:
             total = sum(aux.values())
