@@ -122,6 +122,33 @@ def test_dfa_credit_has_the_specified_form_and_survives_a_checkpoint():
     assert not torch.allclose(other[1], credit[1])
 
 
+@pytest.mark.parametrize("lam", [0.0, 0.05])
+def test_dfa_step_gradients_are_those_of_the_local_losses(lam):
+    """Written out: CE(readout(sg h_L)) + <h_0, a_0> + sum_l <f_l(sg h_l), a_{l+1}> + lam sum_l mean ||f_l||^2."""
+    m = _tiny(w2_std=0.3)
+    x, y = _xy()
+    dfa = build_method("dfa", m, seed=7, penalty=lam)
+    dfa.step(x, y)
+    ours = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    h0 = m.embed(x)
+    h, loss = h0.detach(), 0.0
+    fs = []
+    for blk in m.blocks:
+        f = blk(h)
+        fs.append(f)
+        h = h + f.detach()
+    logits = m.readout(h)
+    e = (logits.detach().softmax(-1) - F.one_hot(y, 5)) / len(x)
+    a = [e @ B for B in dfa.feedback]
+    loss = F.cross_entropy(logits, y) + (h0 * a[0]).sum()
+    for l, f in enumerate(fs):
+        loss = loss + (f * a[l + 1]).sum() + lam * f.pow(2).sum(1).mean()
+    loss.backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(ours[n], p.grad, rtol=1e-5, atol=1e-8, msg=n)
+
+
 def test_dfa_fresh_feedback_credit_for_null_calibration():
     m = _tiny()
     x, y = _xy()

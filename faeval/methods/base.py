@@ -258,17 +258,16 @@ class LocalRule(Method):
         logits, ce, top_grad = self._top(states, y, self.needs_top_grad)
         states = [s.detach() for s in states]
         credit = [a.detach() for a in self.local_credit(states, logits.detach(), y, top_grad)]
-        local = (h0 * credit[0]).sum()
-        for l, f in enumerate(branches):
-            if f is not None:
-                local = local + (f * credit[l + 1]).sum()
-        loss = ce + local
         stats = {"loss": ce.detach(), "correct": (logits.argmax(-1) == y).sum()}
+        loss = ce
         pen = self._penalty_term(branches)
         if pen is not None:
             loss = loss + pen
             stats["penalty"] = pen.detach()
-        loss.backward(inputs=self.parameters())
+        # d<f_l, sg a>/df_l = a: seed each branch's backward with its credit (and h_0's with a_0)
+        outs = [loss, h0] + [f for f in branches if f is not None]
+        seeds = [None, credit[0]] + [credit[l + 1] for l, f in enumerate(branches) if f is not None]
+        torch.autograd.backward(outs, seeds, inputs=self.parameters())
         stats.update(self.step_stats())
         aux = self.extra_loss(states, logits.detach(), y)
         if aux:

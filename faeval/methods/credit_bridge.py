@@ -86,29 +86,39 @@ class CreditBridge(LocalRule):
         L, B = self.model.depth, len(y)
         s = self._s(logits, y, top_grad)
         times = [l / L for l in range(L + 1)]
+        train = self.model.training       # credit() for a diagnostic does not train V
         with torch.enable_grad():
             hs = [h.detach().requires_grad_() for h in states]
-            values = net(hs, list(range(L + 1)), times, s)
-            grads = torch.autograd.grad(sum(v.sum() for v in values), hs, create_graph=self.model.training)
+            # layers 0..L-1 and the terminal layer in two passes: only the terminal gradient
+            # is matched, so only its graph is kept for a second derivative
+            values = net(hs[:L], list(range(L)), times[:L], s)
+            grads = list(torch.autograd.grad(sum(v.sum() for v in values), hs[:L], retain_graph=train))
+            v_L = net(hs[L:], [L], times[L:], s)[0]
+            grads.append(torch.autograd.grad(v_L.sum(), hs[L], create_graph=train)[0])
         credit = [g.detach() / B for g in grads]
-        if not self.model.training:      # credit() for a diagnostic: V is not trained
+        if not train:
             return credit
         # losses of V (backpropagated into V's parameters by extra_loss)
         with torch.no_grad():
-            succ = [states[l + 1] for l in range(L)]
-            noisy = [[h + self.sigma * torch.randn(h.shape, generator=self.generator, device=h.device, dtype=h.dtype)
-                      for h in succ] for _ in range(self.K)]
-            vk = torch.stack([torch.cat(self.target(n, list(range(1, L + 1)), times[1:], s)) for n in noisy])
+            succ = states[1:]
+            # when the states share a shape, one noise draw per successor k serves every layer (each
+            # layer's target still averages over K independent draws); else each layer draws its own
+            shared = len({h.shape for h in succ}) == 1
+            eps = [self._noise(succ[0])] * L if shared else [self._noise(h) for h in succ]
+            noisy = [h + e[k] for k in range(self.K) for h, e in zip(succ, eps)]     # all K x L in one pass
+            vk = torch.cat(self.target(noisy, list(range(1, L + 1)) * self.K, times[1:] * self.K, s)).view(self.K, -1)
             target = -self.lam * (torch.logsumexp(-vk / self.lam, dim=0) - math.log(self.K))
             per_sample = F.cross_entropy(logits, y, reduction="none")
             g_true = top_grad * B
-        v_lt = torch.cat(values[:L])
         self._losses = {
-            "consistency": (v_lt - target).pow(2).mean(),
-            "terminal_value": (values[L].squeeze(1) - per_sample).pow(2).mean(),
+            "consistency": (torch.cat(values) - target).pow(2).mean(),
+            "terminal_value": (v_L.squeeze(1) - per_sample).pow(2).mean(),
             "terminal_grad": self.term_grad_weight * (grads[L] - g_true).flatten(1).pow(2).sum(1).mean(),
         }
         return credit
+
+    def _noise(self, h):
+        return self.sigma * torch.randn((self.K, *h.shape), generator=self.generator, device=h.device, dtype=h.dtype)
 
     def extra_loss(self, states, logits, y):
         losses, self._losses = self._losses, None

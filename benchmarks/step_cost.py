@@ -1,0 +1,149 @@
+"""Per-step cost of every learning rule relative to BP (issue 3 targets), measured in one run.
+
+Setting: ResMLP d=256, L=4, Fashion-MNIST batches of 128 (random data of the same
+shape when the files are missing), AdamW on the model and on the rule's own
+networks, exactly as faeval.fit steps. Rules are timed round-robin (each repeat
+times every rule once) so that machine drift hits all of them alike; the per-step
+time is the median over repeats of the mean over a block of steps.
+
+Prints, per rule: ms/step, ratio to BP and its target, FLOPs per step (counted by
+torch's flop registry: matmuls, convolutions, attention) and the achieved GFLOP/s next to
+this machine's fp32 matmul peak (a 2048^3 matmul, best of 5). Then the per-epoch
+diagnostic snapshot (1,280 eval samples, with Gamma of the rule's credit) as a
+fraction of one training epoch of the same rule. The quick profile's epoch is set by
+issue 7; until then the epoch is a full Fashion-MNIST epoch (469 steps).
+
+Run: .venv/bin/python benchmarks/step_cost.py [--steps 30] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from _timing import best_of
+from protocol_cost import _data
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from faeval import build_method, build_model
+from faeval import diagnostics as D
+
+RULES = ["bp", "dfa", "fa", "ep", "state_bridge", "credit_bridge", "frozen"]
+
+
+def target(name: str, rule) -> tuple[float | None, str]:
+    if name in ("dfa",):
+        return 1.1, "<= 1.1x"
+    if name == "fa":
+        return 1.2, "<= 1.2x"
+    if name in ("state_bridge", "credit_bridge"):
+        return 3.0, "<= 3x"
+    if name == "ep":
+        return 1.0 + rule.steps, f"<= 1 + {rule.steps} (nudged steps)"
+    return None, ""
+
+
+class Stepper:
+    """One rule on its own model, stepped as faeval.fit steps it."""
+
+    def __init__(self, name, shape, seed=0):
+        self.model = build_model("resmlp", shape, 10, seed=seed, width=256, depth=4)
+        self.rule = build_method(name, self.model, seed=seed)
+        self.opt = torch.optim.AdamW(self.rule.parameters(), lr=1e-3, weight_decay=0.01)
+        aux = self.rule.aux_parameters()
+        self.opt_fb = torch.optim.AdamW(aux, lr=1e-3, weight_decay=0.01) if aux else None
+
+    def step(self, x, y):
+        self.opt.zero_grad(set_to_none=True)
+        if self.opt_fb:
+            self.opt_fb.zero_grad(set_to_none=True)
+        self.rule.step(x, y)
+        self.opt.step()
+        if self.opt_fb:
+            self.opt_fb.step()
+        self.rule.after_step()
+
+
+class CountFlops(TorchDispatchMode):
+    """Sum torch's registered FLOP formulas over every op run inside the context.
+
+    (torch's FlopCounterMode also tracks modules with hooks that reject the
+    ``autograd.grad`` calls on leaf tensors that the local rules make.)
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
+def matmul_peak_gflops(n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n ** 3 / best_of(lambda: a @ b, repeat=5, warmup=True) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=30, help="steps per timed block")
+    ap.add_argument("--repeats", type=int, default=5, help="round-robin repeats")
+    args = ap.parse_args()
+    x_train, y_train, x_test, y_test, src = _data()
+    shape = tuple(x_train.shape[1:])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data: {src}; ResMLP d=256 L=4, batch 128")
+    peak = matmul_peak_gflops()
+    print(f"fp32 matmul peak (2048^3): {peak:.0f} GFLOP/s")
+
+    steppers = {n: Stepper(n, shape) for n in RULES}
+    g = torch.Generator().manual_seed(0)
+    batches = [(x_train[i], y_train[i]) for i in torch.randint(0, len(x_train), (args.steps, 128), generator=g)]
+    flops = {}
+    for n, s in steppers.items():               # warm-up, and one counted step
+        for xb, yb in batches[:3]:
+            s.step(xb, yb)
+        with CountFlops() as fc:
+            s.step(*batches[0])
+        flops[n] = fc.total
+    times = {n: [] for n in RULES}
+    for _ in range(args.repeats):
+        for n, s in steppers.items():
+            t = time.perf_counter()
+            for xb, yb in batches:
+                s.step(xb, yb)
+            times[n].append((time.perf_counter() - t) / len(batches))
+    per_step = {n: statistics.median(v) for n, v in times.items()}
+
+    print(f"\n{'rule':14s} {'ms/step':>8s} {'x BP':>6s}  {'target':24s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
+          f"{'% peak':>6s}")
+    for n in RULES:
+        ratio = per_step[n] / per_step["bp"]
+        lim, text = target(n, steppers[n].rule)
+        verdict = "" if lim is None else ("ok" if ratio <= lim else "MISSED")
+        gf = flops[n] / 1e9
+        print(f"{n:14s} {1e3 * per_step[n]:8.2f} {ratio:6.2f}  {text + ' ' + verdict:24s} {gf:10.3f} "
+              f"{gf / per_step[n]:8.1f} {100 * gf / per_step[n] / peak:5.0f}%")
+
+    x_eval, y_eval = x_test[:1280], y_test[:1280]
+    steps_per_epoch = -(-len(x_train) // 128)
+    print(f"\nper-epoch snapshot (1,280 eval samples, Gamma included) vs one epoch of the same rule "
+          f"({steps_per_epoch} steps; target <= 10%)")
+    for n in RULES:
+        s = steppers[n]
+        snap = best_of(lambda s=s: D.snapshot(s.model, x_eval, y_eval, credit_fn=s.rule.credit), repeat=3,
+                       warmup=True)
+        epoch = per_step[n] * steps_per_epoch
+        frac = snap / epoch
+        print(f"{n:14s} snapshot {snap:6.3f} s  epoch {epoch:6.1f} s  {100 * frac:5.1f}%  "
+              f"{'ok' if frac <= 0.10 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

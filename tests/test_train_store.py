@@ -1,0 +1,214 @@
+"""fit(), the run store and the CLI: reproducible, cached, atomic, and clear about bad input."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import faeval
+from faeval import diagnostics as D
+from faeval import store
+from faeval.methods import METHODS, LocalRule, register_method
+from faeval.train import fit
+
+pytestmark = pytest.mark.filterwarnings("ignore:synthetic task")
+
+SMALL = {"dataset": "synthetic", "data": {"d": 16, "n_train": 512, "n_test": 256}, "width": 32, "depth": 2,
+         "epochs": 2, "eval_n": 256}
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return faeval.load_dataset("synthetic", d=16, n_train=512, n_test=256, seed=0)
+
+
+def _model(seed=0):
+    return faeval.build_model("resmlp", (16,), 10, seed=seed, width=32, depth=2)
+
+
+def _strip(history):
+    return [{k: v for k, v in rec.items() if k != "seconds"} for rec in history]
+
+
+# -- fit ----------------------------------------------------------------------------------------
+def test_history_records_every_epoch_and_the_snapshot(synth):
+    run = fit(_model(), "dfa", synth, 3, seed=0, progress=False, eval_n=256)
+    assert [r["epoch"] for r in run.history] == [0, 1, 2, 3]
+    assert [r["step"] for r in run.history] == [0, 4, 8, 12]
+    assert run.history[0]["train_loss"] is None
+    for rec in run.history[1:]:
+        assert 0 <= rec["train_acc"] <= 1 and rec["train_loss"] > 0 and 0 <= rec["test_acc"] <= 1
+        d = rec["diag"]
+        assert len(d["hidden_norms"]) == len(d["bp_grad_norms"]) == len(d["gamma"]) == 3
+        assert d["g_L"] == d["bp_grad_norms"][-1]
+        assert d["max_block_growth"] == pytest.approx(D.max_block_growth(d["hidden_norms"]))
+    assert run.stopped is None
+    # the snapshot's test accuracy matches an independent evaluation of the final model
+    with torch.no_grad():
+        acc = (run.model(synth.x_test).argmax(-1) == synth.y_test).double().mean().item()
+    assert run.test_acc == pytest.approx(acc)
+
+
+@pytest.mark.parametrize("name", ["dfa", "credit_bridge"])
+def test_same_seed_same_history(synth, name):
+    a = fit(_model(), name, synth, 2, seed=3, progress=False, eval_n=256)
+    b = fit(_model(), name, synth, 2, seed=3, progress=False, eval_n=256)
+    assert _strip(a.history) == _strip(b.history)
+    c = fit(_model(), name, synth, 2, seed=4, progress=False, eval_n=256)
+    assert _strip(c.history) != _strip(a.history)
+
+
+def test_monitor_stops_the_run(synth):
+    seen = []
+
+    def monitor(epoch, rec):
+        seen.append(epoch)
+        return epoch >= 2
+
+    run = fit(_model(), "bp", synth, 5, progress=False, eval_n=256, monitor=monitor)
+    assert seen == [0, 1, 2] and run.final["epoch"] == 2
+    assert run.stopped == "monitor stopped the run at epoch 2" == run.final["stopped"]
+
+
+def test_a_non_finite_loss_ends_the_run_cleanly(synth):
+    @register_method("explodes_test")
+    class Explodes(LocalRule):
+        """Credit that grows a thousandfold per step: the stream overflows within a few steps."""
+
+        def __init__(self, model, *, seed=0, penalty=0.0, trainable_blocks=None, init_aux=True):
+            super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=trainable_blocks,
+                             init_aux=init_aux)
+            self.k = 0
+
+        def local_credit(self, states, logits, y, top_grad):
+            self.k += 1
+            return [-(10.0 ** (3 * self.k)) * torch.ones_like(h) for h in states]
+
+    try:
+        run = fit(_model(), "explodes_test", synth, 20, progress=False, eval_n=256, check_every=1)
+    finally:
+        METHODS.pop("explodes_test")
+    assert run.stopped is not None and run.stopped.startswith("non-finite")
+    assert run.final["epoch"] < 20 and run.final["stopped"] == run.stopped
+    assert math.isinf(run.final["diag"]["max_block_growth"]) or not math.isfinite(run.final["train_loss"])
+
+
+def test_fit_refuses_bad_settings(synth):
+    m = _model()
+    with pytest.raises(ValueError, match=r"lr=0: must be > 0"):
+        fit(m, "bp", synth, 1, lr=0, progress=False)
+    with pytest.raises(ValueError, match="different model"):
+        fit(m, faeval.build_method("bp", _model()), synth, 1, progress=False)
+
+
+# -- the store --------------------------------------------------------------------------------------
+def test_a_store_hit_returns_the_same_numbers_without_training(tmp_path, monkeypatch):
+    first = store.experiment(method="dfa", results=tmp_path, progress=False, **SMALL)
+    assert not first.from_cache and first.path.is_dir()
+    assert sorted(p.name for p in first.path.iterdir()) == ["checkpoint.pt", "config.json", "history.json"]
+
+    def no_training(*a, **k):
+        raise AssertionError("a store hit must not train")
+    monkeypatch.setattr(store, "fit", no_training)
+    again = store.experiment(method="dfa", results=tmp_path, progress=False, **SMALL)
+    assert again.from_cache and again.path == first.path
+    assert again.history == json.loads(json.dumps(first.history))
+    for p, q in zip(first.model.parameters(), again.model.parameters()):
+        assert torch.equal(p, q)
+    # an explicit default is the same run; a different value is not
+    assert store.experiment(method="dfa", results=tmp_path, progress=False, penalty=0, **SMALL).from_cache
+    with pytest.raises(AssertionError, match="must not train"):
+        store.experiment(method="dfa", results=tmp_path, progress=False, penalty=1e-2, **SMALL)
+
+
+@pytest.mark.parametrize("name", ["dfa", "fa", "state_bridge", "credit_bridge", "ep"])
+def test_gamma_after_reloading_equals_gamma_before_saving(tmp_path, name):
+    run = store.experiment(method=name, results=tmp_path, progress=False, **{**SMALL, "epochs": 1})
+    ds = faeval.load_dataset("synthetic", d=16, n_train=512, n_test=256, seed=0)
+    x, y = ds.eval_batch(256)
+    before = D.gamma_of(run.method, run.model, x, y).mean
+    loaded = store.load_run(run.path)
+    after = D.gamma_of(loaded.method, loaded.model, x, y).mean
+    assert after == before
+    assert loaded.final["diag"]["gamma"] == pytest.approx(before, abs=1e-6)   # the history recorded it too
+
+
+def test_an_interrupted_run_leaves_no_entry(tmp_path, monkeypatch):
+    def fail(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(KeyboardInterrupt):
+        store.experiment(method="bp", results=tmp_path, progress=False, **SMALL)
+    assert list(tmp_path.iterdir()) == []
+    assert store.list_runs(tmp_path) == []
+
+
+def test_an_incomplete_directory_is_refused(tmp_path):
+    cfg = store.canonical_config(method="bp", **SMALL)
+    path = store.run_dir(cfg, tmp_path)
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="not a complete faeval run"):
+        store.experiment(method="bp", results=tmp_path, progress=False, **SMALL)
+
+
+def test_canonical_config_routes_and_fills_defaults():
+    a = store.canonical_config(method="dfa", penalty=1e-2, width=256, subset=100, lr=1)
+    b = store.canonical_config(method="dfa", hparams={"penalty": 0.01}, subset=100, lr=1.0)
+    assert a == b and store.config_hash(a) == store.config_hash(b)
+    assert a["hparams"]["penalty"] == 0.01 and a["model"]["width"] == 256 and a["data"]["subset"] == 100
+    assert store.config_hash(a) != store.config_hash({**a, "seed": 1})
+
+
+@pytest.mark.parametrize("kw,err,msg", [
+    ({"method": "dfx"}, ValueError, "unknown method 'dfx'"),
+    ({"arch": "mlp"}, ValueError, "unknown arch 'mlp'"),
+    ({"dataset": "imagenet"}, ValueError, "unknown dataset 'imagenet'"),
+    ({"method": "dfa", "betta": 1}, TypeError, r"unknown config key\(s\) 'betta'.*valid keys: .*penalty"),
+    ({"method": "dfa", "hparams": {"beta": 1}}, TypeError, r"hparams key\(s\) 'beta' are not options of method 'dfa'"),
+])
+def test_bad_configs_are_named(kw, err, msg):
+    with pytest.raises(err, match=msg):
+        store.canonical_config(**kw)
+
+
+# -- the CLI ----------------------------------------------------------------------------------------
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "faeval", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_trains_lists_and_audits(tmp_path):
+    args = ["--method", "dfa", "--dataset", "synthetic", "--epochs", "1", "--seed", "42", "--width", "32",
+            "--depth", "2", "--penalty", "1e-2", "--set", "data={\"d\": 16, \"n_train\": 256, \"n_test\": 128}",
+            "--eval-n", "128", "--quiet"]
+    r = _cli("train", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "dfa  epoch 1  step 2  test_acc" in r.stdout
+    r2 = _cli("train", *args, "--json", cwd=tmp_path)
+    final = json.loads(r2.stdout)
+    assert final["epoch"] == 1 and final["step"] == 2
+    runs = _cli("runs", cwd=tmp_path)
+    assert runs.returncode == 0 and "dfa" in runs.stdout and "synthetic" in runs.stdout
+    listed = json.loads(_cli("runs", "--json", cwd=tmp_path).stdout)
+    assert len(listed) == 1 and listed[0]["seed"] == 42
+    run_path = Path(tmp_path, "results", listed[0]["run"])
+    audit = _cli("audit", str(run_path), "--frozen-acc", "0.5", "--n-eval", "128", "--data-root", ".", cwd=tmp_path)
+    assert audit.returncode == 0, audit.stderr
+    assert "FAProtocol verdict" in audit.stdout
+
+
+@pytest.mark.parametrize("cmd", [[], ["train"], ["runs"], ["audit"]])
+def test_cli_help_works_for_every_subcommand(cmd, tmp_path):
+    r = _cli(*cmd, "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "usage: python -m faeval" in r.stdout
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path):
+    r = _cli("train", "--method", "dfx", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: unknown method 'dfx'")
+    r = _cli("train", "--method", "ep", "--beta", "0", cwd=tmp_path)
+    assert r.returncode == 2 and "beta=0.0: must be > 0" in r.stderr
