@@ -163,6 +163,14 @@ def test_canonical_config_routes_and_fills_defaults():
     assert store.config_hash(a) != store.config_hash({**a, "seed": 1})
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_rule_builds_from_its_canonical_config(name):
+    cfg = store.canonical_config(method=name)
+    rule = faeval.build_method(name, _model(), seed=cfg["seed"], **cfg["hparams"])
+    assert rule.name == name
+    assert "seed" not in cfg["hparams"] and "init_aux" not in cfg["hparams"]
+
+
 @pytest.mark.parametrize("kw,err,msg", [
     ({"method": "dfx"}, ValueError, "unknown method 'dfx'"),
     ({"arch": "mlp"}, ValueError, "unknown arch 'mlp'"),

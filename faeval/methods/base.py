@@ -73,13 +73,16 @@ def method_hparams(name: str) -> dict[str, object]:
     """The hyperparameters of a registered rule and their defaults."""
     cls = _method_class(name)
     out: dict[str, object] = {}
-    for klass in reversed(cls.__mro__):
+    for klass in cls.__mro__:       # the most derived __init__; its parents' only if it passes **kwargs on
         init = klass.__dict__.get("__init__")
-        if init is None or klass is object:
+        if init is None:
             continue
-        for p in list(inspect.signature(init).parameters.values())[2:]:
-            if p.kind == p.KEYWORD_ONLY or p.kind == p.POSITIONAL_OR_KEYWORD:
-                out[p.name] = p.default
+        params = list(inspect.signature(init).parameters.values())[2:]
+        for p in params:
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                out.setdefault(p.name, p.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
     return out
 
 
