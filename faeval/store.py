@@ -127,10 +127,20 @@ def run_dir(cfg: dict, results=None) -> Path:
     return results_dir(results) / name
 
 
-@functools.lru_cache(maxsize=8)
 def _dataset(name: str, data_json: str, seed: int, device: str, root: str | None):
+    """The run's dataset, loaded once per process for every run that reads the same data.
+
+    The seed only matters to a seeded subset, label noise and the synthetic teacher; other
+    runs share seed 0's copy instead of holding one copy per seed in memory.
+    """
     opts = json.loads(data_json)
-    return data_mod.load_dataset(name, root=root, device=device, seed=seed, **opts)
+    seeded = name == "synthetic" or opts.get("subset") is not None or opts.get("label_noise", 0) > 0
+    return _load(name, data_json, seed if seeded else 0, device, root)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str, data_json: str, seed: int, device: str, root: str | None):
+    return data_mod.load_dataset(name, root=root, device=device, seed=seed, **json.loads(data_json))
 
 
 def experiment(*, results=None, retrain: bool = False, progress: bool = True, device: str | None = None,
