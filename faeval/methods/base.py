@@ -286,7 +286,6 @@ class LocalRule(Method):
         try:
             with torch.no_grad():
                 states, _ = m.states(x)
-            states = [s.detach() for s in states]
             with torch.enable_grad():
                 logits, _, top_grad = self._top(states, y, self.needs_top_grad)
                 credit = self.local_credit([s.detach() for s in states], logits.detach(), y, top_grad)

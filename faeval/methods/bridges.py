@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import check_range
+from ..diagnostics import MissingAuxStateError
+from .base import LocalRule, check_range
 
 
 class BridgeNet(nn.Module):
@@ -58,3 +59,34 @@ def build_bridge(seed: int, device, dtype, **kw) -> BridgeNet:
         torch.manual_seed(seed)
         net = BridgeNet(**kw)
     return net.to(device=device, dtype=dtype)
+
+
+class BridgeRule(LocalRule):
+    """What State Bridge and Credit Bridge share: building, training, saving and loading a BridgeNet."""
+
+    net: BridgeNet | None = None
+
+    def _setup_bridge(self, **net_kw) -> None:
+        """Remember how to build the rule's BridgeNet (its weights come from ``seed + 1``)."""
+        p = next(self.model.parameters())
+        self._net_kw, self._device, self._dtype = net_kw, p.device, p.dtype
+
+    def _new_net(self) -> BridgeNet:
+        return build_bridge(self.seed + 1, self._device, self._dtype, **self._net_kw)
+
+    def aux_parameters(self):
+        return list(self.net.parameters()) if self.net is not None else []
+
+    @staticmethod
+    def _cpu_state(net: nn.Module) -> dict:
+        return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+    def _load_net(self, state: dict, key: str, what: str) -> BridgeNet:
+        if not state or key not in state:
+            raise MissingAuxStateError(f"method {self.name!r}: the auxiliary state has no {key!r} ({what})")
+        net = self._new_net()
+        try:
+            net.load_state_dict(state[key])
+        except RuntimeError as e:
+            raise ValueError(f"method {self.name!r}: the saved {what} does not fit this model: {e}") from None
+        return net

@@ -7,13 +7,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import LocalRule, check_range, error_signal, register_method, state_shapes
-from .bridges import build_bridge
-from .state_bridge import _load_net
+from .base import check_range, error_signal, register_method, state_shapes
+from .bridges import BridgeRule
 
 
 @register_method("credit_bridge")
-class CreditBridge(LocalRule):
+class CreditBridge(BridgeRule):
     """a_l = grad_h V_phi(h_l, t_l, s) / B at every layer l = 0..L.
 
     V_phi (a :class:`BridgeNet` with a scalar output) is trained at ``lr_fb`` on:
@@ -44,20 +43,15 @@ class CreditBridge(LocalRule):
         self.K, self.sigma, self.lam, self.ema = K, float(sigma), float(lam), float(ema)
         self.term_grad_weight, self.cond = float(term_grad_weight), cond
         self.shapes = state_shapes(model)
-        p = next(model.parameters())
         cond_dim = model.out_head.out_features if cond == "eT" else math.prod(self.shapes[-1])
-        self._net_kw = dict(in_dims=[math.prod(s) for s in self.shapes], out_dim=1, cond_dim=cond_dim,
-                            hidden=hidden, layers=layers)
-        self._device, self._dtype = p.device, p.dtype
-        self.net = self.target = None
+        self._setup_bridge(in_dims=[math.prod(s) for s in self.shapes], out_dim=1, cond_dim=cond_dim,
+                           hidden=hidden, layers=layers)
+        self.target = None
         if init_aux:
             self.net = self._new_net()
             self.target = self._frozen_copy(self.net)
-        self.generator = torch.Generator(device=p.device).manual_seed(self.seed + 2)
+        self.generator = torch.Generator(device=self._device).manual_seed(self.seed + 2)
         self._losses = None
-
-    def _new_net(self):
-        return build_bridge(self.seed + 1, self._device, self._dtype, **self._net_kw)
 
     @staticmethod
     def _frozen_copy(net):
@@ -65,9 +59,6 @@ class CreditBridge(LocalRule):
         for q in t.parameters():
             q.requires_grad_(False)
         return t
-
-    def aux_parameters(self):
-        return list(self.net.parameters()) if self.net is not None else []
 
     def after_step(self):
         if self.net is None:
@@ -126,9 +117,8 @@ class CreditBridge(LocalRule):
 
     def aux_state(self):
         net = self._need("net", "value network V_phi")
-        return {"net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "target": {k: v.detach().cpu() for k, v in self.target.state_dict().items()}}
+        return {"net": self._cpu_state(net), "target": self._cpu_state(self.target)}
 
     def load_aux_state(self, state):
-        self.net = _load_net(self, state, "net", self._new_net, "value network V_phi")
-        self.target = self._frozen_copy(_load_net(self, state, "target", self._new_net, "EMA target of V_phi"))
+        self.net = self._load_net(state, "net", "value network V_phi")
+        self.target = self._frozen_copy(self._load_net(state, "target", "EMA target of V_phi"))

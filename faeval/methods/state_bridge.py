@@ -7,14 +7,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .base import LocalRule, check_range, error_signal, register_method, state_shapes
-from .bridges import build_bridge
+from .base import check_range, error_signal, register_method, state_shapes
+from .bridges import BridgeRule
 
 Predictor = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 
 
 @register_method("state_bridge")
-class StateBridge(LocalRule):
+class StateBridge(BridgeRule):
     """a_l = d/dh_l CE(readout(G_psi(h_l, t_l, s)), y) for l < L; a_L = the true dCE/dh_L.
 
     G_psi (a :class:`BridgeNet`, conditioned on s = e_T when ``cond="eT"``) predicts
@@ -35,18 +35,10 @@ class StateBridge(LocalRule):
         self.shapes = state_shapes(model)
         self.cond = cond
         self.predictor = predictor
-        p = next(model.parameters())
-        self._net_kw = dict(in_dims=[math.prod(s) for s in self.shapes[:-1]], out_dim=math.prod(self.shapes[-1]),
-                            cond_dim=model.out_head.out_features if cond == "eT" else 0, hidden=hidden, layers=layers)
-        self._device, self._dtype = p.device, p.dtype
+        self._setup_bridge(in_dims=[math.prod(s) for s in self.shapes[:-1]], out_dim=math.prod(self.shapes[-1]),
+                           cond_dim=model.out_head.out_features if cond == "eT" else 0, hidden=hidden, layers=layers)
         self.net = self._new_net() if (init_aux and predictor is None) else None
         self._bridge_loss = None
-
-    def _new_net(self):
-        return build_bridge(self.seed + 1, self._device, self._dtype, **self._net_kw)
-
-    def aux_parameters(self):
-        return list(self.net.parameters()) if self.net is not None else []
 
     def _predict(self, hs: list[torch.Tensor], s: torch.Tensor) -> list[torch.Tensor]:
         L = self.model.depth
@@ -78,22 +70,9 @@ class StateBridge(LocalRule):
     def aux_state(self):
         if self.predictor is not None:
             return {}
-        return {"net": {k: v.detach().cpu() for k, v in self._need("net", "state-bridge network G_psi")
-                        .state_dict().items()}}
+        return {"net": self._cpu_state(self._need("net", "state-bridge network G_psi"))}
 
     def load_aux_state(self, state):
         if self.predictor is not None:
             return
-        self.net = _load_net(self, state, "net", self._new_net, "state-bridge network G_psi")
-
-
-def _load_net(method, state: dict, key: str, make, what: str):
-    from ..diagnostics import MissingAuxStateError
-    if not state or key not in state:
-        raise MissingAuxStateError(f"method {method.name!r}: the auxiliary state has no {key!r} ({what})")
-    net = make()
-    try:
-        net.load_state_dict(state[key])
-    except RuntimeError as e:
-        raise ValueError(f"method {method.name!r}: the saved {what} does not fit this model: {e}") from None
-    return net
+        self.net = self._load_net(state, "net", "state-bridge network G_psi")
