@@ -79,11 +79,9 @@ def _runs(args) -> int:
 
 def _audit(args) -> int:
     from .protocol import FAProtocol
-    from .store import _dataset, load_run
+    from .store import load_data, load_run
     run = load_run(args.run, device=args.device)
-    cfg = run.config
-    ds = _dataset(cfg["dataset"], json.dumps(cfg["data"], sort_keys=True), cfg["seed"],
-                  str(next(run.model.parameters()).device), args.data_root)
+    ds = load_data(run.config, str(next(run.model.parameters()).device), args.data_root)
     x, y = ds.eval_batch(min(args.n_eval, ds.n_test))
     report = FAProtocol(run.model, x, y, headline_acc=run.test_acc).run(frozen_baseline_acc=args.frozen_acc)
     print(report.to_json(indent=1) if args.json else report)

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 
 from .protocol import DIAGNOSTICS, VERDICT_ON, Report, Thresholds, fires, verdict_from
 
-__all__ = ["row_from_report", "verdicts", "threshold_sensitivity", "decision_utility_ablation", "STRATEGIES"]
+__all__ = ["row_from_report", "audit_rows", "credit_quality", "verdicts", "threshold_sensitivity", "decision_utility_ablation",
+           "STRATEGIES"]
 
 _FIELD = {"D1": "growth", "D2": "g_L", "C": "stability", "D3": "acc"}
 _TH_NAME = {"D1": "d1_growth", "D2": "d2_floor", "C": "c_stability", "D3": "d3_margin_pp"}
@@ -145,4 +146,60 @@ def decision_utility_ablation(rows: Sequence[Mapping], thresholds: Thresholds | 
             if reasons:
                 back.append({"name": r["name"], "why": reasons})
         out[s] = {"checks": checks, "walked_back": back, "n_walked_back": len(back), "n_runs": len(rows)}
+    return out
+
+
+def audit_rows(runs: Mapping, x, y, frozen_acc: Mapping[int, float] | None = None,
+               thresholds: Thresholds | Mapping | None = None) -> list[dict]:
+    """Apply :class:`~faeval.protocol.FAProtocol` to trained runs; one analysis row each.
+
+    ``runs`` maps ``(method, seed)`` to a Run; ``frozen_acc`` maps a seed to its
+    frozen-blocks baseline accuracy. The headline accuracy is the run's test accuracy
+    (whole test split); ``gamma`` is the layer mean of the final snapshot's per-layer
+    Gamma (the status-quo headline) and ``gamma_layers`` the per-layer values.
+    """
+    from .protocol import FAProtocol
+
+    rows = []
+    for (method, seed), run in runs.items():
+        frozen = (frozen_acc or {}).get(seed)
+        report = FAProtocol(run.model, x, y, headline_acc=run.test_acc, thresholds=thresholds).run(frozen)
+        gamma = run.history[-1]["diag"].get("gamma")
+        rows.append(row_from_report(report, f"{method}/s{seed}", method=method, seed=seed,
+                                    num_classes=run.model.out_head.out_features,
+                                    gamma=sum(gamma) / len(gamma) if gamma else None, gamma_layers=gamma,
+                                    verdict=report.verdict, fired=report.fired, stopped=run.stopped))
+    return rows
+
+
+def credit_quality(run, x, y, *, null_draws: int = 10, rho_directions: int = 32, rho_n: int = 512,
+                   seed: int = 12345) -> dict:
+    """How well a trained rule's credit points along the BP gradient, against chance.
+
+    * ``gamma``: per-layer Gamma with the rule's own training-time feedback (and
+      ``deep_gamma``, the mean over layers 1..L), next to ``ref_norm``, the median
+      per-sample norm of the BP gradient it was measured against;
+    * ``null_gamma`` / ``null_deep`` / ``null_deep_std``: the same with freshly drawn
+      feedback (rules with feedback matrices only; ``null_draws`` draws), the chance
+      level a measured Gamma must beat;
+    * ``rho`` / ``deep_rho``: the local perturbation correlation on the first ``rho_n``
+      samples (``rho_directions=0`` skips it).
+    """
+    from . import diagnostics as D
+
+    method, model = run.method, run.model
+    _, grads, _ = D.bp_grads(model, x, y)
+    gam = D.gamma_per_layer(method.credit(x, y), grads)
+    out = {"gamma": gam.mean, "deep_gamma": gam.deep_mean(), "ref_norm": gam.ref_norm}
+    if hasattr(method, "draw_feedback") and null_draws:
+        null = D.null_calibration(grads, lambda g: method.credit(x, y, feedback=method.draw_feedback(g)),
+                                  n_draws=null_draws, seed=seed)
+        deep = [sum(d[1:]) / (len(d) - 1) for d in null["draws"]]
+        mean = sum(deep) / len(deep)
+        out.update(null_gamma=null["mean"], null_deep=mean,
+                   null_deep_std=(sum((v - mean) ** 2 for v in deep) / (len(deep) - 1)) ** 0.5)
+    if rho_directions:
+        xs, ys = x[:rho_n], y[:rho_n]
+        rho = D.perturbation_rho(model, xs, ys, method.credit(xs, ys), n_directions=rho_directions, seed=seed)
+        out.update(rho=rho, deep_rho=sum(rho[1:]) / max(len(rho) - 1, 1))
     return out

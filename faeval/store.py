@@ -78,7 +78,7 @@ def canonical_config(**config) -> dict:
     if cfg["arch"] not in ARCHS:
         raise ValueError(f"unknown arch {cfg['arch']!r}; valid archs: {', '.join(sorted(ARCHS))}")
     hp_def = {k: v for k, v in method_hparams(cfg["method"]).items() if k not in _NOT_KEYED_METHOD}
-    model_def = _defaults(_MODEL_CLASSES[cfg["arch"]].__init__, _NOT_KEYED_MODEL)
+    model_def = model_options(cfg["arch"])
     data_def = _data_defaults(cfg["dataset"])
     parts = {"hparams": dict(config.pop("hparams", None) or {}), "model": dict(config.pop("model", None) or {}),
              "data": dict(config.pop("data", None) or {})}
@@ -104,6 +104,13 @@ def canonical_config(**config) -> dict:
     cfg.update({k: _like(TOP[k], cfg[k]) for k in TOP})
     json.dumps(cfg)   # raises for a value that cannot be keyed (e.g. a function)
     return cfg
+
+
+def model_options(arch: str) -> dict:
+    """The keyed options of architecture ``arch`` with their defaults."""
+    if arch not in _MODEL_CLASSES:
+        raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(sorted(_MODEL_CLASSES))}")
+    return _defaults(_MODEL_CLASSES[arch].__init__, _NOT_KEYED_MODEL)
 
 
 def _like(default, value):
@@ -143,6 +150,11 @@ def _load(name: str, data_json: str, seed: int, device: str, root: str | None):
     return data_mod.load_dataset(name, root=root, device=device, seed=seed, **json.loads(data_json))
 
 
+def load_data(cfg: dict, device: str = "cpu", data_root: str | None = None):
+    """The dataset of canonical config ``cfg`` (shared with the runs that read the same data)."""
+    return _dataset(cfg["dataset"], json.dumps(cfg["data"], sort_keys=True), cfg["seed"], str(device), data_root)
+
+
 def experiment(*, results=None, retrain: bool = False, progress: bool = True, device: str | None = None,
                data_root: str | None = None, **config) -> Run:
     """Train the run that ``config`` describes, or load it from the store.
@@ -159,7 +171,7 @@ def experiment(*, results=None, retrain: bool = False, progress: bool = True, de
     if path.is_dir() and not retrain:
         return load_run(path, device=device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ds = _dataset(cfg["dataset"], json.dumps(cfg["data"], sort_keys=True), cfg["seed"], device, data_root)
+    ds = load_data(cfg, device, data_root)
     model = build_model(cfg["arch"], ds.input_shape, ds.num_classes, seed=cfg["seed"], **cfg["model"]).to(device)
     method = build_method(cfg["method"], model, seed=cfg["seed"], **cfg["hparams"])
     monitor = Monitor(stop_on=cfg["stop_on"]) if cfg["stop_on"] else None

@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     params = build_parameters(args)
+    # notebooks run with notebooks/ as working directory: point the run store at the checkout's results/
+    # (a results_dir parameter or $FAEVAL_RESULTS set by the caller wins)
+    os.environ.setdefault("FAEVAL_RESULTS", str(ROOT / "results"))
+    print(f"run store: {params.get('results_dir') or os.environ['FAEVAL_RESULTS']}", flush=True)
     os.environ["JUPYTER_PATH"] = os.pathsep.join(
         [own_kernel_dir()] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
     # the kernel's own default (inline figures) must win over a user's MPLBACKEND=Agg
