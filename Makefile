@@ -36,7 +36,7 @@ ENV_READY := $(VENV)/.stamp
 endif
 BIN := $(dir $(PY))
 
-.PHONY: help venv env-check data mathjax notebooks book test bench clean distclean
+.PHONY: help venv env-check data mathjax browser notebooks book check-book test bench clean distclean
 
 help:
 	@sed -n '2,11s/^# \{0,1\}//p' Makefile
@@ -92,6 +92,19 @@ _vendor/mathjax/tex-chtml.js:
 	mv _vendor/mathjax.tmp _vendor/mathjax; \
 	echo "mathjax: $$(cat _vendor/mathjax/VERSION) in _vendor/mathjax"
 
+# Headless Chromium (apt package `chromium`) and playwright-core (npm, into the hidden .browser/)
+# for the browser check of the built book.
+CHROMIUM ?= /usr/bin/chromium
+PLAYWRIGHT_CORE := $(CURDIR)/.browser/node_modules/playwright-core
+
+browser: $(PLAYWRIGHT_CORE)/package.json
+	@test -x "$(CHROMIUM)" || scripts/ensure_apt.sh chromium "$(CHROMIUM)"
+
+$(PLAYWRIGHT_CORE)/package.json:
+	@command -v npm >/dev/null || { echo "browser: npm not found; install Node.js and npm (e.g. apt-get install -y npm)"; exit 1; }
+	@echo "== browser: npm install playwright-core"
+	@npm install --prefix .browser --no-audit --no-fund --loglevel=error playwright-core
+
 # --- the book ----------------------------------------------------------------------------
 
 notebooks: $(ENV_READY) data
@@ -105,10 +118,14 @@ book: mathjax notebooks
 	@$(BIN)jupyter-book build . --toc $(BOOK_TOC) --all -W --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
+# open every built page in headless Chromium (screenshots go to _build/screenshots/)
+check-book: browser
+	@PLAYWRIGHT_CORE=$(PLAYWRIGHT_CORE) CHROMIUM=$(CHROMIUM) node scripts/check_book.mjs _build/html
+
 # --- tests and benchmarks ----------------------------------------------------------------
 
-test: $(ENV_READY) data
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(ENV_READY) data browser
+	PLAYWRIGHT_CORE=$(PLAYWRIGHT_CORE) CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(ENV_READY) data
 	@shopt -s nullglob; files=(benchmarks/[!_]*.py); \

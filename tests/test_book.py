@@ -6,6 +6,7 @@ book/executed/ or _build/ of the checkout (which may hold a quick-profile build)
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 MATHJAX = ROOT / "_vendor" / "mathjax" / "tex-chtml.js"
 CHAPTERS = ["intro", "protocol", "checklist", "reporting_template", "assumptions", "gpu", "api"]
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+PLAYWRIGHT_CORE = os.environ.get("PLAYWRIGHT_CORE", str(ROOT / ".browser" / "node_modules" / "playwright-core"))
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SCRIPT_SRC = re.compile(r"<script\b[^>]*\bsrc=\"([^\"]+)\"")
 
 
@@ -51,8 +55,9 @@ def built_book(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed", "_build"))
     shutil.copytree(ROOT / "_vendor", src / "_vendor")
 
+    env = {**os.environ, "FAEVAL_RESULTS": str(src / "results")}
     proc = _run([sys.executable, SCRIPTS / "run_notebooks.py", "--profile", "smoke",
-                 "--src", ROOT / "notebooks", "--out", src / "book" / "executed"], cwd=ROOT)
+                 "--src", ROOT / "notebooks", "--out", src / "book" / "executed"], cwd=ROOT, env=env)
     assert proc.returncode == 0, f"notebooks failed under the smoke profile:\n{proc.stdout}\n{proc.stderr}"
 
     toc = src / "_build" / "_toc.yml"
@@ -74,6 +79,44 @@ def test_every_chapter_is_built(built_book):
         assert (html / "book" / f"{chapter}.html").is_file(), chapter
     for nb in sorted((built_book / "book" / "executed").glob("*.ipynb")):
         assert (html / "book" / "executed" / f"{nb.stem}.html").is_file(), nb.name
+
+
+@pytest.mark.book
+def test_every_notebook_ran_and_saved_its_claims(built_book):
+    assert NOTEBOOKS, "no notebooks"
+    executed = sorted(p.stem for p in (built_book / "book" / "executed").glob("*.ipynb"))
+    assert executed == NOTEBOOKS
+    claims_dir = built_book / "results" / "claims"
+    for name in NOTEBOOKS:
+        if name == "99_claims_ledger":
+            continue
+        data = json.loads((claims_dir / f"{name}.json").read_text())
+        assert data["profile"] == "smoke" and data["claims"], name
+        for c in data["claims"]:
+            assert c["status"] in ("held", "not held", "not evaluated"), c
+            assert c["status"] != "not evaluated" or c["reason"], c
+    ledger = (built_book / "_build" / "html" / "book" / "executed" / "99_claims_ledger.html").read_text()
+    assert "01_audit" in ledger and "06_pitfalls" in ledger
+
+
+@pytest.mark.book
+def test_every_page_passes_the_browser_check(built_book):
+    """Headless Chromium: no request leaves localhost or fails, math is typeset, images have pixels,
+    no page error; one screenshot per page under the build folder."""
+    if not (Path(PLAYWRIGHT_CORE).is_dir() and Path(CHROMIUM).exists() and shutil.which("node")):
+        pytest.skip(f"needs node, playwright-core ({PLAYWRIGHT_CORE}) and Chromium ({CHROMIUM}): run `make browser`")
+    html = built_book / "_build" / "html"
+    proc = _run(["node", SCRIPTS / "check_book.mjs", html], env={**os.environ, "PLAYWRIGHT_CORE": PLAYWRIGHT_CORE,
+                                                                    "CHROMIUM": CHROMIUM}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    pages = {r["page"] for r in summary["results"]}
+    for name in NOTEBOOKS:
+        assert f"book/executed/{name}.html" in pages, name
+    assert all(Path(r["screenshot"]).stat().st_size > 0 for r in summary["results"])
+    typeset = {r["page"]: r["typeset"] for r in summary["results"]}
+    assert typeset["book/protocol.html"] > 0
+    assert any(r["images"] > 0 for r in summary["results"] if r["page"] == "book/executed/01_audit.html")
 
 
 @pytest.mark.book
