@@ -109,6 +109,8 @@ $(PLAYWRIGHT_CORE)/package.json:
 
 notebooks: $(ENV_READY) data
 	@$(PY) scripts/book_toc.py --check
+	@echo "== training the runs the notebooks ask for (profile $(PROFILE); stored runs are reused)"
+	@$(PY) -m faeval prepare --profile $(PROFILE) --results "$${FAEVAL_RESULTS:-$(CURDIR)/results}"
 	@$(PY) scripts/run_notebooks.py --profile $(PROFILE)
 
 # MathJax first: a machine without npm fails before the notebooks run, not after

@@ -13,13 +13,14 @@ __version__ = "0.1.0"
 __all__ = ["ARCHS", "LayeredModel", "build_model", "FAProtocol", "Monitor", "Report", "Thresholds",
            "METHODS", "Method", "build_method", "register_method",
            "load_dataset", "Dataset", "DATASETS", "fit", "Run", "experiment", "load_run", "list_runs",
-           "get_profile", "PROFILES", "Claims", "paper"]
+           "get_profile", "PROFILES", "Claims", "paper", "fit_many"]
 
 _LAZY = {"load_dataset": "data", "Dataset": "data", "DATASETS": "data", "fit": "train", "Run": "train",
          "experiment": "store", "load_run": "store", "list_runs": "store",
-         "get_profile": "profiles", "PROFILES": "profiles", "Claims": "claims", "paper": "claims"}
-_SUBMODULES = ("analysis", "plots", "diagnostics", "pitfalls", "calibration", "store", "profiles", "claims", "data",
-               "train")
+         "fit_many": "store", "get_profile": "profiles", "PROFILES": "profiles", "Claims": "claims",
+         "paper": "claims"}
+_SUBMODULES = ("analysis", "plots", "many", "diagnostics", "pitfalls", "calibration", "store", "profiles", "claims",
+               "data", "train")
 
 
 def __getattr__(name):  # data, training and the store load lazily: protocol-only users need none of them

@@ -88,6 +88,24 @@ def _audit(args) -> int:
     return 0
 
 
+def _prepare(args) -> int:
+    import logging
+    import time
+
+    from .profiles import get_profile
+    from .store import fit_many, run_dir
+
+    logging.basicConfig(level=logging.INFO, format="prepare: %(message)s")
+    p = get_profile(args.profile)
+    configs = p.planned_runs()
+    stored = sum(run_dir(c, args.results).is_dir() for c in configs)
+    print(f"prepare: profile {p.name!r} asks for {len(configs)} runs; {stored} already in the store", flush=True)
+    start = time.perf_counter()
+    fit_many(configs, results=args.results, device=args.device, progress=not args.quiet, workers=args.workers)
+    print(f"prepare: {len(configs) - stored} runs trained in {time.perf_counter() - start:.0f} s", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m faeval", description=(
         "faeval: train learning rules into the run store, list the store, and audit stored runs."))
@@ -121,7 +139,17 @@ def main(argv=None) -> int:
     au.add_argument("--json", action="store_true", help="print the report as JSON")
     au.set_defaults(func=_audit)
 
-    for p in (tr, ls, au):
+    pr = sub.add_parser("prepare", help="train every run a profile's notebooks ask for (before `make book`)",
+                        description="Train every run the book's notebooks request at a profile "
+                                    "(Profile.planned_runs), grouped and spread over processes, so the notebooks "
+                                    "then only load them. Stored runs are skipped.")
+    pr.add_argument("--profile", default="quick", help="smoke, quick or paper (default quick)")
+    pr.add_argument("--workers", type=int, default=None, help="processes (default: one per core on a CPU)")
+    pr.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_prepare)
+
+    for p in (tr, ls, au, pr):
         p.add_argument("--results", help="the store's directory (default $FAEVAL_RESULTS or ./results)")
     for p in (tr, au):
         p.add_argument("--data-root", help="directory holding the dataset files")

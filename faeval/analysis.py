@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 
 from .protocol import DIAGNOSTICS, VERDICT_ON, Report, Thresholds, fires, verdict_from
 
-__all__ = ["row_from_report", "audit_rows", "credit_quality", "verdicts", "threshold_sensitivity", "decision_utility_ablation",
-           "STRATEGIES"]
+__all__ = ["row_from_report", "audit_rows", "credit_quality", "verdicts", "threshold_sensitivity",
+           "decision_utility_ablation", "STRATEGIES"]
 
 _FIELD = {"D1": "growth", "D2": "g_L", "C": "stability", "D3": "acc"}
 _TH_NAME = {"D1": "d1_growth", "D2": "d2_floor", "C": "c_stability", "D3": "d3_margin_pp"}

@@ -62,18 +62,23 @@ def run_candidate(candidate: Candidate | str, method: str, *, steps: int, seed: 
     on the candidate's training set, so candidates on different datasets are
     compared at matching step counts.
     """
-    from . import data as data_mod
     from .store import experiment
 
+    return experiment(results=results, progress=progress, **run_config(candidate, method, steps=steps, seed=seed,
+                                                                        **overrides))
+
+
+def run_config(candidate: Candidate | str, method: str, *, steps: int, seed: int = 42, **overrides) -> dict:
+    """The run config of ``method`` on ``candidate`` for about ``steps`` training steps."""
     c = _candidate(candidate)
     cfg = {**c.config, **overrides}
-    n_train = _n_train(cfg, data_mod)
+    n_train = _n_train(cfg)
     batch = cfg.get("batch_size", 128)
     epochs = max(1, math.ceil(steps / math.ceil(n_train / batch)))
-    return experiment(method=method, epochs=epochs, seed=seed, results=results, progress=progress, **cfg)
+    return {**cfg, "method": method, "epochs": epochs, "seed": seed}
 
 
-def _n_train(cfg: Mapping, data_mod) -> int:
+def _n_train(cfg: Mapping) -> int:
     if cfg.get("subset"):
         return int(cfg["subset"])
     if cfg.get("dataset") == "synthetic":
@@ -127,11 +132,14 @@ def summarise(name: str, runs: Mapping[str, object], thresholds=None) -> dict:
 
 def calibrate(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *, steps: int, seeds=(42,),
               methods: Sequence[str] = METHODS, results=None, progress: bool = True, **overrides) -> list[dict]:
-    """Train every method on every candidate and seed (store hits are free); one row each."""
-    rows = []
-    for c in map(_candidate, candidates):
-        for seed in seeds:
-            runs = {m: run_candidate(c, m, steps=steps, seed=seed, results=results, progress=progress, **overrides)
-                    for m in methods}
-            rows.append({**summarise(c.name, runs), "seed": seed, "label": c.label, "kind": c.kind})
-    return rows
+    """Train every method on every candidate and seed (stored runs are loaded); one row per
+    candidate and seed. Runs train through :func:`faeval.store.fit_many`."""
+    from .store import fit_many
+
+    cands = [_candidate(c) for c in candidates]
+    keys = [(c, seed, m) for c in cands for seed in seeds for m in methods]
+    trained = fit_many([run_config(c, m, steps=steps, seed=seed, **overrides) for c, seed, m in keys],
+                       results=results, progress=progress)
+    runs = dict(zip(((c.name, seed, m) for c, seed, m in keys), trained))
+    return [{**summarise(c.name, {m: runs[c.name, seed, m] for m in methods}), "seed": seed, "label": c.label,
+             "kind": c.kind} for c in cands for seed in seeds]

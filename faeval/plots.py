@@ -17,8 +17,10 @@ METRIC_LABELS = {"h_L": "median ||h_L||", "g_L": "median ||g_L|| (BP)", "growth"
                  "test_acc": "test accuracy", "deep_gamma": "deep-layer Gamma", "stability": "C stability"}
 
 
-def history_frame(runs: Mapping) -> "pd.DataFrame":  # noqa: F821
-    """One row per (run, epoch record): ``runs`` maps a label (or a tuple whose first item is the label) to a Run.
+def history_frame(runs: Mapping):
+    """A pandas DataFrame, one row per (run, epoch record).
+
+    ``runs`` maps a label (or a tuple whose first item is the label) to a Run.
 
     Columns: label, method and seed (from the run's config), epoch, step, seconds (cumulative training time), h_L, g_L,
     growth, stability, test_acc, deep_gamma (mean Gamma over layers 1..L, when the

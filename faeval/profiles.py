@@ -6,6 +6,7 @@ cell::
 
     P = get_profile("quick", seeds=[42])
     runs = P.train(P.methods)              # {(method, seed): Run}, through the run store
+    sweep = P.sweep("dfa", "penalty", P.penalty_lambdas)   # {(lambda, seed): Run}
 
 * ``smoke``: seconds per notebook on 2 CPU cores, for tests and CI. It proves the
   code path, not the science.
@@ -74,9 +75,33 @@ class Profile:
         return experiment(results=self.results, device=self.device, progress=self.progress,
                           **self.config(method, seed, **overrides))
 
+    def runs(self, specs: Mapping) -> dict:
+        """``{key: Run}`` for ``specs = {key: (method, seed, overrides)}``.
+
+        Stored runs are loaded; the rest train through :func:`faeval.store.fit_many`:
+        runs that differ only in seed or penalty as one vectorised model where the rule
+        allows it, and on a CPU spread over one process per core.
+        """
+        keys = list(specs)
+        configs = [self.config(m, s, **dict(o)) for m, s, o in (specs[k] for k in keys)]
+        return dict(zip(keys, self._many(configs)))
+
     def train(self, methods: Iterable[str], seeds: Iterable[int] | None = None, **overrides) -> dict:
-        """``{(method, seed): Run}`` for every method and seed (store hits cost nothing)."""
-        return {(m, s): self.run(m, s, **overrides) for m in methods for s in (self.seeds if seeds is None else seeds)}
+        """``{(method, seed): Run}`` for every method and seed."""
+        seeds = self.seeds if seeds is None else seeds
+        return self.runs({(m, s): (m, s, overrides) for m in methods for s in seeds})
+
+    def sweep(self, method: str, key: str, values: Iterable, seeds: Iterable[int] | None = None,
+              **overrides) -> dict:
+        """``{(value, seed): Run}``: ``method`` with ``key=value`` for every value and seed (e.g. a
+        penalty sweep)."""
+        seeds = self.seeds if seeds is None else seeds
+        return self.runs({(v, s): (method, s, {**overrides, key: v}) for v in values for s in seeds})
+
+    def _many(self, configs: list[dict]) -> list:
+        from .store import fit_many
+
+        return fit_many(configs, results=self.results, device=self.device, progress=self.progress)
 
     def dataset(self, seed: int | None = None, **overrides):
         """The profile's dataset (as the runs of ``seed`` see it), loaded once per process."""
@@ -98,6 +123,37 @@ class Profile:
     def frozen_acc(self, seed: int | None = None, **overrides) -> float:
         """Test accuracy of the frozen-blocks baseline (D3's reference) at this profile."""
         return self.run("frozen", seed, **overrides).test_acc
+
+    def planned_runs(self) -> list[dict]:
+        """The run configs the book's notebooks ask the store for at this profile, deduplicated.
+
+        Used to estimate a profile's cost (``benchmarks/throughput.py``); a test checks that
+        it names exactly the runs the smoke book stores.
+        """
+        from .calibration import CANDIDATES, run_config
+        from .store import canonical_config, config_hash
+
+        first = self.seeds[:1]
+        wanted = [self.config(m, s) for m in (*self.methods, "frozen") for s in self.seeds]        # audit, temporal
+        wanted += [self.config(m, first[0], **o) for o in self.cross_arch.values() for m in ("bp", "dfa")]
+        wanted += [self.config("dfa", s, epochs=self.penalty_epochs, penalty=lam)
+                   for lam in self.penalty_lambdas for s in self.seeds]
+        lam_on = 1e-2 if 1e-2 in self.penalty_lambdas else max(self.penalty_lambdas)
+        wanted += [self.config(m, s, epochs=self.penalty_epochs, penalty=lam)
+                   for m in ("bp", "frozen") for lam in (0.0, lam_on) for s in self.seeds if m == "bp" or lam == 0]
+        wanted += [self.config(m, first[0], depth=L) for m in ("frozen", "fa", "dfa") for L in self.depths]
+        wanted += [self.config(m, first[0], epochs=self.assay_epochs, random_targets=True) for m in self.assay_methods]
+        sub = {"subset": self.base["subset"]} if self.base.get("subset") else {}
+        wanted += [run_config(c, m, steps=self.calibration_steps, seed=first[0], **sub)
+                   for c in CANDIDATES for m in ("dfa", "bp", "frozen")]
+        seen, out = set(), []
+        for cfg in wanted:
+            c = canonical_config(**cfg)
+            h = config_hash(c)
+            if h not in seen:
+                seen.add(h)
+                out.append(c)
+        return out
 
     def summary(self) -> str:
         lines = [f"profile {self.name!r}: {self.description}",
@@ -151,7 +207,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             "ResMLP d=512": {"width": 512},
             "ResMLP d=256, no terminal LN": {"out_ln": False},
             "ViT-Mini": {"arch": "vit", "width": 128, "subset": 10000, "epochs": 4},
-            "SmallCNN": {"arch": "cnn", "subset": 10000, "epochs": 4},
+            "SmallCNN": {"arch": "cnn", "subset": 5000, "epochs": 4},
             "StudentNet (synthetic)": {"arch": "studentnet", "dataset": "synthetic", "epochs": 24},
         },
         depths=(2, 4, 8), assay_epochs=3, assay_methods=("dfa", "fa", "ep"),
@@ -161,7 +217,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             "40% of the training labels replaced by random classes (the test set is clean)",
             "8 epochs (3,752 steps) instead of 100; the penalty sweep also 8 instead of 30",
             "2 seeds (42, 123) instead of 3",
-            "ViT-Mini and SmallCNN: a 10,000-image training subset, 4 epochs",
+            "ViT-Mini: a 10,000-image training subset, 4 epochs; SmallCNN: 5,000 images, 4 epochs",
         ),
     ),
     Profile(

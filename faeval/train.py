@@ -32,7 +32,7 @@ from . import diagnostics as D
 from .methods import Method, build_method
 from .models import LayeredModel
 
-__all__ = ["fit", "Run", "evaluate"]
+__all__ = ["fit", "Run", "evaluate", "adamw"]
 
 
 @dataclass
@@ -92,48 +92,36 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 
 def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: int = 0, *, batch_size: int = 128,
         lr: float = 1e-3, weight_decay: float = 0.01, lr_fb: float = 1e-3, eval_n: int = 1280,
-        monitor: Callable[[int, Mapping], bool] | None = None, progress: bool = True, check_every: int = 20,
+        monitor: Callable[[int, Mapping], bool] | None = None, progress: bool = True, check_every: int | None = None,
         config: dict | None = None) -> Run:
     """Train ``model`` with ``method`` (a rule or its registered name) for ``epochs`` epochs.
 
     Batches follow ``dataset.batches(batch_size, seed, epoch)``; the data move to the
     model's device. Same seed, same inputs: the same history (apart from ``seconds``).
-    ``check_every`` is how many steps pass between checks for a non-finite loss.
+    The step loop never waits for the device: losses are summed where they are computed,
+    and the epoch's end is the only point that reads them back (per-epoch diagnostics).
+    A non-finite loss is therefore noticed at the end of its epoch; ``check_every=k``
+    also checks every k steps, at the cost of one synchronisation each time.
     """
     if isinstance(method, str):
         method = build_method(method, model, seed=seed)
     if method.model is not model:
         raise ValueError("the method was built for a different model: build_method(name, model) with this model")
-    for name, v, ok, rng in [("epochs", epochs, isinstance(epochs, int) and epochs >= 0, "an integer >= 0"),
-                             ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1,
-                              "an integer >= 1"),
-                             ("lr", lr, lr > 0, "> 0"), ("lr_fb", lr_fb, lr_fb > 0, "> 0"),
-                             ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
-                             ("eval_n", eval_n, isinstance(eval_n, int) and eval_n >= 2, "an integer >= 2")]:
-        if not ok:
-            raise ValueError(f"{name}={v!r}: must be {rng}")
+    check_fit_args(epochs, batch_size, lr, lr_fb, weight_decay, eval_n)
     device = next(model.parameters()).device
     if dataset.x_train.device != device:
         dataset = dataset.to(device)
     x_eval, y_eval = dataset.eval_batch(min(eval_n, dataset.n_test))
-    opt = torch.optim.AdamW(method.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = adamw(method.parameters(), lr=lr, weight_decay=weight_decay)
     aux = method.aux_parameters()
-    opt_fb = torch.optim.AdamW(aux, lr=lr_fb, weight_decay=weight_decay) if aux else None
+    opt_fb = adamw(aux, lr=lr_fb, weight_decay=weight_decay) if aux else None
 
     history: list[dict] = []
     stopped = None
     step = 0
 
     def record(epoch: int, sums: dict, n_batches: int, n_seen: int, seconds: float) -> dict:
-        test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
-        loss, correct = sums.pop("loss", 0.0), sums.pop("correct", 0)
-        rec = {"epoch": epoch, "step": step,
-               "train_loss": loss / n_batches if n_batches else None,
-               "train_acc": correct / n_seen if n_seen else None,
-               "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds}
-        rec.update({k: v / n_batches for k, v in sums.items() if n_batches})
-        rec["diag"] = D.snapshot(model, x_eval, y_eval, credit_fn=method.credit)
-        return rec
+        return epoch_record(model, method, dataset, (x_eval, y_eval), epoch, step, sums, n_batches, n_seen, seconds)
 
     steps_per_epoch = math.ceil(dataset.n_train / batch_size)
     bar = _progress(epochs * steps_per_epoch, f"{method.name} {model.arch}", progress)
@@ -163,18 +151,18 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
                 n_seen += len(y)
                 step += 1
                 bar.update(1)
-                if n_batches % check_every == 0:
+                if check_every and n_batches % check_every == 0:
                     bad = _non_finite(sums)
                     if bad:
                         stopped = f"non-finite {bad} at epoch {epoch}, step {step}"
                         break
-                    bar.set_postfix(loss=f"{sums['loss'].item() / n_batches:.3f}",
-                                    acc=f"{sums['correct'].item() / n_seen:.3f}", refresh=False)
             seconds = time.perf_counter() - start
             bad = _non_finite(sums)
             if bad and not stopped:
                 stopped = f"non-finite {bad} at epoch {epoch}, step {step}"
             rec = record(epoch, {k: float(v) for k, v in sums.items()}, n_batches, n_seen, seconds)
+            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", acc=f"{rec['train_acc']:.3f}",
+                            test_acc=f"{rec['test_acc']:.3f}", refresh=False)
             if stopped:
                 rec["stopped"] = stopped
             elif not all(math.isfinite(h) for h in rec["diag"]["hidden_norms"]):
@@ -188,6 +176,40 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
     return Run(model, method, history, dict(config or {}), stopped)
 
 
+def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (one kernel for all tensors: on this project's CPU a BP step takes
+    4.9 ms instead of 6.2 ms with the default per-tensor loop). The arithmetic is AdamW's either way."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+def check_fit_args(epochs, batch_size, lr, lr_fb, weight_decay, eval_n) -> None:
+    """Raise ``ValueError`` naming the first training setting out of range."""
+    for name, v, ok, rng in [("epochs", epochs, isinstance(epochs, int) and epochs >= 0, "an integer >= 0"),
+                             ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1,
+                              "an integer >= 1"),
+                             ("lr", lr, lr > 0, "> 0"), ("lr_fb", lr_fb, lr_fb > 0, "> 0"),
+                             ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+                             ("eval_n", eval_n, isinstance(eval_n, int) and eval_n >= 2, "an integer >= 2")]:
+        if not ok:
+            raise ValueError(f"{name}={v!r}: must be {rng}")
+
+
+def epoch_record(model, method, dataset, eval_xy, epoch: int, step: int, sums: dict, n_batches: int, n_seen: int,
+                 seconds: float) -> dict:
+    """One history record: the epoch's running train loss/accuracy (from ``sums``), the whole test
+    split's loss/accuracy, the rule's averaged statistics and the diagnostic snapshot on ``eval_xy``."""
+    test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
+    sums = dict(sums)
+    loss, correct = sums.pop("loss", 0.0), sums.pop("correct", 0)
+    rec = {"epoch": epoch, "step": step,
+           "train_loss": loss / n_batches if n_batches else None,
+           "train_acc": correct / n_seen if n_seen else None,
+           "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds}
+    rec.update({k: v / n_batches for k, v in sums.items() if n_batches})
+    rec["diag"] = D.snapshot(model, *eval_xy, credit_fn=method.credit)
+    return rec
+
+
 def _non_finite(sums: Mapping) -> str | None:
     for k, v in sums.items():
         if not math.isfinite(float(v)):
@@ -196,5 +218,9 @@ def _non_finite(sums: Mapping) -> str | None:
 
 
 def _progress(total: int, desc: str, enabled: bool):
+    """A tqdm bar; none when ``enabled`` is False or ``$FAEVAL_PROGRESS`` is 0 (as when the book is built)."""
+    import os
+
     from tqdm.auto import tqdm
+    enabled = enabled and os.environ.get("FAEVAL_PROGRESS", "1") != "0"
     return tqdm(total=total, desc=desc, disable=not enabled, unit="step", leave=False, dynamic_ncols=True)

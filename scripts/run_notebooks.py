@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     # notebooks run with notebooks/ as working directory: point the run store at the checkout's results/
     # (a results_dir parameter or $FAEVAL_RESULTS set by the caller wins)
     os.environ.setdefault("FAEVAL_RESULTS", str(ROOT / "results"))
+    # progress bars would fill the rendered pages with hundreds of lines; the runner prints its own progress
+    os.environ.setdefault("FAEVAL_PROGRESS", "0")
     print(f"run store: {params.get('results_dir') or os.environ['FAEVAL_RESULTS']}", flush=True)
     os.environ["JUPYTER_PATH"] = os.pathsep.join(
         [own_kernel_dir()] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])

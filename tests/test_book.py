@@ -95,6 +95,12 @@ def test_every_notebook_ran_and_saved_its_claims(built_book):
         for c in data["claims"]:
             assert c["status"] in ("held", "not held", "not evaluated"), c
             assert c["status"] != "not evaluated" or c["reason"], c
+    from faeval.profiles import get_profile
+    from faeval.store import run_dir
+
+    stored = {p.name for p in (built_book / "results").iterdir() if p.name != "claims" and not p.name.startswith(".")}
+    planned = {run_dir(c).name for c in get_profile("smoke").planned_runs()}
+    assert stored == planned, f"stored but not planned: {stored - planned}; planned but not stored: {planned - stored}"
     ledger = (built_book / "_build" / "html" / "book" / "executed" / "99_claims_ledger.html").read_text()
     assert "01_audit" in ledger and "06_pitfalls" in ledger
 
@@ -154,7 +160,8 @@ def test_citations_and_api_are_rendered(built_book):
     for author in ("Lillicrap", "Nøkland", "Scellier"):
         assert author in intro, f"bibliography lacks {author}"
     api = html.joinpath("api.html").read_text(encoding="utf-8")
-    for name in ("faeval.models.build_model", "faeval.data.load_dataset"):
+    for name in ("faeval.models.build_model", "faeval.data.load_dataset", "faeval.store.fit_many",
+                 "faeval.profiles.get_profile", "faeval.claims.Claims", "faeval.many.fit_group"):
         assert f'id="{name}"' in api, f"api page does not document {name}"
 
 

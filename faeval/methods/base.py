@@ -117,7 +117,8 @@ def check_range(name: str, value, ok: bool, valid: str) -> None:
 
 def error_signal(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """e_T = softmax(logits) - onehot(y), per sample (not divided by the batch size)."""
-    return logits.detach().softmax(-1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+    p = logits.detach().softmax(-1)
+    return p - torch.zeros_like(p).scatter(-1, y.unsqueeze(-1), 1.0)    # (one_hot checks values: no vmap)
 
 
 class Method:

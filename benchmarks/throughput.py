@@ -1,0 +1,223 @@
+"""Throughput (issue 6): our training loop, grouped runs, FLOP/s and memory, measured in one run.
+
+On the device it runs on (CUDA when available, else CPU), with ResMLP d=256 L=4, batch 128:
+
+(a) our per-run loop (``faeval.fit``: data resident on the device, no synchronisation in
+    the step loop) against a reference loop written the way such experiments are usually
+    coded (a torch DataLoader over CPU tensors, each batch moved to the device, per-step
+    ``.item()`` logging), both training BP for the same steps;
+(b) ``fit_group`` over 3 seeds against the same 3 runs trained one after another with
+    ``fit`` (BP and DFA);
+(c) achieved FLOP/s (FLOPs counted by torch's formulas) against the device's measured
+    fp32 matmul peak;
+(d) peak memory (CUDA: max allocated; CPU: the process's peak resident set).
+
+Then it estimates the wall time of the whole ``paper`` profile (every run its notebooks
+request, ``Profile.planned_runs``) from per-step times measured here on CIFAR-shaped
+random data, once with every run alone and once with the measured grouping speed-up applied
+to the runs that train in groups. Timed sections use training time only (no per-epoch
+diagnostics; those cost a few percent of an epoch, see step_cost.py).
+
+Run: .venv/bin/python benchmarks/throughput.py [--steps 150] [--estimate-steps 8] [--no-estimate]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import time
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from step_cost import CountFlops, matmul_peak_gflops
+from torch.utils.data import DataLoader, TensorDataset
+
+import faeval as fe
+from faeval.many import fit_group, why_not_groupable
+from faeval.profiles import PROFILES
+from faeval.store import _group_key
+from faeval.train import fit
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def fashion_subset(n: int, device):
+    try:
+        ds = fe.load_dataset("fashion-mnist", subset=n)
+        src = "Fashion-MNIST"
+    except FileNotFoundError:
+        ds = fe.load_dataset("synthetic", d=784, n_train=n, n_test=2048)
+        src = "synthetic (Fashion-MNIST not installed)"
+    return ds.to(device), src
+
+
+def reference_loop(model, x_cpu, y_cpu, device, steps: int) -> float:
+    """Seconds per step of the usual loop: DataLoader over CPU tensors, per-step .item() logging."""
+    loader = DataLoader(TensorDataset(x_cpu, y_cpu), batch_size=128, shuffle=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    log = []
+    n = 0
+    sync(device)
+    start = time.perf_counter()
+    while n < steps:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            log.append((loss.item(), (logits.argmax(1) == y).float().mean().item()))
+            n += 1
+            if n == steps:
+                break
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def train_seconds(run) -> float:
+    return sum(r["seconds"] for r in run.history)
+
+
+def build(ds, method, seed, device, width=256, depth=4):
+    model = fe.build_model("resmlp", ds.input_shape, ds.num_classes, seed=seed, width=width, depth=depth).to(device)
+    return model, fe.build_method(method, model, seed=seed)
+
+
+def peak_memory(device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated() / 2 ** 20:.0f} MiB (CUDA max allocated)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (peak resident set of the process)"
+
+
+def step_time(cfg: dict, device, steps: int, cache: dict) -> float:
+    """Seconds per training step of a run like ``cfg`` on random data of its input shape."""
+    shape = {"cifar10": (3, 32, 32), "synthetic": (cfg["data"].get("d", 128),)}[cfg["dataset"]]
+    key = (cfg["method"], cfg["arch"], str(sorted(cfg["model"].items())), shape)
+    if key in cache:
+        return cache[key]
+    model = fe.build_model(cfg["arch"], shape, 10, seed=0, **cfg["model"]).to(device)
+    rule = fe.build_method(cfg["method"], model, seed=0)
+    opt = torch.optim.AdamW(rule.parameters(), lr=1e-3)
+    aux = rule.aux_parameters()
+    opt_fb = torch.optim.AdamW(aux, lr=1e-3) if aux else None
+    x = torch.randn(128, *shape, device=device)
+    y = torch.randint(0, 10, (128,), device=device)
+
+    def one():
+        opt.zero_grad(set_to_none=True)
+        if opt_fb:
+            opt_fb.zero_grad(set_to_none=True)
+        rule.step(x, y)
+        opt.step()
+        if opt_fb:
+            opt_fb.step()
+        rule.after_step()
+
+    for _ in range(2):
+        one()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        one()
+    sync(device)
+    cache[key] = (time.perf_counter() - start) / steps
+    return cache[key]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=150, help="training steps per timed run in (a) and (b)")
+    ap.add_argument("--estimate-steps", type=int, default=8, help="steps timed per distinct run kind for the estimate")
+    ap.add_argument("--no-estimate", action="store_true", help="skip the paper-profile estimate")
+    ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    peak = matmul_peak_gflops() if device.type == "cpu" else _cuda_peak(device)
+    print(f"device: {name}; torch {torch.__version__}; fp32 matmul peak {peak:.0f} GFLOP/s")
+    ds, src = fashion_subset(args.steps * 128, device)
+    print(f"data: {src}, {ds.n_train} training images = {args.steps} steps of 128 per epoch; ResMLP d=256 L=4\n")
+
+    # (a) our loop vs the reference loop, BP
+    fit(*build(ds, "bp", 0, device), ds, 1, 0, progress=False, eval_n=256)        # warm-up
+    ours = train_seconds(fit(*build(ds, "bp", 0, device), ds, 1, 0, progress=False, eval_n=256)) / args.steps
+    ref_model = build(ds, "bp", 0, device)[0]
+    ref = reference_loop(ref_model, ds.x_train.cpu(), ds.y_train.cpu(), device, args.steps)
+    print(f"(a) BP per step: ours {1e3 * ours:.2f} ms, reference loop {1e3 * ref:.2f} ms -> {ref / ours:.2f}x")
+
+    # (b) fit_group over 3 seeds vs 3 sequential fits
+    seeds = (0, 1, 2)
+    group_speedup, group_seconds = {}, {}
+    for method in ("bp", "dfa"):
+        alone = sum(train_seconds(fit(*build(ds, method, s, device), ds, 1, s, progress=False, eval_n=256))
+                    for s in seeds)
+        built = [build(ds, method, s, device) for s in seeds]
+        runs = fit_group([b[0] for b in built], [b[1] for b in built], [ds] * 3, 1, list(seeds), progress=False,
+                         eval_n=256)
+        together = sum(train_seconds(r) for r in runs)
+        group_speedup[method], group_seconds[method] = alone / together, together
+        print(f"(b) {method}: 3 runs one by one {alone:.2f} s, as one group {together:.2f} s -> "
+              f"{alone / together:.2f}x")
+
+    # (c) FLOP/s
+    model, rule = build(ds, "bp", 0, device)
+    x, y = ds.x_train[:128], ds.y_train[:128]
+    with CountFlops() as fc:
+        rule.step(x, y)
+    gflop = fc.total / 1e9
+    grouped = 3 * gflop * args.steps / group_seconds["bp"]
+    print(f"(c) BP step: {gflop:.3f} GFLOP; one run {gflop / ours:.0f} GFLOP/s ({100 * gflop / ours / peak:.0f}% of "
+          f"peak); a group of 3 runs {grouped:.0f} GFLOP/s ({100 * grouped / peak:.0f}% of peak)")
+    print(f"(d) peak memory: {peak_memory(device)}")
+
+    if args.no_estimate:
+        return
+    paper = PROFILES["paper"]
+    planned = paper.planned_runs()
+    cache: dict = {}
+    alone_s, grouped_s = 0.0, 0.0
+    kinds = defaultdict(float)
+    groups = defaultdict(list)
+    for cfg in planned:
+        n_train = cfg["data"].get("n_train", 50000) if cfg["dataset"] == "synthetic" else 50000
+        steps = cfg["epochs"] * math.ceil(n_train / cfg["batch_size"])
+        t = steps * step_time(cfg, device, args.estimate_steps, cache)
+        alone_s += t
+        kinds[cfg["method"]] += t
+        model = fe.build_model(cfg["arch"], (3, 32, 32) if cfg["dataset"] == "cifar10" else (cfg["data"]["d"],), 10,
+                               **cfg["model"])
+        why = why_not_groupable(fe.build_method(cfg["method"], model))
+        groups[None if why else _group_key(cfg)].append(t)
+    for key, ts in groups.items():
+        if key is None or len(ts) == 1:
+            grouped_s += sum(ts)
+        else:
+            grouped_s += sum(ts) / max(group_speedup.values())
+    print(f"\npaper profile: {len(planned)} runs (CIFAR-10 shapes, {paper.epochs} epochs; per-step times measured "
+          f"here, {args.estimate_steps} steps per kind of run)")
+    for m, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"  {m:14s} {t / 3600:8.2f} h")
+    print(f"  every run alone: {alone_s / 3600:.2f} h; with grouping (speed-up {max(group_speedup.values()):.2f}x "
+          f"applied to {sum(len(v) for k, v in groups.items() if k and len(v) > 1)} grouped runs): "
+          f"{grouped_s / 3600:.2f} h on {name}")
+
+
+def _cuda_peak(device, n: int = 8192) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n ** 3 * 10 / (time.perf_counter() - start) / 1e9
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Profiles (named sizes, parameter checks), claims (statuses, atomic save, ledger) and calibration summaries."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from faeval import claims as C
+from faeval.calibration import CANDIDATES, first_firing, summarise
+from faeval.profiles import PROFILES, get_profile
+from faeval.store import canonical_config
+
+
+# --------------------------------------------------------------------------- profiles
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_every_run_a_profile_asks_for_is_a_valid_config(name):
+    p = get_profile(name)
+    for m in (*p.methods, "frozen"):
+        cfg = canonical_config(**p.config(m, p.seeds[0]))
+        assert cfg["epochs"] == p.epochs and cfg["method"] == m
+    for label, over in p.cross_arch.items():
+        cfg = canonical_config(**p.config("dfa", p.seeds[0], **over))
+        assert cfg["arch"] == over.get("arch", p.base["arch"]), label
+    for lam in p.penalty_lambdas:
+        assert canonical_config(**p.config("dfa", 0, penalty=lam, epochs=p.penalty_epochs))["hparams"]["penalty"] == lam
+    for L in p.depths:
+        assert canonical_config(**p.config("fa", 0, depth=L))["model"]["depth"] == L
+
+
+def test_a_changed_architecture_or_dataset_drops_the_options_it_replaces():
+    q = get_profile("quick")
+    cnn = canonical_config(**q.config("dfa", 42, arch="cnn"))
+    assert "width" not in cnn["model"] and cnn["data"]["label_noise"] == q.base["label_noise"]
+    syn = canonical_config(**q.config("dfa", 42, dataset="synthetic"))
+    assert syn["data"]["label_noise"] == 0.0 and "normalize" not in syn["data"]
+    assert get_profile("quick", dataset="cifar10").base.get("label_noise") is None
+
+
+@pytest.mark.parametrize("kw, names", [
+    ({"name": "qick"}, ["paper", "quick", "smoke"]),
+    ({"dataset": "mnst"}, ["fashion-mnist", "cifar10"]),
+    ({"arch": "resnet"}, ["resmlp", "vit"]),
+    ({"methods": ["dfa", "dfaa"]}, ["credit_bridge", "dfa"]),
+])
+def test_unknown_names_are_refused_with_the_valid_ones(kw, names):
+    name = kw.pop("name", "quick")
+    with pytest.raises(ValueError) as e:
+        get_profile(name, **kw)
+    for n in names:
+        assert n in str(e.value)
+
+
+@pytest.mark.parametrize("kw", [{"seeds": 42}, {"seeds": []}, {"epochs": 0}, {"widht": 256}])
+def test_bad_overrides_are_refused(kw):
+    with pytest.raises((ValueError, TypeError)):
+        get_profile("smoke", **kw)
+
+
+def test_overrides_apply():
+    p = get_profile("quick", seeds=[1, 2, 3], epochs=3, methods=["bp"], width=512)
+    assert p.seeds == (1, 2, 3) and p.epochs == p.penalty_epochs == 3 and p.methods == ("bp",)
+    assert canonical_config(**p.config("bp", 1))["model"]["width"] == 512
+
+
+def test_quick_profile_lists_its_deviations_from_the_paper():
+    q = PROFILES["quick"]
+    text = " ".join(q.deviations)
+    assert f"{round(100 * q.base['label_noise'])}% of the training labels" in text
+    assert f"{q.epochs} epochs" in text and f"{len(q.seeds)} seeds" in text
+    assert q.base["label_noise"] == CANDIDATES["label_noise"].config["label_noise"]
+    paper = PROFILES["paper"]
+    assert paper.seeds == (42, 123, 456) and paper.epochs == 100 and paper.penalty_epochs == 30
+    assert paper.base["dataset"] == "cifar10" and not paper.deviations
+
+
+# --------------------------------------------------------------------------- claims
+def test_every_paper_value_names_its_source():
+    values = json.loads(C.PAPER_VALUES.read_text())
+    entries = {k: v for k, v in values.items() if not k.startswith("_")}
+    assert len(entries) > 40
+    for key, v in entries.items():
+        assert set(v) == {"value", "text", "source"}, key
+        assert v["source"].startswith("SPEC "), key
+    with pytest.raises(KeyError, match="audit.acc.bp"):
+        C.paper("audit.acc.bpp")
+
+
+def test_claims_statuses_save_atomically_and_gather_in_the_ledger(tmp_path):
+    c = C.Claims("01_audit", "smoke")
+    c.check("held one", True, "1", "audit.acc.bp")
+    c.check("not held one", False, "2")
+    with pytest.raises(ValueError, match="needs a reason"):
+        c.check("no reason", None, "")
+    c.evaluate("crashes", lambda: 1 / 0)
+    c.evaluate("no data", lambda: (None, "-"), reason="the run ended non-finite")
+    path = c.save(tmp_path)
+    assert path == tmp_path / "claims" / "01_audit.json"
+    assert [p.name for p in (tmp_path / "claims").iterdir()] == ["01_audit.json"]      # no temporary left over
+    rows = json.loads(path.read_text())["claims"]
+    assert [r["status"] for r in rows] == ["held", "not held", "not evaluated", "not evaluated"]
+    assert "ZeroDivisionError" in rows[2]["reason"] and rows[3]["reason"] == "the run ended non-finite"
+    assert rows[0]["paper"] == C.paper("audit.acc.bp")["text"] and rows[0]["source"]
+    C.Claims("02_temporal", "quick").save(tmp_path)
+    ledger = C.ledger(tmp_path)
+    assert list(ledger.notebook) == ["01_audit"] * 4 and set(ledger.profile) == {"smoke"}
+    assert "NOT HELD" in str(c)
+
+
+# --------------------------------------------------------------------------- calibration
+def _history(growths, g_Ls, seconds=2.0, steps=10):
+    return [{"epoch": e, "step": e * steps, "seconds": 0.0 if e == 0 else seconds, "test_acc": 0.5,
+             "diag": {"max_block_growth": g, "g_L": gl, "hidden_norms": [1.0, g], "stability": None}}
+            for e, (g, gl) in enumerate(zip(growths, g_Ls))]
+
+
+def test_first_firing_reports_epoch_step_and_training_seconds():
+    h = _history([1, 20, 60, 80], [1e-3, 1e-6, 5e-8, 1e-8])
+    f = first_firing(h)
+    assert f["D1"] == {"epoch": 2, "step": 20, "seconds": 4.0}
+    assert f["D2"] == {"epoch": 2, "step": 20, "seconds": 4.0}
+    assert first_firing(_history([1, 2], [1e-3, 1e-3])) == {"D1": None, "D2": None}
+    assert first_firing(h, {"d1_growth": 70})["D1"]["epoch"] == 3
+
+
+def test_summarise_gives_the_gap_and_what_bp_fires():
+    run = lambda h, acc: SimpleNamespace(history=h, test_acc=acc, stopped=None)  # noqa: E731
+    row = summarise("x", {"dfa": run(_history([1, 60], [1e-3, 1e-6]), 0.70),
+                          "bp": run(_history([1, 2], [1e-3, 1e-3]), 0.85),
+                          "frozen": run(_history([1, 1], [1e-3, 1e-3]), 0.80)})
+    assert row["D1"]["step"] == 10 and row["D2"] is None and row["bp_fires"] == []
+    assert row["gap_pp"] == pytest.approx(-10.0) and row["D3"] is True
