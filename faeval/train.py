@@ -20,6 +20,7 @@ so far is kept and ``run.stopped`` says why.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -219,8 +220,9 @@ def _non_finite(sums: Mapping) -> str | None:
 
 def _progress(total: int, desc: str, enabled: bool):
     """A tqdm bar; none when ``enabled`` is False or ``$FAEVAL_PROGRESS`` is 0 (as when the book is built)."""
-    import os
-
-    from tqdm.auto import tqdm
     enabled = enabled and os.environ.get("FAEVAL_PROGRESS", "1") != "0"
+    if enabled:
+        from tqdm.auto import tqdm
+    else:       # tqdm.auto would warn about missing notebook widgets even for a disabled bar
+        from tqdm import tqdm
     return tqdm(total=total, desc=desc, disable=not enabled, unit="step", leave=False, dynamic_ncols=True)

@@ -78,7 +78,7 @@ try {
     page.on("response", (r) => { if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`); });
     page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
     await page.goto(`${origin}/${rel}`, { waitUntil: "load" });
-    const check = await page.evaluate(async () => {
+    const inspect = () => page.evaluate(async () => {
       const math = document.querySelectorAll(".math").length;
       if (math && window.MathJax && window.MathJax.startup && window.MathJax.startup.promise) {
         await window.MathJax.startup.promise;
@@ -91,6 +91,13 @@ try {
         broken: imgs.filter((i) => !(i.naturalWidth > 0 && i.naturalHeight > 0)).map((i) => i.getAttribute("src")),
       };
     });
+    let check;
+    try {
+      check = await inspect();
+    } catch (e) {      // a page that redirects (index.html) navigates away while being inspected
+      await page.waitForLoadState("load");
+      check = await inspect();
+    }
     if (check.math && !check.typeset) problems.push(`${check.math} math element(s) but nothing typeset (MathJax loaded: ${check.mathjax})`);
     for (const src of check.broken) problems.push(`image with zero natural size: ${src}`);
     const shot = path.join(shotDir, rel.replace(/\//g, "__").replace(/\.html$/, ".png"));

@@ -54,6 +54,7 @@ def built_book(tmp_path_factory) -> Path:
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed", "_build"))
     shutil.copytree(ROOT / "_vendor", src / "_vendor")
+    shutil.copytree(ROOT / "_ext", src / "_ext")
 
     env = {**os.environ, "FAEVAL_RESULTS": str(src / "results")}
     proc = _run([sys.executable, SCRIPTS / "run_notebooks.py", "--profile", "smoke",
