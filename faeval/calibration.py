@@ -106,7 +106,11 @@ def first_firing(history: Sequence[Mapping], thresholds=None) -> dict[str, dict 
 
 
 def summarise(name: str, runs: Mapping[str, object], thresholds=None) -> dict:
-    """One calibration row from a candidate's stored runs (keys of ``runs``: method names)."""
+    """One calibration row from a candidate's stored runs (keys of ``runs``: method names).
+
+    ``bp_fires`` lists what fires for BP: D1/D2 at any epoch, and D3 when BP does not
+    clear the frozen baseline by the margin (a setting where BP fails is no test bed).
+    """
     th = Thresholds.from_any(thresholds)
     dfa, bp, frozen = (runs.get(m) for m in METHODS)
     row: dict = {"candidate": name}
@@ -127,6 +131,10 @@ def summarise(name: str, runs: Mapping[str, object], thresholds=None) -> dict:
     if dfa is not None and frozen is not None:
         row["gap_pp"] = 100 * (dfa.test_acc - frozen.test_acc)
         row["D3"] = row["gap_pp"] < th.d3_margin_pp
+    if bp is not None and frozen is not None:
+        row["bp_gap_pp"] = 100 * (bp.test_acc - frozen.test_acc)
+        if row["bp_gap_pp"] < th.d3_margin_pp:
+            row["bp_fires"] = [*row["bp_fires"], "D3"]
     return row
 
 

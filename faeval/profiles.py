@@ -236,7 +236,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             "StudentNet (synthetic)": {"arch": "studentnet", "dataset": "synthetic", "epochs": 80},
         },
         depths=(2, 4, 6, 8, 12), assay_epochs=5, assay_methods=("dfa", "fa", "ep"),
-        calibration_steps=39100,
+        calibration_steps=9400,
     ),
 ]}
 

@@ -240,7 +240,10 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     The default is one process per core, or one per run when there are at most twice
     as many runs as cores and they do not divide evenly; a request that amounts to a few
     seconds of training stays in this process. Each job stores its runs; ``workers=1``
-    trains in this process. Returns the runs in the order of ``configs``.
+    trains in this process. Processes start by default only in Jupyter, ``python -c`` and
+    ``python -m faeval``: a script passes ``workers=N`` itself, and must then guard its top
+    level with ``if __name__ == "__main__":`` (Python re-imports it in every worker).
+    Returns the runs in the order of ``configs``.
     """
     from .many import why_not_groupable
 
@@ -261,7 +264,7 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     jobs = sorted(group_runs(keys), key=lambda idx: -sum(_cost(cfgs[i]) for i in idx))
     if workers is None:      # processes cost seconds to start: only worth it for more than a few seconds of work
         small = sum(_cost(cfgs[i]) for idx in jobs for i in idx) < _WORTH_PROCESSES
-        workers = _default_workers(len(jobs)) if device == "cpu" and not small else 1
+        workers = _default_workers(len(jobs)) if device == "cpu" and not small and _spawn_is_safe() else 1
     if workers > 1 and len(jobs) > 1:
         _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers, progress)
     else:
@@ -273,6 +276,17 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
             runs[path] = load_run(path, device=device)
             runs[path].from_cache = path not in todo
     return [runs[p] for p in paths]
+
+
+def _spawn_is_safe() -> bool:
+    """Whether worker processes may start by default: in Jupyter/IPython, ``python -c`` and
+    ``python -m faeval``. A script run as ``python script.py`` is re-imported by every spawned
+    worker, which re-runs its top level unless it is guarded by ``if __name__ == "__main__":``;
+    such scripts train in-process unless they ask for ``workers=N`` themselves."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    return getattr(main, "__file__", None) is None or getattr(main.__spec__, "name", "") == "faeval.__main__"
 
 
 def _default_workers(jobs: int) -> int:
@@ -347,7 +361,7 @@ def _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, work
     root = str(results_dir(results).resolve())
     log.info("training %d job(s) (%d runs) in %d processes of %d thread(s)", len(jobs), sum(map(len, jobs)),
              workers, threads)
-    bar = _progress(sum(map(len, jobs)), f"runs ({workers} processes)", progress)
+    bar = _progress(sum(map(len, jobs)), f"runs ({workers} processes)", progress, unit="run")
     ctx = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,

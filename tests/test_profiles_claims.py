@@ -130,3 +130,6 @@ def test_summarise_gives_the_gap_and_what_bp_fires():
                           "frozen": run(_history([1, 1], [1e-3, 1e-3]), 0.80)})
     assert row["D1"]["step"] == 10 and row["D2"] is None and row["bp_fires"] == []
     assert row["gap_pp"] == pytest.approx(-10.0) and row["D3"] is True
+    weak_bp = summarise("x", {"bp": run(_history([1, 2], [1e-3, 1e-3]), 0.81),
+                              "frozen": run(_history([1, 1], [1e-3, 1e-3]), 0.80)})
+    assert weak_bp["bp_fires"] == ["D3"] and weak_bp["bp_gap_pp"] == pytest.approx(1.0)
