@@ -2,7 +2,8 @@
 #
 #   make book [PROFILE=smoke|quick|paper]   set up .venv, data and MathJax; execute every
 #                                           notebook; render the book; print its path
-#   make test [PYTEST_ARGS=...]             set up .venv and data; run pytest
+#   make check-book                         open every built page in headless Chromium
+#   make test [PYTEST_ARGS=...]             set up .venv, data and the browser; run pytest
 #   make bench                              set up .venv and data; run benchmarks/*.py
 #
 # Every target sets up what it needs, from a machine with python3 (>= 3.10), pip, npm and
@@ -39,7 +40,7 @@ BIN := $(dir $(PY))
 .PHONY: help venv env-check data mathjax browser notebooks book check-book test bench clean distclean
 
 help:
-	@sed -n '2,11s/^# \{0,1\}//p' Makefile
+	@sed -n '2,12s/^# \{0,1\}//p' Makefile
 
 # --- environments ------------------------------------------------------------------------
 
