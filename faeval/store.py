@@ -237,8 +237,8 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     the speed of the same runs one after another on 2 cores), and the runs are spread
     over ``workers`` processes of one thread each instead. On 2 cores, two 1-thread
     processes take 1.5x (BP) to 1.7x (EP) as many training steps per second as one
-    2-thread process. That pays off for a long queue of runs (``python -m faeval
-    prepare``: 55 runs), not for a few short ones: three 3-epoch BP runs finished at 0.89x
+    2-thread process. That pays off for a long queue of runs (the 55 runs of
+    ``faeval prepare``), not for a few short ones: three 3-epoch BP runs finished at 0.89x
     the speed of one after another (process start-up and per-epoch evaluation at one thread).
     The default is one process per core, or one per run when there are at most twice
     as many runs as cores and they do not divide evenly; a request that amounts to a few
