@@ -190,7 +190,7 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
                 s.pop("penalty")
             rec = epoch_record(models[r], methods[r], datasets[r], evals[r], epoch, step, s, n_batches, n_seen,
                                seconds)
-            bad = _non_finite({k: v for k, v in s.items()})
+            bad = _non_finite(s)
             if bad:
                 stopped[r] = rec["stopped"] = f"non-finite {bad} at epoch {epoch}, step {step}"
             elif not all(math.isfinite(h) for h in rec["diag"]["hidden_norms"]):

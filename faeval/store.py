@@ -175,13 +175,17 @@ def experiment(*, results=None, retrain: bool = False, progress: bool = True, de
     path = run_dir(cfg, results)
     if path.is_dir() and not retrain:
         return load_run(path, device=device)
-    device = device or _default_device()
+    return _train_and_store(cfg, results, retrain, device or _default_device(), data_root, progress)
+
+
+def _train_and_store(cfg: dict, results, retrain: bool, device: str, data_root, progress: bool) -> Run:
+    """Train the single run of canonical config ``cfg`` with ``fit`` and store it."""
     model, method, ds = _build(cfg, device, data_root)
     start = time.perf_counter()
     run = fit(model, method, ds, cfg["epochs"], cfg["seed"], batch_size=cfg["batch_size"], lr=cfg["lr"],
               weight_decay=cfg["weight_decay"], lr_fb=cfg["lr_fb"], eval_n=cfg["eval_n"], monitor=_monitor(cfg),
               progress=progress, config=cfg)
-    return _store(run, cfg, ds, device, time.perf_counter() - start, path, retrain)
+    return _store(run, cfg, ds, device, time.perf_counter() - start, run_dir(cfg, results), retrain)
 
 
 def _default_device() -> str:
@@ -320,14 +324,9 @@ def _run_job(cfgs: list[dict], results, retrain: bool, device: str, data_root, p
 
     if threads:
         torch.set_num_threads(threads)
-    start = time.perf_counter()
     if len(cfgs) == 1:
-        cfg = cfgs[0]
-        model, method, ds = _build(cfg, device, data_root)
-        run = fit(model, method, ds, cfg["epochs"], cfg["seed"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                  weight_decay=cfg["weight_decay"], lr_fb=cfg["lr_fb"], eval_n=cfg["eval_n"], monitor=_monitor(cfg),
-                  progress=progress, config=cfg)
-        return [str(_store(run, cfg, ds, device, time.perf_counter() - start, run_dir(cfg, results), retrain).path)]
+        return [str(_train_and_store(cfgs[0], results, retrain, device, data_root, progress).path)]
+    start = time.perf_counter()
     c0 = cfgs[0]
     log.info("training %d %s runs together (seeds %s, penalties %s)", len(cfgs), c0["method"],
              [c["seed"] for c in cfgs], [c["hparams"].get("penalty") for c in cfgs])
