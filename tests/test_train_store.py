@@ -220,3 +220,27 @@ def test_cli_bad_input_is_one_clear_line(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().startswith("error: unknown method 'dfx'")
     r = _cli("train", "--method", "ep", "--beta", "0", cwd=tmp_path)
     assert r.returncode == 2 and "beta=0.0: must be > 0" in r.stderr
+
+
+def test_the_lean_adamw_matches_torch_fused_adamw_bit_for_bit():
+    """faeval.train.AdamW is torch.optim.AdamW(fused=True) without the bookkeeping: the same
+    parameters after every step, including steps where some parameters have no gradient."""
+    from faeval.train import AdamW
+    torch.manual_seed(0)
+    start = [torch.randn(7, 5), torch.randn(5), torch.randn(3, 7)]
+    ours = [p.clone().requires_grad_() for p in start]
+    theirs = [p.clone().requires_grad_() for p in start]
+    opt_ours = AdamW(ours, lr=3e-3, weight_decay=0.05)
+    opt_theirs = torch.optim.AdamW(theirs, lr=3e-3, weight_decay=0.05, fused=True)
+    for step in range(6):
+        x = torch.randn(4, 7)
+        for params, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad(set_to_none=True)
+            out = (x @ params[0] + params[1]).tanh().sum()
+            if step % 2:                       # the third parameter gets a gradient every other step only
+                out = out + (params[2] @ x.T).pow(2).mean()
+            out.backward()
+            opt.step()
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b), f"step {step}: {(a - b).abs().max()}"
+    assert not torch.equal(ours[2], start[2]) and not torch.equal(ours[0], start[0])
