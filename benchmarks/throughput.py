@@ -39,7 +39,7 @@ import faeval as fe
 from faeval.many import fit_group, why_not_groupable
 from faeval.profiles import PROFILES
 from faeval.store import _default_workers, _group_key
-from faeval.train import fit
+from faeval.train import adamw, fit
 
 
 def sync(device):
@@ -79,6 +79,23 @@ def reference_loop(model, x_cpu, y_cpu, device, steps: int) -> float:
                 break
     sync(device)
     return (time.perf_counter() - start) / steps
+
+
+def steps_per_second(ds, method: str, device, steps: int) -> float:
+    """Training steps per second of one run (after a warm-up), at the current thread count."""
+    model, rule = build(ds, method, 0, device)
+    opt = adamw(rule.parameters(), lr=1e-3, weight_decay=0.01)
+    batches = list(ds.batches(128, seed=0, epoch=1))
+    for i in range(steps + 20):
+        if i == 20:
+            sync(device)
+            start = time.perf_counter()
+        x, y = batches[i % len(batches)]
+        opt.zero_grad()
+        rule.step(x, y)
+        opt.step()
+    sync(device)
+    return steps / (time.perf_counter() - start)
 
 
 def train_seconds(run) -> float:
@@ -196,6 +213,14 @@ def main() -> None:
         print(f"(b) {method}, 3 seeds x {args.epochs} epoch(s): one by one {alone:.1f} s; one vectorised group "
               f"{together:.1f} s ({alone / together:.2f}x); fit_many default ({_how(device)}) {many:.1f} s "
               f"({alone / many:.2f}x, process start-up and data loading included)")
+        if device.type == "cpu":
+            cores, t_all = torch.get_num_threads(), steps_per_second(ds, method, device, 200)
+            torch.set_num_threads(1)
+            t_one = steps_per_second(ds, method, device, 200)
+            torch.set_num_threads(cores)
+            print(f"    ceiling for runs in parallel on this CPU: one run steps {t_all:.0f}/s on {cores} threads, "
+                  f"{t_one:.0f}/s on 1 thread, so {cores} runs side by side can be at most "
+                  f"{cores * t_one / t_all:.2f}x one after another")
 
     # (c) FLOP/s
     model, rule = build(ds, "bp", 0, device)

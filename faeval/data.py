@@ -93,6 +93,11 @@ class Dataset:
         i.i.d. random labels of every batch (SPEC 3.9). Test batches
         (``train=False``) come in file order and are never augmented.
         ``augment=None`` uses the dataset's default.
+
+        The whole epoch's random draws are made up front, batch by batch in the
+        order the batches use them, and moved to the data's device in one copy:
+        the loop over batches never copies from the host (on a GPU such a copy
+        would wait for the queued steps).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be a positive integer")
@@ -102,19 +107,30 @@ class Dataset:
         if augment and self.x_train.dim() != 4:
             raise ValueError(f"augment=True: {self.name!r} is not an image dataset "
                              f"(input shape {self.input_shape})")
+        random_targets = train and self.random_targets
         x, y = (self.x_train, self.y_train) if train else (self.x_test, self.y_test)
         n = x.shape[0]
         g = _generator(seed, _BATCHES, epoch)
         order = torch.randperm(n, generator=g) if train else torch.arange(n)
-        order = order.to(x.device)
         stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
+        sizes = [min(batch_size, n - start) for start in range(0, stop, batch_size)]
+        draws: dict[str, list[torch.Tensor]] = {"rows": [], "cols": [], "labels": []}
+        for b in sizes:
+            if augment:
+                rows, cols = _crop_and_flip_indices(b, *x.shape[2:], g)
+                draws["rows"].append(rows)
+                draws["cols"].append(cols)
+            if random_targets:
+                draws["labels"].append(torch.randint(self.num_classes, (b,), generator=g))
+        on_device = {k: torch.cat(v).to(x.device).split(sizes) for k, v in draws.items() if v}
+        order = order.to(x.device)
+        for i, start in enumerate(range(0, stop, batch_size)):
+            idx = order[start:start + sizes[i]]
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             if augment:
-                xb = _crop_and_flip(xb, g)
-            if train and self.random_targets:
-                yb = torch.randint(self.num_classes, (len(idx),), generator=g).to(y.device)
+                xb = _gather_crops(xb, on_device["rows"][i], on_device["cols"][i])
+            if random_targets:
+                yb = on_device["labels"][i].to(y.dtype)
             yield xb, yb
 
     def eval_batch(self, n: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,18 +158,28 @@ def _crop_and_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.T
 
     The images are already normalised, so the zero padding is the *mean* pixel
     value rather than black (torchvision pads before normalising). Offsets and
-    flips come from ``g``; the crop and flip are one gather by advanced
-    indexing, so there is no loop over samples.
+    flips come from ``g`` (:func:`_crop_and_flip_indices`); the crop and flip are
+    one gather by advanced indexing (:func:`_gather_crops`), so there is no loop
+    over samples.
     """
-    b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows, cols = _crop_and_flip_indices(x.shape[0], x.shape[2], x.shape[3], g, pad)
+    return _gather_crops(x, rows.to(x.device), cols.to(x.device), pad)
+
+
+def _crop_and_flip_indices(b: int, h: int, w: int, g: torch.Generator, pad: int = 4
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padded image's rows (b, h) and columns (b, w) that ``b`` random crops and flips keep."""
     top = torch.randint(2 * pad + 1, (b, 1), generator=g)
     left = torch.randint(2 * pad + 1, (b, 1), generator=g)
     flip = torch.rand(b, 1, generator=g) < 0.5
     cols = torch.arange(w).expand(b, w)
     cols = torch.where(flip, w - 1 - cols, cols)
-    rows = (top + torch.arange(h)).to(x.device)
-    cols = (left + cols).to(x.device)
+    return top + torch.arange(h), left + cols
+
+
+def _gather_crops(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    b, c = x.shape[:2]
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]

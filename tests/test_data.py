@@ -469,6 +469,24 @@ def test_augmentation_crops_and_flips_train_batches_only(cifar10):
         next(ds.batches(train=False, augment=True))
 
 
+def test_an_epochs_draws_made_up_front_equal_those_made_batch_by_batch(cifar10):
+    """batches() draws the epoch's crops, flips and random labels before the loop (so the loop never
+    copies from the host): the batches are those of drawing them batch by batch, short last batch too."""
+    ds = load_dataset("cifar10", root=cifar10[0], augment=True)
+    ds.random_targets = True
+    got = list(ds.batches(batch_size=32, seed=3, epoch=2))
+    g = data._generator(3, data._BATCHES, 2)
+    order = torch.randperm(ds.n_train, generator=g)
+    starts = range(0, ds.n_train, 32)
+    assert len(got) == len(starts) == 4 and len(got[-1][1]) == 4
+    for (xb, yb), start in zip(got, starts):
+        idx = order[start:start + 32]
+        assert torch.equal(xb, data._crop_and_flip(ds.x_train[idx], g))
+        assert torch.equal(yb, torch.randint(ds.num_classes, (len(idx),), generator=g))
+    dropped = list(ds.batches(batch_size=32, seed=3, epoch=2, drop_last=True))
+    assert len(dropped) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(dropped, got))
+
+
 def test_crop_and_flip_includes_pure_flips_and_identities():
     x = torch.randn(2000, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     out = data._crop_and_flip(x, torch.Generator().manual_seed(1))
