@@ -76,19 +76,28 @@ class Run:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over (x, y) in eval mode."""
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None
+             ) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over (x, y) in eval mode.
+
+    ``batch_size=None`` is 128 on a CPU, where small batches keep a convolution's or attention's
+    activations in cache (on this project's CPU, 1 thread, the Fashion-MNIST test split takes
+    SmallCNN 2.0x and ViT-Mini 1.8x less time than in batches of 1024; ResMLP the same), and
+    1024 elsewhere. The sums stay on the device until the end: one synchronisation per call.
+    """
+    batch_size = batch_size or (128 if x.device.type == "cpu" else 1024)
     was = model.training
     model.eval()
     try:
-        loss, correct = 0.0, 0
+        loss = torch.zeros((), dtype=torch.float64, device=x.device)
+        correct = torch.zeros((), dtype=torch.int64, device=x.device)
         for i in range(0, len(x), batch_size):
             logits = model(x[i:i + batch_size])
-            loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
-            correct += (logits.argmax(-1) == y[i:i + batch_size]).sum().item()
+            loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").double()
+            correct += (logits.argmax(-1) == y[i:i + batch_size]).sum()
     finally:
         model.train(was)
-    return loss / len(x), correct / len(x)
+    return float(loss) / len(x), int(correct) / len(x)
 
 
 def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: int = 0, *, batch_size: int = 128,

@@ -12,7 +12,7 @@ import faeval
 from faeval import diagnostics as D
 from faeval import store
 from faeval.methods import METHODS, LocalRule, register_method
-from faeval.train import fit
+from faeval.train import evaluate, fit
 
 pytestmark = pytest.mark.filterwarnings("ignore:synthetic task")
 
@@ -244,3 +244,15 @@ def test_the_lean_adamw_matches_torch_fused_adamw_bit_for_bit():
         for a, b in zip(ours, theirs):
             assert torch.equal(a, b), f"step {step}: {(a - b).abs().max()}"
     assert not torch.equal(ours[2], start[2]) and not torch.equal(ours[0], start[0])
+
+
+def test_evaluate_is_the_whole_splits_loss_and_accuracy_whatever_the_batch_size(synth):
+    model = _model(seed=3)
+    with torch.no_grad():
+        logits = model(synth.x_test)
+    loss = torch.nn.functional.cross_entropy(logits.double(), synth.y_test).item()
+    acc = (logits.argmax(-1) == synth.y_test).double().mean().item()
+    for batch_size in (None, 7, 1024):
+        got_loss, got_acc = evaluate(model, synth.x_test, synth.y_test, batch_size=batch_size)
+        assert got_loss == pytest.approx(loss, rel=1e-6) and got_acc == acc
+    assert 0.0 < acc < 0.5 and model.training            # an untrained model; evaluate restores train mode
