@@ -8,7 +8,9 @@ On the device it runs on (CUDA when available, else CPU), with ResMLP d=256 L=4,
     ``.item()`` logging), both training BP for the same steps;
 (b) 3 seeds (BP and DFA) trained one after another with ``fit``, against the same runs
     as one vectorised group (``fit_group``) and through ``fit_many`` with its default for
-    the device (vectorised groups on a GPU, 1-thread processes on a CPU);
+    the device (vectorised groups on a GPU, 1-thread processes on a CPU); on a CPU it also
+    prints the ceiling of running runs side by side: cores x (steps/s of a run on 1 thread) /
+    (steps/s of a run on all threads): the most that training independent runs side by side can give;
 (c) achieved FLOP/s (FLOPs counted by torch's formulas) against the device's measured
     fp32 matmul peak;
 (d) peak memory (CUDA: max allocated; CPU: the process's peak resident set).
@@ -19,7 +21,8 @@ random data, once with every run alone and once with the measured grouping speed
 to the runs that train in groups. Timed sections use training time only (no per-epoch
 diagnostics; those cost a few percent of an epoch, see step_cost.py).
 
-Run: .venv/bin/python benchmarks/throughput.py [--steps 150] [--estimate-steps 8] [--no-estimate]
+Run: .venv/bin/python benchmarks/throughput.py [--steps 150] [--epochs 4] [--estimate-steps 8] [--no-estimate]
+(the closing note of issue 6 used --steps 468 --epochs 8: the quick profile's run length)
 """
 from __future__ import annotations
 
@@ -218,8 +221,8 @@ def main() -> None:
             torch.set_num_threads(1)
             t_one = steps_per_second(ds, method, device, 200)
             torch.set_num_threads(cores)
-            print(f"    ceiling for runs in parallel on this CPU: one run steps {t_all:.0f}/s on {cores} threads, "
-                  f"{t_one:.0f}/s on 1 thread, so {cores} runs side by side can be at most "
+            print(f"    ceiling for independent runs side by side on this CPU: one run steps {t_all:.0f}/s on "
+                  f"{cores} threads, {t_one:.0f}/s on 1 thread, so {cores} runs side by side can be at most "
                   f"{cores * t_one / t_all:.2f}x one after another")
 
     # (c) FLOP/s
