@@ -9,6 +9,8 @@
 //     MathJax's startup promise resolves;
 //   * every <img> has loaded with a non-zero natural size.
 // A full-page screenshot of each page goes to DIR (default: <html dir>/../screenshots).
+// A page with a problem is looked at once more: it fails only if the second look sees a problem
+// too (a page that passes the second time is printed as FLAKY, with what the first look saw).
 // Prints one line per page and a JSON summary; exits 1 if any page fails, 2 on bad usage.
 // Needs playwright-core (PLAYWRIGHT_CORE = its folder) and Chromium (CHROMIUM = its path).
 import fs from "node:fs";
@@ -64,49 +66,70 @@ const origin = `http://127.0.0.1:${server.address().port}`;
 fs.mkdirSync(shotDir, { recursive: true });
 const browser = await chromium.launch({ executablePath, args: ["--headless", "--no-sandbox"] });
 const results = [];
+async function look(rel) {          // checkPage, with a crash (e.g. a timeout) as the page's problem
+  try {
+    return await checkPage(rel);
+  } catch (e) {
+    return { page: rel, ok: false, math: 0, typeset: 0, images: 0, screenshot: null,
+             problems: [`the check could not finish: ${e.message.split("\n")[0]}`] };
+  }
+}
+
+async function checkPage(rel) {
+  const problems = [];
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on("request", (r) => {
+    const u = r.url();
+    if (!u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:") && !u.startsWith("about:"))
+      problems.push(`request leaves localhost: ${u}`);
+  });
+  page.on("requestfailed", (r) => problems.push(`request failed: ${r.url()} (${r.failure()?.errorText})`));
+  page.on("response", (r) => { if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`); });
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  await page.goto(`${origin}/${rel}`, { waitUntil: "load" });
+  const inspect = () => page.evaluate(async () => {
+    const math = document.querySelectorAll(".math").length;
+    if (math && window.MathJax && window.MathJax.startup && window.MathJax.startup.promise) {
+      await window.MathJax.startup.promise;
+    }
+    const imgs = [...document.images];
+    await Promise.all(imgs.map((i) => (i.complete ? null : new Promise((r) => { i.onload = i.onerror = r; }))));
+    return {
+      math, typeset: document.querySelectorAll("mjx-container").length, mathjax: !!window.MathJax,
+      images: imgs.length,
+      broken: imgs.filter((i) => !(i.naturalWidth > 0 && i.naturalHeight > 0)).map((i) => i.getAttribute("src")),
+    };
+  });
+  let check;
+  try {
+    check = await inspect();
+  } catch (e) {      // a page that redirects (index.html) navigates away while being inspected
+    await page.waitForLoadState("load");
+    check = await inspect();
+  }
+  if (check.math && !check.typeset) problems.push(`${check.math} math element(s) but nothing typeset (MathJax loaded: ${check.mathjax})`);
+  for (const src of check.broken) problems.push(`image with zero natural size: ${src}`);
+  const shot = path.join(shotDir, rel.replace(/\//g, "__").replace(/\.html$/, ".png"));
+  await page.screenshot({ path: shot, fullPage: true });
+  await page.close();
+  return { page: rel, ok: problems.length === 0, math: check.math, typeset: check.typeset, images: check.images,
+           screenshot: shot, problems };
+}
+
 try {
   for (const file of pages(root)) {
     const rel = path.relative(root, file).split(path.sep).join("/");
-    const problems = [];
-    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    page.on("request", (r) => {
-      const u = r.url();
-      if (!u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:") && !u.startsWith("about:"))
-        problems.push(`request leaves localhost: ${u}`);
-    });
-    page.on("requestfailed", (r) => problems.push(`request failed: ${r.url()} (${r.failure()?.errorText})`));
-    page.on("response", (r) => { if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`); });
-    page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-    await page.goto(`${origin}/${rel}`, { waitUntil: "load" });
-    const inspect = () => page.evaluate(async () => {
-      const math = document.querySelectorAll(".math").length;
-      if (math && window.MathJax && window.MathJax.startup && window.MathJax.startup.promise) {
-        await window.MathJax.startup.promise;
-      }
-      const imgs = [...document.images];
-      await Promise.all(imgs.map((i) => (i.complete ? null : new Promise((r) => { i.onload = i.onerror = r; }))));
-      return {
-        math, typeset: document.querySelectorAll("mjx-container").length, mathjax: !!window.MathJax,
-        images: imgs.length,
-        broken: imgs.filter((i) => !(i.naturalWidth > 0 && i.naturalHeight > 0)).map((i) => i.getAttribute("src")),
-      };
-    });
-    let check;
-    try {
-      check = await inspect();
-    } catch (e) {      // a page that redirects (index.html) navigates away while being inspected
-      await page.waitForLoadState("load");
-      check = await inspect();
+    let result = await look(rel);
+    if (result.problems.length) {      // look again once: a problem seen twice fails the page
+      const first = result.problems;
+      result = await look(rel);
+      if (!result.problems.length) result.flaky = first;
     }
-    if (check.math && !check.typeset) problems.push(`${check.math} math element(s) but nothing typeset (MathJax loaded: ${check.mathjax})`);
-    for (const src of check.broken) problems.push(`image with zero natural size: ${src}`);
-    const shot = path.join(shotDir, rel.replace(/\//g, "__").replace(/\.html$/, ".png"));
-    await page.screenshot({ path: shot, fullPage: true });
-    await page.close();
-    results.push({ page: rel, ok: problems.length === 0, math: check.math, typeset: check.typeset,
-                   images: check.images, screenshot: shot, problems });
-    console.log(`${problems.length ? "FAIL" : "ok  "} ${rel}  (math ${check.math}/${check.typeset} typeset, ${check.images} images)`);
-    for (const p of problems) console.log(`       ${p}`);
+    results.push(result);
+    const note = result.flaky ? "  FLAKY: passed on a second look; the first look saw the problems below" : "";
+    console.log(`${result.ok ? "ok  " : "FAIL"} ${rel}  (math ${result.math}/${result.typeset} typeset, ` +
+                `${result.images} images)${note}`);
+    for (const p of result.problems.length ? result.problems : result.flaky || []) console.log(`       ${p}`);
   }
 } finally {
   await browser.close();

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -117,6 +118,9 @@ def test_every_page_passes_the_browser_check(built_book):
                                                                     "CHROMIUM": CHROMIUM}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for r in summary["results"]:
+        if r.get("flaky"):      # passed on a second look: shown in the test summary, not failed
+            warnings.warn(f"{r['page']}: the browser check's first look saw {r['flaky']}", stacklevel=1)
     pages = {r["page"] for r in summary["results"]}
     for name in NOTEBOOKS:
         assert f"book/executed/{name}.html" in pages, name
