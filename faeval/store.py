@@ -237,14 +237,13 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     rounding. A run that cannot be grouped trains on its own, and the reason is logged
     (logger ``"faeval"``); a group that runs out of device memory is split and retried.
 
-    On a CPU grouping is off by default (measured: a group of 3 runs trains at 0.82x
-    the speed of the same runs one after another on 2 cores), and the runs are spread
-    over ``workers`` processes of one thread each instead. On 2 cores, two 1-thread
-    processes take 1.5x (BP) to 1.7x (EP) as many training steps per second as one
-    2-thread process. That pays off for a long queue of runs (the 55 runs of
-    ``faeval prepare``), not for a few short ones: three 3-epoch BP runs finished at 0.89x
-    the speed of one after another (process start-up and per-epoch evaluation at one thread).
-    The default is one process per core, or one per run when there are at most twice
+    On a CPU grouping is off by default (``benchmarks/throughput.py`` on this project's
+    2-core CPU: a group of 3 runs trains at 0.75-0.80x the speed of the same runs one
+    after another), and the runs are spread over ``workers`` processes of one thread each
+    instead. A single run already keeps both cores busy, which bounds the gain: two
+    1-thread processes step 1.41x (DFA) to 1.50x (BP) as fast as one run on 2 threads, and
+    three 8-epoch seeds finished 1.21x (DFA) to 1.24x (BP) sooner than one after another,
+    process start-up included. The default is one process per core, or one per run when there are at most twice
     as many runs as cores and they do not divide evenly; a request that amounts to a few
     seconds of training stays in this process. Each job stores its runs; ``workers=1``
     trains in this process. Processes start by default only in Jupyter, ``python -c`` and
