@@ -256,3 +256,24 @@ def test_evaluate_is_the_whole_splits_loss_and_accuracy_whatever_the_batch_size(
         got_loss, got_acc = evaluate(model, synth.x_test, synth.y_test, batch_size=batch_size)
         assert got_loss == pytest.approx(loss, rel=1e-6) and got_acc == acc
     assert 0.0 < acc < 0.5 and model.training            # an untrained model; evaluate restores train mode
+
+
+def test_adamw_takes_a_gradient_in_another_memory_layout_as_the_same_gradient():
+    """A transposed-view gradient (torch.autograd.grad returns such for stacked weights) is the same
+    gradient: the update equals the one from a contiguous copy and AdamW's unfused reference.
+    (torch 2.13's own fused AdamW applies it transposed; faeval's copies it into layout first.)"""
+    from faeval.train import AdamW
+    torch.manual_seed(1)
+    start = torch.randn(4, 3)
+    grad = torch.randn(3, 4).t()
+    assert not grad.is_contiguous()
+    after = {}
+    for name, g in (("view", grad), ("copy", grad.contiguous()), ("reference", grad)):
+        p = start.clone().requires_grad_()
+        opt = torch.optim.AdamW([p], lr=0.1, weight_decay=0.01) if name == "reference" else AdamW([p], 0.1, 0.01)
+        p.grad = g
+        opt.step()
+        after[name] = p.detach()
+    assert torch.equal(after["view"], after["copy"])
+    torch.testing.assert_close(after["view"], after["reference"], rtol=1e-6, atol=1e-7)
+    assert (after["view"] - start).abs().max() > 0.05
