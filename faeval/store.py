@@ -241,9 +241,9 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     2-core CPU: a group of 3 runs trains at 0.75-0.80x the speed of the same runs one
     after another), and the runs are spread over ``workers`` processes of one thread each
     instead. A single run already keeps both cores busy, which bounds the gain: two
-    1-thread processes step 1.41x (DFA) to 1.50x (BP) as fast as one run on 2 threads, and
-    three 8-epoch seeds finished 1.21x (DFA) to 1.24x (BP) sooner than one after another,
-    process start-up included. The default is one process per core, or one per run when there are at most twice
+    1-thread processes step 1.41-1.50x as fast as one run on 2 threads, and three 8-epoch
+    seeds (BP or DFA) finished 1.20-1.24x sooner than one after another, process start-up
+    included (two measurements each). The default is one process per core, or one per run when there are at most twice
     as many runs as cores and they do not divide evenly; a request that amounts to a few
     seconds of training stays in this process. Each job stores its runs; ``workers=1``
     trains in this process. Processes start by default only in Jupyter, ``python -c`` and
