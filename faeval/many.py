@@ -177,7 +177,7 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
         losses, aux = vectorised(tp, fx, x, y, fb, pen)
         return dict(zip(tp, torch.autograd.grad(losses.sum(), trained))), aux
 
-    opt = adamw(list(train_p.values()), lr=lr, weight_decay=weight_decay)
+    opt = adamw(trained, lr=lr, weight_decay=weight_decay)
 
     evals = [ds.eval_batch(min(eval_n, ds.n_test)) for ds in datasets]
     histories: list[list[dict]] = [[] for _ in range(R)]

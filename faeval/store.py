@@ -243,10 +243,10 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     instead. A single run already keeps both cores busy, which bounds the gain: two
     1-thread processes step 1.41-1.50x as fast as one run on 2 threads, and three 8-epoch
     seeds (BP or DFA) finished 1.20-1.24x sooner than one after another, process start-up
-    included (two measurements each). The default is one process per core, or one per run when there are at most twice
-    as many runs as cores and they do not divide evenly; a request that amounts to a few
-    seconds of training stays in this process. Each job stores its runs; ``workers=1``
-    trains in this process. Processes start by default only in Jupyter, ``python -c`` and
+    included (two measurements each). The default is one process per core, or one per run
+    when there are at most twice as many runs as cores and they do not divide evenly; a
+    request that amounts to a few seconds of training stays in this process. Each job
+    stores its runs; ``workers=1`` trains in this process. Processes start by default only in Jupyter, ``python -c`` and
     ``python -m faeval``: a script passes ``workers=N`` itself, and must then guard its top
     level with ``if __name__ == "__main__":`` (Python re-imports it in every worker).
     Returns the runs in the order of ``configs``.

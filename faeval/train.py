@@ -85,7 +85,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     SmallCNN 2.0x and ViT-Mini 1.8x less time than in batches of 1024; ResMLP the same), and
     1024 elsewhere. The sums stay on the device until the end: one synchronisation per call.
     """
-    batch_size = batch_size or (128 if x.device.type == "cpu" else 1024)
+    if batch_size is None:
+        batch_size = 128 if x.device.type == "cpu" else 1024
     was = model.training
     model.eval()
     try:
@@ -190,7 +191,7 @@ class AdamW:
     """AdamW with PyTorch's fused kernel and nothing else around it.
 
     The update is ``torch.optim.AdamW(params, lr, weight_decay=..., fused=True)``'s, bit for bit
-    (``tests/test_train.py`` asserts it): the same kernel, the same per-parameter step counter,
+    (``tests/test_train_store.py`` asserts it): the same kernel, the same per-parameter step counter,
     state created at a parameter's first gradient. What it leaves out is ``torch.optim``'s
     per-step bookkeeping (hooks, parameter groups, state dicts) and its first-use import of
     ``torch._dynamo`` (1.6 s in every fresh process, which ``fit_many``'s workers are). On this
