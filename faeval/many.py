@@ -172,11 +172,6 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
     trained = list(train_p.values())
     for p in trained:
         p.requires_grad_(True)
-
-    def step_fn(tp, fx, x, y, fb, pen):
-        losses, aux = vectorised(tp, fx, x, y, fb, pen)
-        return dict(zip(tp, torch.autograd.grad(losses.sum(), trained))), aux
-
     opt = adamw(trained, lr=lr, weight_decay=weight_decay)
 
     evals = [ds.eval_batch(min(eval_n, ds.n_test)) for ds in datasets]
@@ -225,9 +220,9 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
             for batch in zip(*iters):
                 x = torch.stack([b[0] for b in batch])
                 y = torch.stack([b[1] for b in batch])
-                grads, (ce, correct, pen) = step_fn(train_p, fixed, x, y, feedback, penalty)
-                for n, g in grads.items():
-                    train_p[n].grad = g
+                opt.zero_grad()
+                losses, (ce, correct, pen) = vectorised(train_p, fixed, x, y, feedback, penalty)
+                losses.sum().backward(inputs=trained)
                 opt.step()
                 for k, v in (("loss", ce), ("correct", correct), ("penalty", pen)):
                     sums[k] = sums.get(k, 0.0) + v.detach().double()
