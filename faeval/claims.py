@@ -13,7 +13,6 @@ such, never dropped.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import traceback
@@ -97,7 +96,7 @@ class Claims:
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump({"notebook": self.notebook, "profile": self.profile, "claims": self.rows}, f, indent=1,
-                          default=_json_default)
+                          default=str)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -120,12 +119,6 @@ class Claims:
 
     def _repr_html_(self) -> str:
         return self.table().to_html(index=False)
-
-
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
-    return str(o)
 
 
 def ledger(results_dir=None):
