@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import faeval as fe
 from faeval.many import fit_group, why_not_groupable
 from faeval.profiles import PROFILES
-from faeval.store import _default_workers, _group_key
+from faeval.store import _default_workers, _group_key, train_size
 from faeval.train import adamw, fit
 
 
@@ -124,14 +124,6 @@ def _shape(cfg: dict) -> tuple:
     if cfg["dataset"] == "synthetic":
         return (cfg["data"].get("d", 128),)
     return (1, 28, 28) if cfg["dataset"] in ("fashion-mnist", "mnist") else (3, 32, 32)
-
-
-def _n_train(cfg: dict) -> int:
-    if cfg["data"].get("subset"):
-        return cfg["data"]["subset"]
-    if cfg["dataset"] == "synthetic":
-        return cfg["data"].get("n_train", 20000)
-    return 60000 if cfg["dataset"] in ("fashion-mnist", "mnist") else 50000
 
 
 def step_time(cfg: dict, device, steps: int, cache: dict) -> float:
@@ -245,7 +237,7 @@ def main() -> None:
     kinds = defaultdict(float)
     groups = defaultdict(list)
     for cfg in planned:
-        steps = cfg["epochs"] * math.ceil(_n_train(cfg) / cfg["batch_size"])
+        steps = cfg["epochs"] * math.ceil(train_size(cfg) / cfg["batch_size"])
         t = steps * step_time(cfg, device, args.estimate_steps, cache)
         alone_s += t
         kinds[cfg["method"]] += t

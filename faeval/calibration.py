@@ -70,22 +70,13 @@ def run_candidate(candidate: Candidate | str, method: str, *, steps: int, seed: 
 
 def run_config(candidate: Candidate | str, method: str, *, steps: int, seed: int = 42, **overrides) -> dict:
     """The run config of ``method`` on ``candidate`` for about ``steps`` training steps."""
+    from .store import canonical_config, train_size
+
     c = _candidate(candidate)
     cfg = {**c.config, **overrides}
-    n_train = _n_train(cfg)
-    batch = cfg.get("batch_size", 128)
-    epochs = max(1, math.ceil(steps / math.ceil(n_train / batch)))
+    full = canonical_config(**cfg, method=method)
+    epochs = max(1, math.ceil(steps / math.ceil(train_size(full) / full["batch_size"])))
     return {**cfg, "method": method, "epochs": epochs, "seed": seed}
-
-
-def _n_train(cfg: Mapping) -> int:
-    if cfg.get("subset"):
-        return int(cfg["subset"])
-    if cfg.get("dataset") == "synthetic":
-        return int(cfg.get("n_train", 20000))
-    if cfg.get("dataset", "fashion-mnist") in ("fashion-mnist", "mnist"):
-        return 60000
-    return 50000
 
 
 def first_firing(history: Sequence[Mapping], thresholds=None) -> dict[str, dict | None]:

@@ -40,8 +40,8 @@ from .train import Run, fit
 
 log = logging.getLogger("faeval")
 
-__all__ = ["CACHE_VERSION", "experiment", "fit_many", "canonical_config", "config_hash", "load_run", "list_runs",
-           "results_dir", "run_dir"]
+__all__ = ["CACHE_VERSION", "experiment", "fit_many", "canonical_config", "config_hash", "train_size", "load_run",
+           "list_runs", "results_dir", "run_dir"]
 
 #: bump when a change to training or to the history format makes stored runs stale
 CACHE_VERSION = 2      # 2: fused AdamW kernel (rounding-level change of every trajectory)
@@ -158,6 +158,19 @@ def _load(name: str, data_json: str, seed: int, device: str, root: str | None):
 def load_data(cfg: dict, device: str = "cpu", data_root: str | None = None):
     """The dataset of canonical config ``cfg`` (shared with the runs that read the same data)."""
     return _dataset(cfg["dataset"], json.dumps(cfg["data"], sort_keys=True), cfg["seed"], str(device), data_root)
+
+
+#: training-set sizes of the standard files (a subset or the synthetic task's n_train overrides)
+_TRAIN_SIZES = {"fashion-mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+
+
+def train_size(cfg: dict) -> int:
+    """How many training samples canonical config ``cfg`` trains on, without loading the data."""
+    if cfg["data"].get("subset"):
+        return int(cfg["data"]["subset"])
+    if cfg["dataset"] == "synthetic":
+        return int(cfg["data"]["n_train"])
+    return _TRAIN_SIZES[cfg["dataset"]]
 
 
 def experiment(*, results=None, retrain: bool = False, progress: bool = True, device: str | None = None,
