@@ -276,9 +276,13 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     device = device or _default_device()
     group = device != "cpu" if group is None else group
     keys: dict[int, str | None] = {}
+    verdicts: dict[str, str | None] = {}           # runs of one group key share the answer: one build per key
     for i in todo.values():
-        why = "grouping is off (group=False)" if not group else why_not_groupable(_build(cfgs[i], device, data_root)[1])
-        keys[i] = None if why else _group_key(cfgs[i])
+        key = _group_key(cfgs[i])
+        if group and key not in verdicts:
+            verdicts[key] = why_not_groupable(_build(cfgs[i], device, data_root)[1])
+        why = verdicts[key] if group else "grouping is off (group=False)"
+        keys[i] = None if why else key
         if why and group and len(todo) > 1:
             log.info("training %s seed %s on its own: %s", cfgs[i]["method"], cfgs[i]["seed"], why)
     jobs = sorted(group_runs(keys), key=lambda idx: -sum(_cost(cfgs[i]) for i in idx))
@@ -324,7 +328,7 @@ _STEP_COST = {"ep": 6.3, "credit_bridge": 3.5, "state_bridge": 2.3, "frozen": 0.
 
 
 def _cost(cfg: dict) -> float:
-    n = cfg["data"].get("subset") or cfg["data"].get("n_train") or 60000
+    n = train_size(cfg)
     width = cfg["model"].get("width", 256) or 256
     scale = {"vit": 40.0, "cnn": 50.0}.get(cfg["arch"], (width / 256) ** 2)
     return cfg["epochs"] * n * _STEP_COST.get(cfg["method"], 1.0) * scale

@@ -78,6 +78,16 @@ def test_fit_many_groups_stores_and_reloads(tmp_path, caplog, monkeypatch):
     assert [r.history[-1]["test_loss"] for r in again] == [r.history[-1]["test_loss"] for r in runs]
 
 
+def test_fit_many_asks_once_per_group_whether_it_can_group(tmp_path, monkeypatch):
+    built = []
+    real = store._build
+    monkeypatch.setattr(store, "_build", lambda cfg, *a: built.append(cfg["method"]) or real(cfg, *a))
+    configs = [{**SMALL, "method": m, "seed": s, "epochs": 1} for m in ("dfa", "ep") for s in (0, 1, 2)]
+    fe.fit_many(configs, results=tmp_path, progress=False, workers=1, group=True)
+    # one check per group key (dfa, ep), then one build per trained run
+    assert sorted(built) == sorted(["dfa", "ep"] + ["dfa"] * 3 + ["ep"] * 3)
+
+
 def test_fit_many_trains_what_cannot_be_grouped_one_by_one(tmp_path, caplog):
     configs = [{**SMALL, "method": m, "seed": 0, "epochs": 1} for m in ("ep", "dfa")]
     with caplog.at_level(logging.INFO, logger="faeval"):
