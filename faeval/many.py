@@ -39,7 +39,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from .methods import Method
 from .methods.base import FeedbackRule, LocalRule
 from .methods.bp import BP
-from .train import Run, _non_finite, _progress, adamw, check_fit_args, epoch_record
+from .train import Run, _non_finite, _progress, adamw, check_fit_args, epoch_record, stop_reason
 
 __all__ = ["fit_group", "why_not_groupable", "GROUPABLE_ARCHS"]
 
@@ -196,13 +196,8 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
             rec = epoch_record(models[r], methods[r], datasets[r], evals[r], epoch, step, s, n_batches, n_seen,
                                seconds)
             bad = _non_finite(s)
-            if bad:
-                stopped[r] = rec["stopped"] = f"non-finite {bad} at epoch {epoch}, step {step}"
-            elif not all(math.isfinite(h) for h in rec["diag"]["hidden_norms"]):
-                stopped[r] = rec["stopped"] = f"non-finite hidden state at epoch {epoch}"
+            stopped[r] = stop_reason(rec, epoch, monitors[r], bad and f"non-finite {bad} at epoch {epoch}, step {step}")
             histories[r].append(rec)
-            if not stopped[r] and monitors[r] is not None and monitors[r](epoch, rec):
-                stopped[r] = rec["stopped"] = f"monitor stopped the run at epoch {epoch}"
 
     steps_per_epoch = math.ceil(datasets[0].n_train / batch_size)
     bar = _progress(epochs * steps_per_epoch, f"{methods[0].name} x{R} {models[0].arch}", progress)
@@ -232,8 +227,6 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
                 bar.update(1)
             seconds = (time.perf_counter() - start) / R
             sync_back()
-            if "penalty" in sums and not any(m.penalty > 0 for m in methods):
-                sums.pop("penalty")
             records(epoch, sums, n_batches, n_seen, seconds)
             bar.set_postfix(loss=f"{float(sums['loss'].mean()) / n_batches:.3f}", refresh=False)
     finally:

@@ -174,13 +174,8 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
             rec = record(epoch, {k: float(v) for k, v in sums.items()}, n_batches, n_seen, seconds)
             bar.set_postfix(loss=f"{rec['train_loss']:.3f}", acc=f"{rec['train_acc']:.3f}",
                             test_acc=f"{rec['test_acc']:.3f}", refresh=False)
-            if stopped:
-                rec["stopped"] = stopped
-            elif not all(math.isfinite(h) for h in rec["diag"]["hidden_norms"]):
-                stopped = rec["stopped"] = f"non-finite hidden state at epoch {epoch}"
+            stopped = stop_reason(rec, epoch, monitor, stopped)
             history.append(rec)
-            if not stopped and monitor is not None and monitor(epoch, rec):
-                stopped = rec["stopped"] = f"monitor stopped the run at epoch {epoch}"
     finally:
         bar.close()
     model.eval()
@@ -266,6 +261,20 @@ def epoch_record(model, method, dataset, eval_xy, epoch: int, step: int, sums: d
     rec.update({k: v / n_batches for k, v in sums.items() if n_batches})
     rec["diag"] = D.snapshot(model, *eval_xy, credit_fn=method.credit)
     return rec
+
+
+def stop_reason(rec: dict, epoch: int, monitor: Callable[[int, Mapping], bool] | None,
+                stopped: str | None = None) -> str | None:
+    """Why a run stops after its epoch record ``rec`` (``None``: it goes on), also written to
+    ``rec["stopped"]``: ``stopped`` (a non-finite training loss), else a non-finite hidden
+    state, else the monitor asking to stop."""
+    if not stopped and not all(math.isfinite(h) for h in rec["diag"]["hidden_norms"]):
+        stopped = f"non-finite hidden state at epoch {epoch}"
+    if not stopped and monitor is not None and monitor(epoch, rec):
+        stopped = f"monitor stopped the run at epoch {epoch}"
+    if stopped:
+        rec["stopped"] = stopped
+    return stopped
 
 
 def _non_finite(sums: Mapping) -> str | None:

@@ -51,6 +51,18 @@ def test_a_group_matches_the_runs_trained_one_by_one(data, method, hps):
     assert together[0].history[-1]["test_loss"] != together[1].history[-1]["test_loss"]
 
 
+def test_a_run_in_a_group_stops_on_its_own(data):
+    built = [_build(data, "dfa", s) for s in (0, 1)]
+    runs = fit_group([b[0] for b in built], [b[1] for b in built], [data] * 2, 3, [0, 1], progress=False,
+                     monitors=[lambda epoch, rec: epoch >= 1, None])
+    assert runs[0].stopped == "monitor stopped the run at epoch 1" == runs[0].history[-1]["stopped"]
+    assert [r["epoch"] for r in runs[0].history] == [0, 1]
+    assert runs[1].stopped is None and [r["epoch"] for r in runs[1].history] == [0, 1, 2, 3]
+    built = [_build(data, "dfa", s) for s in (0, 1)]
+    blown = fit_group([b[0] for b in built], [b[1] for b in built], [data] * 2, 3, [0, 1], progress=False, lr=1e6)
+    assert all(r.stopped.startswith("non-finite") and r.history[-1]["epoch"] == 1 for r in blown)
+
+
 def test_what_cannot_be_grouped_says_why(data):
     ep = _build(data, "ep", 0)[1]
     assert "inner loop" in why_not_groupable(ep)
