@@ -39,9 +39,10 @@ from step_cost import CountFlops, matmul_peak_gflops
 from torch.utils.data import DataLoader, TensorDataset
 
 import faeval as fe
+from faeval.config import train_size
 from faeval.many import fit_group, why_not_groupable
 from faeval.profiles import PROFILES
-from faeval.store import _default_workers, _group_key, train_size
+from faeval.schedule import default_workers, group_key
 from faeval.train import adamw, fit
 
 
@@ -202,7 +203,7 @@ def main() -> None:
                     for s in seeds]
             start = time.perf_counter()
             fe.fit_many(cfgs, results=store, device=str(device), progress=False,
-                        workers=None if device.type != "cpu" else _default_workers(3))
+                        workers=None if device.type != "cpu" else default_workers(3))
             many = time.perf_counter() - start
         many_speedup[method] = alone / many
         print(f"(b) {method}, 3 seeds x {args.epochs} epoch(s): one by one {alone:.1f} s; one vectorised group "
@@ -243,7 +244,7 @@ def main() -> None:
         kinds[cfg["method"]] += t
         model = fe.build_model(cfg["arch"], _shape(cfg), 10, **cfg["model"])
         why = why_not_groupable(fe.build_method(cfg["method"], model))
-        groups[None if why else _group_key(cfg)].append(t)
+        groups[None if why else group_key(cfg)].append(t)
     # GPU: fit_many trains groupable runs as vectorised groups; CPU: every run in 1-thread processes
     factor = max(group_speedup.values()) if device.type != "cpu" else min(many_speedup.values())
     for key, ts in groups.items():

@@ -1,4 +1,4 @@
-"""Command line: ``python -m faeval {train,runs,audit} --help``."""
+"""Command line: ``python -m faeval {train,runs,audit,prepare} --help``."""
 from __future__ import annotations
 
 import argparse
@@ -7,9 +7,9 @@ import sys
 
 # flag -> config key, for the options most runs set; anything else goes through --set key=value
 _OPTIONS = [
-    ("--arch", "arch", str, "architecture: resmlp, vit, cnn, studentnet (default resmlp)"),
-    ("--method", "method", str, "learning rule: bp, frozen, fa, dfa, ep, state_bridge, credit_bridge (default bp)"),
-    ("--dataset", "dataset", str, "fashion-mnist, mnist, cifar10, cifar100, synthetic (default fashion-mnist)"),
+    ("--arch", "arch", str, "architecture: {archs} (default resmlp)"),
+    ("--method", "method", str, "learning rule: {methods} (default bp)"),
+    ("--dataset", "dataset", str, "{datasets} (default fashion-mnist)"),
     ("--epochs", "epochs", int, "training epochs (default 1)"),
     ("--seed", "seed", int, "seed of weights, feedback matrices and batch order (default 0)"),
     ("--batch-size", "batch_size", int, "minibatch size (default 128)"),
@@ -34,6 +34,15 @@ def _value(text: str):
         return text
 
 
+def _registered() -> dict[str, str]:
+    """The registered names, for the help texts (the registries are the only lists)."""
+    from .data import DATASETS
+    from .methods import METHODS
+    from .models import ARCHS
+
+    return {"archs": ", ".join(ARCHS), "methods": ", ".join(METHODS), "datasets": ", ".join(DATASETS)}
+
+
 def _train(args) -> int:
     from .store import experiment
     config = {key: getattr(args, key) for _, key, _, _ in _OPTIONS if getattr(args, key) is not None}
@@ -47,7 +56,8 @@ def _train(args) -> int:
     run = experiment(results=args.results, retrain=args.retrain, progress=not args.quiet, device=args.device,
                      data_root=args.data_root, **config)
     if args.json:
-        print(json.dumps(run.final))
+        from .train import history_to_json
+        print(json.dumps(history_to_json([run.final])[0]))
     else:
         print(("loaded from the store: " if run.from_cache else "") + str(run.path))
         print(run.summary())
@@ -93,7 +103,8 @@ def _prepare(args) -> int:
     import time
 
     from .profiles import get_profile
-    from .store import fit_many, run_dir
+    from .schedule import fit_many
+    from .store import run_dir
 
     logging.basicConfig(level=logging.INFO, format="prepare: %(message)s")
     p = get_profile(args.profile)
@@ -114,8 +125,9 @@ def main(argv=None) -> int:
     tr = sub.add_parser("train", help="train one run (or load it from the store) and print its final record",
                         description="Train one run, or load it when the store already holds this exact config, "
                                     "and print its final history line.")
+    names = _registered()
     for flag, key, typ, helptext in _OPTIONS:
-        tr.add_argument(flag, dest=key, type=typ, default=None, help=helptext)
+        tr.add_argument(flag, dest=key, type=typ, default=None, help=helptext.format(**names))
     tr.add_argument("--stop-on", nargs="+", choices=["D1", "D2", "C"], help="stop when these diagnostics fire")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="any other option of the rule, model or dataset (value read as JSON), e.g. w2_std=0.5")
@@ -141,7 +153,7 @@ def main(argv=None) -> int:
 
     pr = sub.add_parser("prepare", help="train every run a profile's notebooks ask for (before `make book`)",
                         description="Train every run the book's notebooks request at a profile "
-                                    "(Profile.planned_runs), grouped and spread over processes, so the notebooks "
+                                    "(faeval.experiments), grouped and spread over processes, so the notebooks "
                                     "then only load them. Stored runs are skipped.")
     pr.add_argument("--profile", default="quick", help="smoke, quick or paper (default quick)")
     pr.add_argument("--workers", type=int, default=None, help="processes (default: one per core on a CPU)")

@@ -125,7 +125,7 @@ STRATEGIES: dict[str, tuple[str, ...]] = {
 
 def decision_utility_ablation(rows: Sequence[Mapping], thresholds: Thresholds | Mapping | None = None,
                               chance_margin: float = 0.02) -> dict:
-    """Which runs each reporting strategy would walk back (SPEC 5.4).
+    """Which runs each reporting strategy would walk back (the audit chapter's decision-utility ablation).
 
     * S0, headline accuracy only: walk back if accuracy <= chance (1/C) + ``chance_margin``.
     * S1, accuracy + Gamma (the status quo): also walk back if the headline Gamma <= 0.
@@ -164,10 +164,10 @@ def audit_rows(runs: Mapping, x, y, frozen_acc: Mapping[int, float] | None = Non
     for (method, seed), run in runs.items():
         frozen = (frozen_acc or {}).get(seed)
         report = FAProtocol(run.model, x, y, headline_acc=run.test_acc, thresholds=thresholds).run(frozen)
-        gamma = run.history[-1]["diag"].get("gamma")
+        snap = run.history[-1]["diag"]
         rows.append(row_from_report(report, f"{method}/s{seed}", method=method, seed=seed,
                                     num_classes=run.model.out_head.out_features,
-                                    gamma=sum(gamma) / len(gamma) if gamma else None, gamma_layers=gamma,
+                                    gamma=snap.layer_mean_gamma, gamma_layers=snap.gamma,
                                     verdict=report.verdict, fired=report.fired, stopped=run.stopped))
     return rows
 
@@ -194,12 +194,12 @@ def credit_quality(run, x, y, *, null_draws: int = 10, rho_directions: int = 32,
     if hasattr(method, "draw_feedback") and null_draws:
         null = D.null_calibration(grads, lambda g: method.credit(x, y, feedback=method.draw_feedback(g)),
                                   n_draws=null_draws, seed=seed)
-        deep = [sum(d[1:]) / (len(d) - 1) for d in null["draws"]]
+        deep = [D.deep_mean(d) for d in null["draws"]]
         mean = sum(deep) / len(deep)
         out.update(null_gamma=null["mean"], null_deep=mean,
                    null_deep_std=(sum((v - mean) ** 2 for v in deep) / (len(deep) - 1)) ** 0.5)
     if rho_directions:
         xs, ys = x[:rho_n], y[:rho_n]
         rho = D.perturbation_rho(model, xs, ys, method.credit(xs, ys), n_directions=rho_directions, seed=seed)
-        out.update(rho=rho, deep_rho=sum(rho[1:]) / max(len(rho) - 1, 1))
+        out.update(rho=rho, deep_rho=D.deep_mean(rho))
     return out

@@ -1,7 +1,7 @@
 """Calibrating the quick profile: where on a CPU budget do the paper's findings show?
 
 On Fashion-MNIST with the paper's exact ResMLP block, DFA's residual stream grows
-only slowly (SPEC 11), so D1/D2 may not fire within a CPU budget. This module
+only slowly (the book's calibration appendix), so D1/D2 may not fire within a CPU budget. This module
 trains DFA, BP and the frozen-blocks baseline on named *candidate* settings
 through the run store and summarises, per candidate, when each diagnostic first
 fires (in steps and training seconds), the DFA - frozen accuracy gap (D3), and
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .protocol import Monitor, Thresholds
 
-__all__ = ["Candidate", "CANDIDATES", "run_candidate", "summarise", "calibrate", "first_firing"]
+__all__ = ["Candidate", "CANDIDATES", "run_config", "plan", "summarise", "summarise_all", "calibrate", "first_firing"]
 
 
 @dataclass(frozen=True)
@@ -54,23 +54,9 @@ def _candidate(c: Candidate | str) -> Candidate:
     return CANDIDATES[c]
 
 
-def run_candidate(candidate: Candidate | str, method: str, *, steps: int, seed: int = 42, results=None,
-                  progress: bool = True, **overrides):
-    """Train (or load from the store) ``method`` on ``candidate`` for about ``steps`` steps.
-
-    The number of epochs is the smallest that covers ``steps`` steps at batch 128
-    on the candidate's training set, so candidates on different datasets are
-    compared at matching step counts.
-    """
-    from .store import experiment
-
-    return experiment(results=results, progress=progress, **run_config(candidate, method, steps=steps, seed=seed,
-                                                                        **overrides))
-
-
 def run_config(candidate: Candidate | str, method: str, *, steps: int, seed: int = 42, **overrides) -> dict:
     """The run config of ``method`` on ``candidate`` for about ``steps`` training steps."""
-    from .store import canonical_config, train_size
+    from .config import canonical_config, train_size
 
     c = _candidate(candidate)
     cfg = {**c.config, **overrides}
@@ -109,13 +95,13 @@ def summarise(name: str, runs: Mapping[str, object], thresholds=None) -> dict:
         last = dfa.history[-1]["diag"]
         fire = first_firing(dfa.history, th)
         row.update(steps=dfa.history[-1]["step"], dfa_acc=dfa.test_acc,
-                   dfa_growth=last["max_block_growth"], dfa_h_L=last["hidden_norms"][-1], dfa_g_L=last["g_L"],
+                   dfa_growth=last.max_block_growth, dfa_h_L=last.h_L, dfa_g_L=last.g_L,
                    D1=fire["D1"], D2=fire["D2"], dfa_seconds=sum(r["seconds"] for r in dfa.history),
                    dfa_stopped=dfa.stopped)
     if bp is not None:
         fire = first_firing(bp.history, th)
         row.update(bp_acc=bp.test_acc, bp_fires=[d for d, f in fire.items() if f is not None],
-                   bp_growth=bp.history[-1]["diag"]["max_block_growth"], bp_g_L=bp.history[-1]["diag"]["g_L"],
+                   bp_growth=bp.history[-1]["diag"].max_block_growth, bp_g_L=bp.history[-1]["diag"].g_L,
                    bp_seconds=sum(r["seconds"] for r in bp.history))
     if frozen is not None:
         row.update(frozen_acc=frozen.test_acc, frozen_seconds=sum(r["seconds"] for r in frozen.history))
@@ -129,16 +115,36 @@ def summarise(name: str, runs: Mapping[str, object], thresholds=None) -> dict:
     return row
 
 
+def plan(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *, steps: int, seeds=(42,),
+         methods: Sequence[str] = METHODS, **overrides) -> dict[tuple, dict]:
+    """``{(candidate name, seed, method): run config}`` for every candidate, seed and method."""
+    cands = [_candidate(c) for c in candidates]
+    return {(c.name, seed, m): run_config(c, m, steps=steps, seed=seed, **overrides)
+            for c in cands for seed in seeds for m in methods}
+
+
+def summarise_all(runs: Mapping[tuple, object], thresholds=None) -> list[dict]:
+    """One calibration row per candidate (and seed) from ``{(candidate, method): Run}`` or
+    ``{(candidate, seed, method): Run}``, in the order the candidates first appear."""
+    groups: dict[tuple, dict] = {}
+    for key, run in runs.items():
+        groups.setdefault(key[:-1], {})[key[-1]] = run
+    rows = []
+    for key, by_method in groups.items():
+        c = _candidate(key[0])
+        row = {**summarise(c.name, by_method, thresholds), "label": c.label, "kind": c.kind}
+        if len(key) == 2:
+            row["seed"] = key[1]
+        rows.append(row)
+    return rows
+
+
 def calibrate(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *, steps: int, seeds=(42,),
               methods: Sequence[str] = METHODS, results=None, progress: bool = True, **overrides) -> list[dict]:
     """Train every method on every candidate and seed (stored runs are loaded); one row per
-    candidate and seed. Runs train through :func:`faeval.store.fit_many`."""
-    from .store import fit_many
+    candidate and seed. Runs train through :func:`faeval.schedule.fit_many`."""
+    from .schedule import fit_many
 
-    cands = [_candidate(c) for c in candidates]
-    keys = [(c, seed, m) for c in cands for seed in seeds for m in methods]
-    trained = fit_many([run_config(c, m, steps=steps, seed=seed, **overrides) for c, seed, m in keys],
-                       results=results, progress=progress)
-    runs = dict(zip(((c.name, seed, m) for c, seed, m in keys), trained))
-    return [{**summarise(c.name, {m: runs[c.name, seed, m] for m in methods}), "seed": seed, "label": c.label,
-             "kind": c.kind} for c in cands for seed in seeds]
+    configs = plan(candidates, steps=steps, seeds=seeds, methods=methods, **overrides)
+    trained = fit_many(list(configs.values()), results=results, progress=progress)
+    return summarise_all(dict(zip(configs, trained)))

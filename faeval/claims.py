@@ -49,9 +49,12 @@ def claims_dir(results_dir=None) -> Path:
 class Claims:
     """The claims of one notebook at one profile.
 
-    >>> claims = Claims("01_audit", "quick")
-    >>> claims.check("BP passes on every seed", held=all_pass, ours="PASS, PASS", paper_key="audit.verdict.bp")
-    >>> claims.save(results_dir)
+    >>> import tempfile
+    >>> claims = Claims("01_audit", "smoke")
+    >>> row = claims.check("BP passes on every seed", True, "PASS, PASS", "audit.verdict.bp")
+    >>> path = claims.save(tempfile.mkdtemp())
+    >>> [(r["claim"], r["status"], r["paper"]) for r in claims.rows]
+    [('BP passes on every seed', 'held', 'trustworthy')]
     """
 
     def __init__(self, notebook: str, profile: str) -> None:

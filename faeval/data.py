@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "Dataset", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "load_dataset", "dataset_options", "train_size"]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
 
@@ -90,7 +90,7 @@ class Dataset:
         from ``(seed, epoch)``; the same generator then drives augmentation
         (random crop with padding 4 and horizontal flip, see
         :func:`_crop_and_flip`) and, when ``random_targets`` is set, the fresh
-        i.i.d. random labels of every batch (SPEC 3.9). Test batches
+        i.i.d. random labels of every batch (the random-target assay). Test batches
         (``train=False``) come in file order and are never augmented.
         ``augment=None`` uses the dataset's default.
 
@@ -200,11 +200,9 @@ def load_dataset(name: str, root=None, device="cpu", subset: int | None = None, 
     Each dataset adds its own options: see ``_load_idx``, ``_load_cifar`` and
     ``_load_synthetic``. An unknown option raises ``TypeError``.
     """
-    if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    loader = _loader(name)
     label_noise = kw.pop("label_noise", 0.0)
     random_targets = bool(kw.pop("random_targets", False))
-    loader = _LOADERS[name]
     options = [p for p, v in inspect.signature(loader).parameters.items() if v.kind == v.KEYWORD_ONLY]
     unknown = sorted(set(kw) - set(options))
     if unknown:
@@ -471,7 +469,7 @@ def _load_cifar(name: str, root, seed: int, *, download: bool = False, augment: 
 
 def _load_synthetic(name: str, root, seed: int, *, d: int = 128, depth: int = 4, alpha: float = 1.0,
                     n_train: int = 20000, n_test: int = 5000, num_classes: int = 10) -> Dataset:
-    """The teacher-student task of StudentNet (SPEC 1.5); ``x`` shaped ``(N, d)``.
+    """The teacher-student task of StudentNet; ``x`` shaped ``(N, d)``.
 
     Inputs x ~ N(0, I_d). The teacher is a residual net
     ``h_{l+1} = h_l + W_l phi_alpha(h_l)`` with ``W_l`` Gaussian scaled by
@@ -515,3 +513,38 @@ def _load_synthetic(name: str, root, seed: int, *, d: int = 128, depth: int = 4,
 # Every loader takes (name, root, seed, *, its own options) and returns a CPU Dataset.
 _LOADERS = {"fashion-mnist": _load_idx, "mnist": _load_idx,
             "cifar10": _load_cifar, "cifar100": _load_cifar, "synthetic": _load_synthetic}
+
+#: training-set sizes of the standard files (a subset, or the synthetic task's n_train, overrides them)
+_TRAIN_SIZES = {"fashion-mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+
+_COMMON_OPTIONS = {"subset": None, "label_noise": 0.0, "random_targets": False}
+
+
+def _loader(name: str):
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    return _LOADERS[name]
+
+
+def dataset_options(name: str) -> dict:
+    """The options of dataset ``name`` with their defaults (every dataset's, then its own).
+
+    >>> dataset_options("fashion-mnist")
+    {'subset': None, 'label_noise': 0.0, 'random_targets': False, 'normalize': 'global', 'augment': False}
+    """
+    own = {n: p.default for n, p in inspect.signature(_loader(name)).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    return {**_COMMON_OPTIONS, **own}
+
+
+def train_size(name: str, options: dict) -> int:
+    """How many training samples dataset ``name`` with ``options`` holds, without loading it.
+
+    >>> train_size("cifar10", {"subset": None}), train_size("fashion-mnist", {"subset": 5000})
+    (50000, 5000)
+    """
+    if options.get("subset"):
+        return int(options["subset"])
+    if name == "synthetic":
+        return int(options.get("n_train", dataset_options(name)["n_train"]))
+    _loader(name)
+    return _TRAIN_SIZES[name]

@@ -1,4 +1,4 @@
-"""Per-layer measurements behind the protocol (SPEC section 4).
+"""Per-layer measurements behind the protocol (the book's protocol chapter).
 
 Numerics rules, by construction:
 
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +33,8 @@ __all__ = [
     "Tap", "MissingAuxStateError", "per_sample_l2", "median_per_sample_l2", "per_sample_cosine",
     "median_hidden_norms", "bp_grads", "median_bp_grad_norms", "max_block_growth", "direction_stability",
     "gamma_per_layer", "gamma_of", "GammaResult", "gamma_aggregations", "perturbation_rho", "nudging",
-    "parameter_drift", "null_calibration", "snapshot", "measure", "stability_of",
+    "parameter_drift", "null_calibration", "snapshot", "Snapshot", "measure", "stability_of", "check_xy",
+    "deep_mean",
 ]
 
 _TINY = 1e-30   # guards a division by exactly zero; never a clamp that changes a real value
@@ -204,7 +206,8 @@ def _example_layers(model: nn.Module) -> list[str]:
     return names[:-1] if len(names) > 1 else names
 
 
-def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
+def check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise ``ValueError`` for an empty eval set or one whose inputs and labels differ in length."""
     if len(x) == 0:
         raise ValueError("the eval set is empty: pass at least one sample")
     if len(x) != len(y):
@@ -269,7 +272,7 @@ def bp_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 def _bp_pass(tap: Tap, x: torch.Tensor, y: torch.Tensor):
     """One eval-mode forward + backward: (hs, grads, per-sample loss, logits), all detached."""
-    _check_xy(x, y)
+    check_xy(x, y)
     half = (torch.float16, torch.bfloat16)
     if x.dtype in half or any(p.dtype in half for p in tap.model.parameters()):
         raise ValueError("BP reference gradients must be float32 or float64; this model or input is half "
@@ -309,7 +312,7 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
     the per-sample cosine of that credit with the BP gradient, batch by batch.
     """
     tap = tap or Tap(model)
-    _check_xy(x, y)
+    check_xy(x, y)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     hn, gn, dirs, losses, kept, cos, correct = [], [], [], [], [], [], 0
@@ -368,7 +371,7 @@ def max_block_growth(norms: Sequence[float]) -> float:
 
 def direction_stability(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
                         tap: Tap | None = None, layer: int = -1) -> float:
-    """Cross-batch direction stability s (SPEC 4.3).
+    """Cross-batch direction stability s (the protocol's diagnostic C).
 
     For each disjoint batch k, the batch-mean BP gradient at the deepest hidden
     state (reduced to (B, d)) is normalised to unit length; s is the mean pairwise
@@ -417,8 +420,8 @@ class GammaResult:
     aggregate: str = "per-sample cosine, mean over samples, per layer"
 
     def deep_mean(self) -> float:
-        """Mean over layers 1..L of the per-layer means (the embedding layer excluded)."""
-        return float(sum(self.mean[1:]) / max(len(self.mean) - 1, 1))
+        """Mean over layers 1..L of the per-layer means (the embedding layer excluded; :func:`deep_mean`)."""
+        return deep_mean(self.mean)
 
     def layer_mean(self) -> float:
         """Mean over all layers 0..L of the per-layer means."""
@@ -503,7 +506,7 @@ def gamma_aggregations(credit: Sequence[torch.Tensor], grads: Sequence[torch.Ten
 def perturbation_rho(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit: Sequence[torch.Tensor], *,
                      eps: float = 1e-3, n_directions: int = 32, seed: int = 0, tap: Tap | None = None,
                      layers: Sequence[int] | None = None) -> list[float]:
-    """Local perturbation correlation rho_l (SPEC 4.6).
+    """Local perturbation correlation rho_l (the protocol chapter, "Supplementary measurements").
 
     For M random unit directions v per sample, the predicted change <a_l, eps v>
     is compared with the true change of that sample's loss when h_l -> h_l + eps v.
@@ -560,7 +563,7 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def nudging(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit: Sequence[torch.Tensor], *,
             etas: Sequence[float] = (1e-3, 3e-3, 1e-2), tap: Tap | None = None) -> dict[str, list[float]]:
-    """Nudging test (SPEC 4.7): Delta_l = L(h_l - eta a_l) - L(h_l) on the eval batch (mean CE).
+    """Nudging test: Delta_l = L(h_l - eta a_l) - L(h_l) on the eval batch (mean CE).
 
     Negative Delta means a step against the credit lowers the loss (the credit is
     useful). Raw credit, not normalised; keys are str(eta). Evaluated in float64
@@ -593,7 +596,7 @@ def parameter_drift(model: nn.Module, init_state: dict[str, torch.Tensor]) -> di
 
 def null_calibration(grads: Sequence[torch.Tensor], draw_credit: Callable[[torch.Generator], Sequence[torch.Tensor]],
                      *, n_draws: int = 20, seed: int = 12345) -> dict[str, list[float]]:
-    """Gamma under fresh random feedback: the chance level a measured Gamma must beat (SPEC 4.9).
+    """Gamma under fresh random feedback: the chance level a measured Gamma must beat (pitfall 4).
 
     ``draw_credit(generator)`` returns the credit the rule would send with freshly
     drawn feedback matrices (same shapes, new draws). Returns per-layer mean and std
@@ -610,28 +613,86 @@ def null_calibration(grads: Sequence[torch.Tensor], draw_credit: Callable[[torch
 # ---------------------------------------------------------------------------------------
 # The cheap per-epoch snapshot the trainer and the Monitor share
 # ---------------------------------------------------------------------------------------
+def deep_mean(per_layer: Sequence[float]) -> float:
+    """The "deep" aggregate of a per-layer quantity: the mean over layers 1..L, the embedding
+    state h_0 excluded (it can dominate an all-layer mean: pitfall 6). With one layer, that layer.
+
+    >>> deep_mean([0.9, 0.1, 0.3])
+    0.2
+    """
+    rest = list(per_layer[1:]) or list(per_layer[:1])
+    return float(sum(rest) / len(rest))
+
+
+@dataclass
+class Snapshot:
+    """The per-epoch diagnostic record on a fixed eval batch (:func:`snapshot` measures it).
+
+    Norms follow :func:`measure` (median over samples of per-sample L2 norms, BP
+    gradients of each batch's mean CE); ``gamma`` is per layer (mean over samples of
+    the per-sample cosine of the rule's credit with the BP gradient), ``None`` when no
+    credit was measured. Stored as JSON (:meth:`to_dict` / :meth:`from_dict`).
+    """
+
+    hidden_norms: list[float]
+    bp_grad_norms: list[float]
+    max_block_growth: float          # D1's value
+    g_L: float                       # D2's value: bp_grad_norms[-1]
+    stability: float | None          # C's value (None with fewer than two full batches)
+    loss: float
+    acc: float
+    aggregate: str
+    gamma: list[float] | None = None
+
+    @property
+    def h_L(self) -> float:
+        """Median per-sample norm of the deepest hidden state."""
+        return self.hidden_norms[-1]
+
+    @property
+    def deep_gamma(self) -> float | None:
+        """Mean of the per-layer Gamma over layers 1..L (h_0 excluded; :func:`deep_mean`); None without Gamma."""
+        return None if not self.gamma else deep_mean(self.gamma)
+
+    @property
+    def layer_mean_gamma(self) -> float | None:
+        """Mean of the per-layer Gamma over all layers 0..L (the status-quo headline); None without Gamma."""
+        return None if not self.gamma else float(sum(self.gamma) / len(self.gamma))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if d["gamma"] is None:
+            del d["gamma"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Snapshot:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
 def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, credit: Sequence[torch.Tensor] | None = None,
              credit_fn: Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor]] | None = None,
-             tap: Tap | None = None, batch_size: int = 128) -> dict:
-    """The cheap per-epoch record: per-layer norms, max growth, g_L, loss, acc (and Gamma with credit).
+             tap: Tap | None = None, batch_size: int = 128) -> Snapshot:
+    """The cheap per-epoch :class:`Snapshot`: per-layer norms, max growth, g_L, stability, loss, acc,
+    and Gamma with ``credit`` for ``x`` (or ``credit_fn(x, y)``, called batch by batch, e.g. a rule's
+    ``credit``).
 
-    Keys: ``hidden_norms``, ``bp_grad_norms``, ``max_block_growth``, ``g_L``,
-    ``stability`` (when ``x`` holds >= 2 full batches), ``loss``, ``acc`` and, with
-    ``credit`` for ``x`` (or ``credit_fn(x, y)``, called batch by batch, e.g. a
-    rule's ``credit``), ``gamma`` (per layer, mean over samples of the per-sample
-    cosine). Norms follow :func:`measure`.
+    >>> import faeval
+    >>> model = faeval.build_model("resmlp", (8,), 3, seed=0, width=16, depth=2)
+    >>> snap = snapshot(model, torch.randn(256, 8), torch.randint(3, (256,)))
+    >>> len(snap.hidden_norms), snap.g_L == snap.bp_grad_norms[-1], snap.gamma is None
+    (3, True, True)
     """
     if credit is not None and credit_fn is not None:
         raise ValueError("pass credit= or credit_fn=, not both")
     tap = tap or Tap(model)
     m = measure(model, x, y, tap=tap, batch_size=batch_size, keep_grads=credit is not None, credit_fn=credit_fn)
-    snap = {k: m[k] for k in ("hidden_norms", "bp_grad_norms", "loss", "acc", "aggregate")}
-    snap["max_block_growth"] = max_block_growth(m["hidden_norms"])
-    snap["g_L"] = m["bp_grad_norms"][-1]
-    snap["stability"] = stability_of(m["batch_mean_grads"]) if len(m["batch_mean_grads"]) >= 2 else None
+    gamma = None
     if credit is not None:
-        snap["gamma"] = gamma_per_layer(credit, m["grads"]).mean
+        gamma = gamma_per_layer(credit, m["grads"]).mean
     if credit_fn is not None:
-        snap["gamma"] = [c.mean().item() for c in m["gamma_per_sample"]]
-    return snap
-
+        gamma = [c.mean().item() for c in m["gamma_per_sample"]]
+    return Snapshot(hidden_norms=m["hidden_norms"], bp_grad_norms=m["bp_grad_norms"],
+                    max_block_growth=max_block_growth(m["hidden_norms"]), g_L=m["bp_grad_norms"][-1],
+                    stability=stability_of(m["batch_mean_grads"]) if len(m["batch_mean_grads"]) >= 2 else None,
+                    loss=m["loss"], acc=m["acc"], aggregate=m["aggregate"], gamma=gamma)

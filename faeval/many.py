@@ -2,26 +2,29 @@
 
 ``fit_group`` stacks the parameters of R models of one architecture
 (``torch.func.stack_module_state``) and takes every training step of all R runs as one
-vectorised forward (``torch.func.vmap``) and one backward. Each run keeps its own
-initialisation, data order, feedback matrices, penalty weight and AdamW state, so the
-result matches the same runs trained one by one with :func:`faeval.train.fit`, up to
+vectorised call (``torch.func.vmap``) of the rule's own :meth:`~faeval.methods.Method.loss`,
+the same method that :func:`faeval.train.fit` backpropagates for one run, and one
+backward. Each run keeps its own initialisation, data order, per-run rule state
+(:meth:`~faeval.methods.Method.group_state`: penalty weight, feedback matrices) and
+AdamW state, so the result matches the same runs trained one by one, up to
 floating-point rounding (``tests/test_many.py`` asserts it). Per-epoch records are
 computed per run, exactly as ``fit`` computes them.
 
-What can be grouped (:func:`why_not_groupable` says why not, in words):
+:func:`why_not_groupable` says, in words, why a rule on its model cannot be grouped:
 
-* rules: BP, the frozen-blocks baseline and the feedback rules without networks of
-  their own (DFA, FA, and rules derived from them, e.g. a rule defined in a notebook
-  by subclassing DFA). EP relaxes its states with an inner loop and the bridges train
-  networks of their own: they train one by one;
-* architectures: ResMLP and StudentNet (SmallCNN's BatchNorm updates running
-  statistics in place; ViT-Mini is not grouped yet);
-* within a group: the same architecture and model options, dataset shapes, number of
-  batches per epoch, rule class, trainable blocks, learning rates and weight decay.
-  Seeds, penalty weights and seeded data (label noise, subsets) may differ.
+* the architecture's class does not set ``groupable = True`` (SmallCNN's BatchNorm
+  updates running statistics in place);
+* the rule's class gives a reason in ``ungroupable`` (EP relaxes its states with an
+  inner autograd loop; the bridges train networks of their own; a rule that does not
+  say it can be grouped is not);
+* the rule overrides ``step`` or ``after_step``, which the vectorised step does not
+  run (it runs ``loss`` only), or has parameters of its own.
 
-A group larger than the device's memory allows is split in halves and retried (the
-reason is logged); :func:`faeval.store.fit_many` trains what cannot be grouped one by
+Within a group: the same architecture and model options, dataset shapes, number of
+batches per epoch, rule class, trainable blocks, learning rates and weight decay.
+Seeds, penalty weights and seeded data (label noise, subsets) may differ. A group
+larger than the device's memory allows is split in halves and retried (the reason
+is logged); :func:`faeval.schedule.fit_many` trains what cannot be grouped one by
 one, logging why.
 """
 from __future__ import annotations
@@ -29,77 +32,73 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, stack_module_state, vmap
+from torch.func import functional_call, stack_module_state, vmap
 
 from .methods import Method
-from .methods.base import FeedbackRule, LocalRule
-from .methods.bp import BP
-from .train import Run, _non_finite, _progress, adamw, check_fit_args, epoch_record, stop_reason
+from .train import Run, adamw, check_fit_args, epoch_record, non_finite, progress_bar, stop_reason
 
-__all__ = ["fit_group", "why_not_groupable", "GROUPABLE_ARCHS"]
+__all__ = ["fit_group", "fit_group_splitting", "why_not_groupable"]
 
 log = logging.getLogger("faeval")
-GROUPABLE_ARCHS = ("resmlp", "studentnet")
 
 
 def why_not_groupable(method: Method) -> str | None:
     """None when ``method`` (on its model) can train in a vectorised group, else the reason."""
-    arch = method.model.arch
-    if arch not in GROUPABLE_ARCHS:
-        return f"arch {arch!r} is not grouped (only {', '.join(GROUPABLE_ARCHS)})"
-    if isinstance(method, BP):
-        return None
-    if isinstance(method, FeedbackRule) and not method.aux_parameters():
-        if type(method).extra_loss is not LocalRule.extra_loss or type(method).step is not LocalRule.step:
-            return f"method {method.name!r} changes the local step"
-        return None
-    return (f"method {method.name!r} is neither BP nor a feedback rule without networks of its own "
-            "(EP relaxes states in an inner loop; bridges train their own networks)")
+    model, cls = method.model, type(method)
+    if not type(model).groupable:
+        return (f"arch {model.arch!r} is not groupable ({type(model).__name__}.groupable is False: e.g. its forward "
+                "updates buffers in place)")
+    if cls.ungroupable:
+        return f"method {method.name!r}: {cls.ungroupable}"
+    for hook in ("step", "after_step"):
+        if getattr(cls, hook) is not getattr(Method, hook):
+            return f"method {method.name!r} overrides {hook}(), which the vectorised step does not run"
+    if method.aux_parameters():
+        return f"method {method.name!r} trains parameters of its own"
+    return None
 
 
 class _Step(nn.Module):
-    """The step of one run as a scalar surrogate whose gradient is the rule's update.
-
-    For BP: the mean cross-entropy plus the penalty. For a local rule: the readout's
-    cross-entropy on the detached top state, plus <h_0, sg a_0> and <f_l, sg a_{l+1}>
-    for every trained block, plus the penalty: its gradient is exactly what
-    ``LocalRule.step`` seeds backward with.
-    """
+    """One run's step as a module, so that ``functional_call`` can swap in its parameters and
+    ``vmap`` can map it over the group: sets the run's :meth:`~Method.group_state`, calls the
+    rule's own :meth:`~Method.loss`, restores the state."""
 
     def __init__(self, method: Method) -> None:
         super().__init__()
         self.model = method.model
         self.method = method
 
-    def forward(self, x, y, feedback, penalty):
-        m, rule = self.model, self.method
-        if isinstance(rule, BP):
-            hs, logits = m.states(x)
-            ce = F.cross_entropy(logits, y)
-            branches = [hs[l + 1] - hs[l] if rule.block_trains(l) else None for l in range(m.depth)]
-            loss = ce
+    def forward(self, x, y, state):
+        saved = {k: getattr(self.method, k) for k in state}
+        try:
+            for k, v in state.items():
+                setattr(self.method, k, v)
+            loss, stats = self.method.loss(x, y)
+        finally:
+            for k, v in saved.items():
+                setattr(self.method, k, v)
+        return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def _stack_state(methods: Sequence[Method]) -> tuple[dict, dict]:
+    """The group's per-run rule state: values shared by every run stay as they are (``shared``), the
+    rest are stacked along a new first dimension (``batched``; a list of tensors stacks entry by entry)."""
+    states = [m.group_state() for m in methods]
+    shared, batched = {}, {}
+    for k, v0 in states[0].items():
+        vals = [s[k] for s in states]
+        if isinstance(v0, float) and all(v == v0 for v in vals):
+            shared[k] = v0
+        elif isinstance(v0, (list, tuple)):
+            batched[k] = [torch.stack([v[i] for v in vals]) for i in range(len(v0))]
         else:
-            h0, states, branches = rule._forward(x)
-            logits = m.readout(states[-1])
-            ce = F.cross_entropy(logits, y)
-            top = None
-            if rule.needs_top_grad:
-                top = grad(lambda h: F.cross_entropy(m.readout(h), y))(states[-1])
-            credit = rule.credit_from(feedback, states, logits.detach(), y, top)
-            credit = [a.detach() for a in credit]
-            loss = ce + (h0 * credit[0]).sum()
-            for l, f in enumerate(branches):
-                if f is not None:
-                    loss = loss + (f * credit[l + 1]).sum()
-        terms = [f.flatten(1).pow(2).sum(1).mean() for f in branches if f is not None]
-        pen = penalty * torch.stack(terms).sum() if terms else torch.zeros_like(penalty)
-        loss = loss + pen
-        return loss, (ce.detach(), (logits.argmax(-1) == y).sum(), pen.detach())
+            p = next(methods[0].model.parameters())
+            batched[k] = torch.stack([torch.as_tensor(v, dtype=p.dtype, device=p.device) for v in vals])
+    return shared, batched
 
 
 def _trainable_names(method: Method) -> list[str]:
@@ -154,21 +153,17 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
     fixed = {n: params[n].detach() for n in params if n not in names}
     fixed.update({n: b.detach() for n, b in buffers.items()})
     prefixed = lambda d: {f"model.{n}": t for n, t in d.items()}  # noqa: E731
-    feedback = None
-    if isinstance(methods[0], FeedbackRule):
-        feedback = [torch.stack([m._need("feedback", "feedback matrices")[i] for m in methods])
-                    for i in range(len(methods[0].feedback))]
-    penalty = torch.tensor([m.penalty for m in methods], device=device, dtype=train_p[names[0]].dtype)
+    shared, batched = _stack_state(methods)
     step_module = _Step(methods[0])
 
-    def one(tp, fx, x, y, fb, pen):
-        return functional_call(step_module, (prefixed(tp), prefixed(fx)), (x, y, fb, pen), strict=False)
+    def one(tp, fx, x, y, state):
+        return functional_call(step_module, (prefixed(tp), prefixed(fx)), (x, y, {**shared, **state}),
+                               strict=False)
 
     # The forward of all R runs is vectorised; the gradient is ordinary autograd of the summed
-    # surrogates (each run's parameters only reach its own loss). This costs about 20% less
-    # per step than vmap(grad(...)) on this project's CPU (3 runs of a tiny ResMLP: 4.1 instead
-    # of 5.2 ms per step), which is what matters where a step is overhead, as on a GPU.
-    vectorised = vmap(one, in_dims=(0, 0, 0, 0, 0 if feedback is not None else None, 0))
+    # surrogates (each run's parameters only reach its own loss), which costs less per step than
+    # vmap(grad(...)) (benchmarks/README.md).
+    vectorised = vmap(one, in_dims=(0, 0, 0, 0, 0))
     trained = list(train_p.values())
     for p in trained:
         p.requires_grad_(True)
@@ -191,16 +186,16 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
             if stopped[r]:
                 continue
             s = {k: float(v[r]) for k, v in sums.items()}
-            if "penalty" in s and methods[r].penalty == 0:
+            if "penalty" in s and not methods[r].penalised:
                 s.pop("penalty")
             rec = epoch_record(models[r], methods[r], datasets[r], evals[r], epoch, step, s, n_batches, n_seen,
                                seconds)
-            bad = _non_finite(s)
+            bad = non_finite(s)
             stopped[r] = stop_reason(rec, epoch, monitors[r], bad and f"non-finite {bad} at epoch {epoch}, step {step}")
             histories[r].append(rec)
 
     steps_per_epoch = math.ceil(datasets[0].n_train / batch_size)
-    bar = _progress(epochs * steps_per_epoch, f"{methods[0].name} x{R} {models[0].arch}", progress)
+    bar = progress_bar(epochs * steps_per_epoch, f"{methods[0].name} x{R} {models[0].arch}", progress)
     try:
         records(0, {}, 0, 0, 0.0)
         for epoch in range(1, epochs + 1):
@@ -216,11 +211,17 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
                 x = torch.stack([b[0] for b in batch])
                 y = torch.stack([b[1] for b in batch])
                 opt.zero_grad()
-                losses, (ce, correct, pen) = vectorised(train_p, fixed, x, y, feedback, penalty)
+                try:
+                    losses, stats = vectorised(train_p, fixed, x, y, batched)
+                except RuntimeError as err:
+                    if step:
+                        raise
+                    raise ValueError(f"method {methods[0].name!r} cannot train in a vectorised group: {err}. "
+                                     "Set `ungroupable = '<why>'` on its class, or pass group=False") from err
                 losses.sum().backward(inputs=trained)
                 opt.step()
-                for k, v in (("loss", ce), ("correct", correct), ("penalty", pen)):
-                    sums[k] = sums.get(k, 0.0) + v.detach().double()
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v.double()
                 n_batches += 1
                 n_seen += y.shape[1]
                 step += 1
@@ -261,18 +262,3 @@ def fit_group_splitting(build: Callable[[Sequence[int]], tuple], idx: Sequence[i
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return {**fit_group_splitting(build, idx[:half], train), **fit_group_splitting(build, idx[half:], train)}
-
-
-def group_runs(keys: Mapping[int, str | None]) -> list[list[int]]:
-    """Indices grouped by key, in first-seen order; a ``None`` key is a group of its own."""
-    groups: dict[str, list[int]] = {}
-    out: list[list[int]] = []
-    for i, k in keys.items():
-        if k is None:
-            out.append([i])
-        elif k in groups:
-            groups[k].append(i)
-        else:
-            groups[k] = [i]
-            out.append(groups[k])
-    return out

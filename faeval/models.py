@@ -13,9 +13,25 @@ diagnostic works on every architecture:
 * ``model.run_from(l, h_l) -> logits``: the rest of the forward pass from layer ``l``.
 * ``model.reduce_state(h) -> (B, d)``: the vector the diagnostics read from a
   state (the cls token of a transformer, channel means of a 4-D feature map).
+
+Architectures live in one registry, :data:`ARCHS`. ``@register_arch(name)`` adds a
+:class:`LayeredModel` subclass (also from a notebook cell); its constructor takes
+``(input_shape, num_classes, **options)``, and what the rest of faeval asks of it is
+declared on the class: ``residual``, ``equal_width`` (every state has one shape, as
+FA's d x d feedback chain needs), ``groupable`` (runs may train as one vectorised
+group), :meth:`LayeredModel.options` (the keyword options and their defaults, which
+the run store keys) and :meth:`LayeredModel.step_cost`.
+
+>>> model = build_model("resmlp", (1, 28, 28), 10, seed=0, width=32, depth=2)
+>>> hs, logits = model.states(torch.zeros(3, 1, 28, 28))
+>>> [tuple(h.shape) for h in hs], tuple(logits.shape)
+([(3, 32), (3, 32), (3, 32)], (3, 10))
+>>> ARCHS["resmlp"] is ResMLP, arch_class("vit").options()["width"]
+(True, 128)
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -25,7 +41,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "ARCHS", "LayeredModel", "ResMLP", "ViTMini", "SmallCNN", "StudentNet",
-    "ResidualBlock", "PhiAlpha", "build_model", "reduce_state",
+    "ResidualBlock", "PhiAlpha", "build_model", "reduce_state", "register_arch", "arch_class",
 ]
 
 
@@ -54,10 +70,23 @@ def reduce_state(h: torch.Tensor, token: str = "cls", spatial: str = "mean") -> 
 
 
 class LayeredModel(nn.Module):
-    """Base class: embed -> blocks -> readout, with the hidden states exposed."""
+    """Base class: embed -> blocks -> readout, with the hidden states exposed.
 
-    residual: bool = True
+    A subclass declares what the rest of faeval asks of it as the class attributes
+    below (an instance may override one where an option changes it, as ResMLP's
+    ``residual=False`` does) and the class methods :meth:`options` and :meth:`step_cost`.
+    """
+
     arch: str = "layered"
+    #: blocks return a branch that the model adds to its input (h_{l+1} = h_l + f_l(h_l))
+    residual: bool = True
+    #: every hidden state h_0..h_L has the same shape (FA needs it for its d x d feedback)
+    equal_width: bool = True
+    #: runs of this architecture may train together as one vectorised model (no in-place
+    #: buffer updates, such as BatchNorm's running statistics, in the forward pass)
+    groupable: bool = False
+    #: constructor arguments that are not run options (the store does not key them)
+    not_options: tuple[str, ...] = ("input_shape", "num_classes")
 
     def __init__(self) -> None:
         super().__init__()
@@ -112,9 +141,68 @@ class LayeredModel(nn.Module):
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, depth={self.depth}, residual={self.residual}, out_ln={self.has_out_ln}"
 
+    # -- what the class declares --------------------------------------------------------
+    @classmethod
+    def options(cls) -> dict:
+        """The run options of this architecture (its constructor's keyword arguments) with their defaults."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: p.default for p in params
+                if p.name != "self" and p.name not in cls.not_options and p.default is not inspect.Parameter.empty}
+
+    @classmethod
+    def step_cost(cls, options: dict) -> float:
+        """Rough cost of a training step relative to ResMLP d=256 (to start long jobs first)."""
+        return 1.0
+
 
 # ---------------------------------------------------------------------------------------
-# ResMLP (SPEC 1.1)
+# Registry
+# ---------------------------------------------------------------------------------------
+#: name -> LayeredModel subclass; add one with @register_arch
+ARCHS: dict[str, type[LayeredModel]] = {}
+
+
+def register_arch(name: str) -> Callable[[type], type]:
+    """Class decorator: make a :class:`LayeredModel` subclass available as ``build_model(name, ...)``.
+
+    The class's constructor takes ``(input_shape, num_classes, **options)``; its keyword
+    options with defaults become run-config keys. Re-registering a name replaces the
+    earlier class (so a notebook cell can be re-run).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"an architecture name must be a non-empty string, got {name!r}")
+
+    def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, LayeredModel)):
+            raise TypeError(f"@register_arch({name!r}) decorates a subclass of faeval.LayeredModel, not {cls!r}")
+        cls.arch = name
+        ARCHS[name] = cls
+        return cls
+    return deco
+
+
+def arch_class(name: str) -> type[LayeredModel]:
+    """The registered class of architecture ``name``; an unknown name raises, listing the valid ones."""
+    if name not in ARCHS:
+        raise ValueError(f"unknown arch {name!r}; valid archs: {', '.join(sorted(ARCHS))} "
+                         "(or register your own with @faeval.register_arch)")
+    return ARCHS[name]
+
+
+def _flat_dim(input_shape: Sequence[int] | int) -> int:
+    return int(input_shape) if isinstance(input_shape, int) else int(math.prod(input_shape))
+
+
+def _needs_image(arch: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"arch {arch!r} needs image inputs of shape (channels, height, width); the dataset's input "
+            f"shape is {tuple(input_shape)}. Use arch='resmlp' or 'studentnet' for vector inputs.")
+    return tuple(int(s) for s in input_shape)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------
+# ResMLP
 # ---------------------------------------------------------------------------------------
 class FlattenLinear(nn.Linear):
     """A Linear layer that flattens its input first (parameter names stay weight/bias)."""
@@ -124,7 +212,7 @@ class FlattenLinear(nn.Linear):
 
 
 class PhiAlpha(nn.Module):
-    """phi_alpha(z) = (1 - alpha) z + alpha tanh(z)  (SPEC 1.5)."""
+    """phi_alpha(z) = (1 - alpha) z + alpha tanh(z), the teacher-student task's activation."""
 
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
@@ -159,18 +247,20 @@ class ResidualBlock(nn.Module):
         return self.w2(self.act(self.w1(self.ln(h))))
 
 
+@register_arch("resmlp")
 class ResMLP(LayeredModel):
-    """Pre-LN residual MLP: Linear embed -> L residual blocks -> out_ln -> out_head."""
+    """Pre-LN residual MLP: Linear embed -> L residual blocks -> out_ln -> out_head (inputs flattened)."""
 
-    arch = "resmlp"
+    groupable = True
+    not_options = ("input_shape", "num_classes", "act")
 
-    def __init__(self, d_input: int, width: int = 256, num_classes: int = 10, depth: int = 4,
+    def __init__(self, input_shape: Sequence[int] | int, num_classes: int = 10, width: int = 256, depth: int = 4,
                  out_ln: bool = True, residual: bool = True, w2_std: float = 0.01,
                  act: Callable[[], nn.Module] | None = None) -> None:
         super().__init__()
         self.residual = bool(residual)
         self.width = width
-        self.embed = FlattenLinear(d_input, width)
+        self.embed = FlattenLinear(_flat_dim(input_shape), width)
         self.blocks = nn.ModuleList(
             [ResidualBlock(width, w2_std=w2_std, act=act() if act else None) for _ in range(depth)])
         self.out_ln = nn.LayerNorm(width) if out_ln else None
@@ -180,21 +270,26 @@ class ResMLP(LayeredModel):
     def num_blocks(self) -> int:
         return self.depth
 
+    @classmethod
+    def step_cost(cls, options: dict) -> float:
+        return ((options.get("width") or 256) / 256) ** 2
 
+
+@register_arch("studentnet")
 class StudentNet(ResMLP):
-    """Student of the synthetic teacher-student task (SPEC 1.5): residual, phi_alpha, no terminal LN."""
+    """Student of the synthetic teacher-student task: residual, phi_alpha, no terminal LN."""
 
-    arch = "studentnet"
+    not_options = ("input_shape", "num_classes")
 
-    def __init__(self, d_input: int, width: int = 128, num_classes: int = 10, depth: int = 4,
+    def __init__(self, input_shape: Sequence[int] | int, num_classes: int = 10, width: int = 128, depth: int = 4,
                  alpha: float = 1.0, out_ln: bool = False, w2_std: float = 0.01) -> None:
-        super().__init__(d_input, width=width, num_classes=num_classes, depth=depth, out_ln=out_ln,
+        super().__init__(input_shape, num_classes=num_classes, width=width, depth=depth, out_ln=out_ln,
                          residual=True, w2_std=w2_std, act=lambda: PhiAlpha(alpha))
         self.alpha = alpha
 
 
 # ---------------------------------------------------------------------------------------
-# ViT-Mini (SPEC 1.2)
+# ViT-Mini
 # ---------------------------------------------------------------------------------------
 class PatchEmbed(nn.Module):
     """Patchify with a strided conv, prepend a cls token, add learned positions -> h0 (B, T+1, d)."""
@@ -245,15 +340,14 @@ def _choose_patch(h: int, w: int) -> int:
     raise ValueError(f"no patch size in (4, 2, 7, 8, 1) tiles a {h}x{w} image; pass patch=...")
 
 
+@register_arch("vit")
 class ViTMini(LayeredModel):
     """ViT-Mini: d=128, 4 pre-LN blocks, cls token, terminal LN; diagnostics read the cls token."""
-
-    arch = "vit"
 
     def __init__(self, input_shape: Sequence[int], num_classes: int = 10, width: int = 128, depth: int = 4,
                  heads: int = 4, mlp_ratio: int = 2, patch: int | None = None, out_ln: bool = True) -> None:
         super().__init__()
-        c, h, w = input_shape
+        c, h, w = _needs_image(self.arch, input_shape)
         self.patch = patch or _choose_patch(h, w)
         if h % self.patch or w % self.patch:
             raise ValueError(f"patch={self.patch} does not tile a {h}x{w} image")
@@ -266,9 +360,13 @@ class ViTMini(LayeredModel):
     def reduce_readout(self, h: torch.Tensor) -> torch.Tensor:
         return h[:, 0]
 
+    @classmethod
+    def step_cost(cls, options: dict) -> float:
+        return 40.0
+
 
 # ---------------------------------------------------------------------------------------
-# SmallCNN (SPEC 1.3)
+# SmallCNN
 # ---------------------------------------------------------------------------------------
 def _conv(cin: int, cout: int, batchnorm: bool, pool: bool) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1)]
@@ -280,6 +378,7 @@ def _conv(cin: int, cout: int, batchnorm: bool, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+@register_arch("cnn")
 class SmallCNN(LayeredModel):
     """Conv32 -> [Conv64+pool, Conv128+pool, FC256] -> head; no skip, no terminal LN.
 
@@ -287,13 +386,13 @@ class SmallCNN(LayeredModel):
     linear head is ``out_head``. 4-D states are read as channel means.
     """
 
-    arch = "cnn"
     residual = False
+    equal_width = False      # the stages change shape
 
     def __init__(self, input_shape: Sequence[int], num_classes: int = 10, batchnorm: bool = True,
                  channels: Sequence[int] = (32, 64, 128), hidden: int = 256) -> None:
         super().__init__()
-        c, h, w = input_shape
+        c, h, w = _needs_image(self.arch, input_shape)
         if h < 4 or w < 4:
             raise ValueError(f"SmallCNN needs images of at least 4x4 (two 2x2 pools); got {h}x{w}")
         c1, c2, c3 = channels
@@ -306,62 +405,26 @@ class SmallCNN(LayeredModel):
         ])
         self.out_head = nn.Linear(hidden, num_classes)
 
-
-# ---------------------------------------------------------------------------------------
-# Registry
-# ---------------------------------------------------------------------------------------
-def _flat_dim(input_shape: Sequence[int]) -> int:
-    return int(math.prod(input_shape))
-
-
-def _needs_image(arch: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"arch {arch!r} needs image inputs of shape (channels, height, width); the dataset's input "
-            f"shape is {tuple(input_shape)}. Use arch='resmlp' or 'studentnet' for vector inputs.")
-    return tuple(int(s) for s in input_shape)  # type: ignore[return-value]
-
-
-def _build_resmlp(input_shape, num_classes, **kw):
-    return ResMLP(_flat_dim(input_shape), num_classes=num_classes, **kw)
-
-
-def _build_studentnet(input_shape, num_classes, **kw):
-    return StudentNet(_flat_dim(input_shape), num_classes=num_classes, **kw)
-
-
-def _build_vit(input_shape, num_classes, **kw):
-    return ViTMini(_needs_image("vit", input_shape), num_classes=num_classes, **kw)
-
-
-def _build_cnn(input_shape, num_classes, **kw):
-    return SmallCNN(_needs_image("cnn", input_shape), num_classes=num_classes, **kw)
-
-
-ARCHS: dict[str, Callable[..., LayeredModel]] = {
-    "resmlp": _build_resmlp,
-    "vit": _build_vit,
-    "cnn": _build_cnn,
-    "studentnet": _build_studentnet,
-}
+    @classmethod
+    def step_cost(cls, options: dict) -> float:
+        return 50.0
 
 
 def build_model(arch: str, input_shape: Sequence[int], num_classes: int, seed: int | None = None,
                 **kw) -> LayeredModel:
-    """Build a layered model by name.
+    """Build a layered model by name (a key of :data:`ARCHS`).
 
-    ``arch`` is one of ``resmlp``, ``vit``, ``cnn``, ``studentnet``. Keyword
-    arguments go to the model (``width``, ``depth``, ``out_ln``, ``residual``,
-    ``w2_std``, ``batchnorm``, ``alpha``, ...). With ``seed`` the weights are drawn
-    from that seed without disturbing the global RNG stream.
+    Keyword arguments are the architecture's options (``arch_class(arch).options()``:
+    ``width``, ``depth``, ``out_ln``, ``residual``, ``w2_std``, ``batchnorm``, ``alpha``,
+    ...). With ``seed`` the weights are drawn from that seed without disturbing the
+    global RNG stream.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(sorted(ARCHS))}")
+    cls = arch_class(arch)
     try:
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            model = ARCHS[arch](tuple(input_shape), num_classes, **kw)
+            model = cls(tuple(input_shape), num_classes, **kw)
     except TypeError as e:  # an unknown keyword: name the arch in the message
         raise TypeError(f"build_model({arch!r}): {e}") from None
     model.input_shape = tuple(int(s) for s in input_shape)   # the learning rules probe state shapes with it

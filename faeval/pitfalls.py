@@ -1,4 +1,4 @@
-"""Small reproducers of the measurement pitfalls (SPEC section 7, protocol CHECKLIST).
+"""Small reproducers of the measurement pitfalls (the book's pitfalls chapter and checklist).
 
 Each ``*_pitfall()`` function runs a few lines of real code and returns a
 :class:`PitfallResult` holding the value the pitfall produces (``wrong``) next
@@ -27,7 +27,9 @@ from .diagnostics import (
     null_calibration,
     per_sample_cosine,
 )
+from .methods import build_method
 from .models import build_model
+from .train import adamw
 
 __all__ = [
     "CHECKLIST",
@@ -208,58 +210,30 @@ def fp16_underflow_pitfall(seed: int = 0, stream_scale: float = 3e7) -> PitfallR
 # ---------------------------------------------------------------------------------------
 def _dfa_trained(seed: int, steps: int = 100, lr: float = 1e-2, n: int = 256, d_in: int = 32,
                  width: int = 32, depth: int = 2, classes: int = 10):
-    """A tiny DFA-trained ResMLP (no terminal LN) on a Gaussian-cluster task; returns it with its Bs.
-
-    DFA as in SPEC 3.2: a_l = e_T B_l with B_l ~ N(0,1) of shape (C, d), e_T = (softmax - onehot)/B;
-    block l minimises <f_l(sg h_l), sg a_{l+1}>, the embedding <h_0, sg a_0>, the head the true CE.
-    Adam, full batch.
-    """
+    """A tiny ResMLP (no terminal LN) trained by faeval's own DFA rule on a Gaussian-cluster task,
+    full batch, with Adam (faeval's fused AdamW without weight decay); returns the model, the rule
+    and the data."""
     g_ = torch.Generator().manual_seed(seed)
     centers = torch.randn(classes, d_in, generator=g_)
     y = torch.randint(0, classes, (n,), generator=g_)
     x = centers[y] + torch.randn(n, d_in, generator=g_)
     model = build_model("resmlp", (d_in,), classes, seed=seed, width=width, depth=depth, out_ln=False)
-    Bs = [torch.randn(classes, width, generator=g_) for _ in range(depth + 1)]
-    params = list(model.parameters())
-    m1 = [torch.zeros_like(p) for p in params]
-    m2 = [torch.zeros_like(p) for p in params]
-    for t in range(1, steps + 1):
-        h = model.embed(x)
-        fs = []
-        hl = h.detach()
-        for blk in model.blocks:
-            f = blk(hl)
-            fs.append(f)
-            hl = hl + f.detach()
-        logits = model.out_head(hl)
-        e = ((logits.detach().softmax(-1) - F.one_hot(y, classes)) / n)
-        a = [e @ B for B in Bs]
-        loss = F.cross_entropy(logits, y) + (h * a[0]).sum() + sum((f * a[l + 1]).sum() for l, f in enumerate(fs))
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():   # Adam (beta 0.9, 0.999), written out: torch.optim costs ~1 s to import
-            for p, gp, u, v in zip(params, grads, m1, m2):
-                u.mul_(0.9).add_(gp, alpha=0.1)
-                v.mul_(0.999).addcmul_(gp, gp, value=0.001)
-                p.sub_(lr * (u / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8))
-    return model, Bs, x, y
-
-
-def _dfa_credit(model, Bs, x, y) -> list[torch.Tensor]:
-    with torch.no_grad():
-        logits = model(x)
-    e = (logits.softmax(-1) - F.one_hot(y, logits.shape[-1])) / len(x)
-    return [e @ B for B in Bs]
+    rule = build_method("dfa", model, seed=seed)
+    opt = adamw(rule.parameters(), lr=lr, weight_decay=0.0)
+    for _ in range(steps):
+        opt.zero_grad()
+        rule.step(x, y)
+        opt.step()
+    model.eval()
+    return model, rule, x, y
 
 
 def fresh_feedback_pitfall(n_draws: int = 10, seed: int = 0) -> PitfallResult:
     with _one_thread():
-        model, Bs, x, y = _dfa_trained(seed)
+        model, rule, x, y = _dfa_trained(seed)
         _, grads, _ = bp_grads(model, x, y)
-        credit = _dfa_credit(model, Bs, x, y)
-        trained = gamma_per_layer(credit, grads)
-        with torch.no_grad():
-            e = (model(x).softmax(-1) - F.one_hot(y, Bs[0].shape[0])) / len(x)
-        null = null_calibration(grads, lambda gen: [e @ torch.randn(B.shape, generator=gen) for B in Bs],
+        trained = gamma_per_layer(rule.credit(x, y), grads)
+        null = null_calibration(grads, lambda gen: rule.credit(x, y, feedback=rule.draw_feedback(gen)),
                                 n_draws=n_draws, seed=seed + 12345)
     draws = torch.tensor(null["draws"], dtype=torch.float64)[:, 1:].mean(1)   # deep mean per draw
     wrong, right = draws.mean().item(), trained.deep_mean()

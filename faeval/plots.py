@@ -22,9 +22,9 @@ def history_frame(runs: Mapping):
 
     ``runs`` maps a label (or a tuple whose first item is the label) to a Run.
 
-    Columns: label, method and seed (from the run's config), epoch, step, seconds (cumulative training time), h_L, g_L,
-    growth, stability, test_acc, deep_gamma (mean Gamma over layers 1..L, when the
-    snapshot has Gamma), stopped.
+    Columns: label, method and seed (from the run's config), epoch, step, seconds
+    (cumulative training time), h_L, g_L, growth, stability, test_acc, deep_gamma
+    (:attr:`~faeval.diagnostics.Snapshot.deep_gamma`), stopped.
     """
     import pandas as pd
 
@@ -35,14 +35,10 @@ def history_frame(runs: Mapping):
         for rec in run.history:
             d = rec["diag"]
             total += rec["seconds"]
-            gamma = d.get("gamma")
             rows.append({"label": label, "method": run.config.get("method"), "seed": run.config.get("seed"),
-                         "epoch": rec["epoch"], "step": rec["step"],
-                         "seconds": total, "h_L": d["hidden_norms"][-1], "g_L": d["g_L"],
-                         "growth": d["max_block_growth"], "stability": d.get("stability"),
-                         "test_acc": rec["test_acc"],
-                         "deep_gamma": sum(gamma[1:]) / len(gamma[1:]) if gamma and len(gamma) > 1 else None,
-                         "stopped": rec.get("stopped")})
+                         "epoch": rec["epoch"], "step": rec["step"], "seconds": total, "h_L": d.h_L, "g_L": d.g_L,
+                         "growth": d.max_block_growth, "stability": d.stability, "test_acc": rec["test_acc"],
+                         "deep_gamma": d.deep_gamma, "stopped": rec.get("stopped")})
     return pd.DataFrame(rows)
 
 
@@ -90,7 +86,7 @@ def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), r
                       hue: str = "method", thresholds: Thresholds | None = None, x: str = "epoch"):
     """A grid of per-epoch trajectories: one row per ``row`` value, one column per metric.
 
-    ``df`` comes from :func:`history_frame` (plus a ``method`` column, or pass ``hue``).
+    ``df`` comes from :func:`history_frame`; ``hue`` names the column that colours the lines.
     ||g_L|| panels show the D2 floor, growth panels the D1 threshold.
     """
     import matplotlib.pyplot as plt

@@ -1,4 +1,4 @@
-"""The evaluation protocol: thresholds, FAProtocol, Report and the in-training Monitor (SPEC section 5).
+"""The evaluation protocol: thresholds, FAProtocol, Report and the in-training Monitor (the book's protocol chapter).
 
 Four diagnostics:
 
@@ -45,7 +45,7 @@ _KEYS = {"D1": "D1_scale_growth", "D2": "D2_ref_validity", "C": "C_direction_sta
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Protocol thresholds (SPEC 4): override any of them by name."""
+    """Protocol thresholds (the protocol chapter): override any of them by name."""
 
     d1_growth: float = 50.0        # D1 fires if max per-block growth > this
     d2_floor: float = 1e-7         # D2 fires if ||g_L|| < this (10 x the 1e-8 cosine eps)
@@ -244,8 +244,12 @@ def _finite(o):
 class FAProtocol:
     """Apply the four diagnostics to a trained model on an eval set.
 
-    >>> report = FAProtocol(model, x_eval, y_eval, frozen_baseline_acc=0.84).run()
-    >>> report['verdict'], report['diagnostics']
+    >>> from faeval import build_model
+    >>> model = build_model("resmlp", (8,), 3, seed=0, width=16, depth=2)
+    >>> x_eval, y_eval = torch.randn(256, 8), torch.randint(3, (256,))
+    >>> report = FAProtocol(model, x_eval, y_eval, frozen_baseline_acc=0.3).run()
+    >>> report.verdict in ("PASS", "FAIL(D3)"), sorted(report["diagnostics"])
+    (True, ['C_direction_stability', 'D1_scale_growth', 'D2_ref_validity', 'D3_depth_utility'])
 
     * ``model``: a faeval layered model; a model with the original artifact's contract
       (``blocks``, ``out_head``, optional ``out_ln``, ``forward(x, return_hidden=True)``);
@@ -268,7 +272,7 @@ class FAProtocol:
                  thresholds: Thresholds | Mapping[str, float] | None = None, layers: Sequence[str] | None = None,
                  batch_size: int = 128, n_batches: int = 10, token: str = "cls", spatial: str = "mean",
                  verdict_on: Sequence[str] = VERDICT_ON) -> None:
-        D._check_xy(x_eval, y_eval)
+        D.check_xy(x_eval, y_eval)
         bad = [d for d in verdict_on if d not in DIAGNOSTICS]
         if bad or not verdict_on:
             raise ValueError(f"verdict_on={tuple(verdict_on)}: choose a non-empty subset of {DIAGNOSTICS}")
@@ -336,9 +340,9 @@ class FAProtocol:
 class Monitor:
     """Apply the protocol's thresholds to each epoch's diagnostic snapshot.
 
-    Call it with ``(epoch, record)`` after every epoch, where ``record`` holds a
-    snapshot from :func:`faeval.diagnostics.snapshot` (directly, or under the key
-    ``"diag"``), optionally with ``"stability"``. It records the first epoch at which
+    Call it with ``(epoch, record)`` after every epoch, where ``record`` is a
+    :class:`~faeval.diagnostics.Snapshot` (:func:`faeval.diagnostics.snapshot`) or an
+    epoch record holding one under the key ``"diag"``. It records the first epoch at which
     D1, D2 and C fire (``first_fired``) and returns True when a diagnostic named in
     ``stop_on`` has fired, so a trainer can stop. :meth:`replay` runs a stored
     history through the same logic. D3 compares final accuracies and is judged by
@@ -363,17 +367,16 @@ class Monitor:
         self.fired_by_epoch: list[dict] = []
 
     @staticmethod
-    def _values(record: Mapping) -> dict[str, float | None]:
-        snap = record.get("diag", record)
-        growth = snap.get("max_block_growth")
-        if growth is None and "hidden_norms" in snap:
-            growth = D.max_block_growth(snap["hidden_norms"])
-        g_L = snap.get("g_L")
-        if g_L is None and snap.get("bp_grad_norms"):
-            g_L = snap["bp_grad_norms"][-1]
-        return {"D1": growth, "D2": g_L, "C": snap.get("stability", record.get("stability"))}
+    def _values(record) -> dict[str, float | None]:
+        """D1, D2 and C values of an epoch record (a dict with a ``"diag"`` Snapshot), a Snapshot, or a
+        Snapshot's stored dict."""
+        snap = record.get("diag", record) if isinstance(record, Mapping) else record
+        if isinstance(snap, Mapping):
+            snap = D.Snapshot.from_dict({"max_block_growth": D.max_block_growth(snap["hidden_norms"]),
+                                         "g_L": snap["bp_grad_norms"][-1], "stability": None, **snap})
+        return {"D1": snap.max_block_growth, "D2": snap.g_L, "C": snap.stability}
 
-    def __call__(self, epoch: int, record: Mapping) -> bool:
+    def __call__(self, epoch: int, record) -> bool:
         vals = self._values(record)
         state = {d: fires(d, vals[d], self.thresholds) for d in self.PER_EPOCH}
         self.fired_by_epoch.append({"epoch": epoch, **state})

@@ -9,9 +9,11 @@
   mode), ``seconds`` (training time of the epoch; excluded from comparisons);
 * the rule's own per-step statistics averaged over the epoch (``penalty``,
   ``bridge_loss``, ...);
-* ``diag``: :func:`faeval.diagnostics.snapshot` on a fixed eval batch (the first
+* ``diag``: a :class:`~faeval.diagnostics.Snapshot` on a fixed eval batch (the first
   ``eval_n`` test samples): per-layer hidden norms, BP-gradient norms, max block
   growth, g_L, direction stability and per-layer Gamma of the rule's credit.
+
+:func:`history_to_json` and :func:`history_from_json` convert a history for the run store.
 
 A ``monitor(epoch, record) -> bool`` (e.g. :class:`faeval.Monitor`) may stop the
 run. A non-finite training loss or hidden state ends the run cleanly: the history
@@ -33,7 +35,8 @@ from . import diagnostics as D
 from .methods import Method, build_method
 from .models import LayeredModel
 
-__all__ = ["fit", "Run", "evaluate", "adamw", "AdamW"]
+__all__ = ["fit", "Run", "evaluate", "adamw", "AdamW", "epoch_record", "stop_reason", "non_finite", "progress_bar",
+           "check_fit_args", "history_to_json", "history_from_json"]
 
 
 @dataclass
@@ -57,15 +60,19 @@ class Run:
     def test_acc(self) -> float:
         return self.final["test_acc"]
 
+    @property
+    def snapshots(self) -> list[D.Snapshot]:
+        """The per-epoch diagnostic snapshots (epoch 0, before training, first)."""
+        return [rec["diag"] for rec in self.history]
+
     def summary(self) -> str:
         """One line: method, epochs, accuracy, the final diagnostics."""
         f, d = self.final, self.final["diag"]
-        gam = d.get("gamma")
         parts = [f"{self.method.name}", f"epoch {f['epoch']}", f"step {f['step']}",
-                 f"test_acc {f['test_acc']:.4f}", f"|h_L| {d['hidden_norms'][-1]:.3g}",
-                 f"max growth {d['max_block_growth']:.3g}", f"g_L {d['g_L']:.3g}"]
-        if gam is not None:
-            parts.append("Gamma " + "/".join(f"{g:+.2f}" for g in gam))
+                 f"test_acc {f['test_acc']:.4f}", f"|h_L| {d.h_L:.3g}",
+                 f"max growth {d.max_block_growth:.3g}", f"g_L {d.g_L:.3g}"]
+        if d.gamma is not None:
+            parts.append("Gamma " + "/".join(f"{g:+.2f}" for g in d.gamma))
         if self.stopped:
             parts.append(f"stopped: {self.stopped}")
         return "  ".join(parts)
@@ -81,9 +88,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     """(mean cross-entropy, accuracy) over (x, y) in eval mode.
 
     ``batch_size=None`` is 128 on a CPU, where small batches keep a convolution's or attention's
-    activations in cache (on this project's CPU, 1 thread, the Fashion-MNIST test split takes
-    SmallCNN 2.0x and ViT-Mini 1.8x less time than in batches of 1024; ResMLP the same), and
-    1024 elsewhere. The sums stay on the device until the end: one synchronisation per call.
+    activations in cache (measured in ``benchmarks/README.md``), and 1024 elsewhere. The sums stay
+    on the device until the end: one synchronisation per call.
     """
     if batch_size is None:
         batch_size = 128 if x.device.type == "cpu" else 1024
@@ -135,7 +141,7 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
         return epoch_record(model, method, dataset, (x_eval, y_eval), epoch, step, sums, n_batches, n_seen, seconds)
 
     steps_per_epoch = math.ceil(dataset.n_train / batch_size)
-    bar = _progress(epochs * steps_per_epoch, f"{method.name} {model.arch}", progress)
+    bar = progress_bar(epochs * steps_per_epoch, f"{method.name} {model.arch}", progress)
     try:
         history.append(record(0, {}, 0, 0, 0.0))
         if monitor is not None and monitor(0, history[-1]):
@@ -163,12 +169,12 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
                 step += 1
                 bar.update(1)
                 if check_every and n_batches % check_every == 0:
-                    bad = _non_finite(sums)
+                    bad = non_finite(sums)
                     if bad:
                         stopped = f"non-finite {bad} at epoch {epoch}, step {step}"
                         break
             seconds = time.perf_counter() - start
-            bad = _non_finite(sums)
+            bad = non_finite(sums)
             if bad and not stopped:
                 stopped = f"non-finite {bad} at epoch {epoch}, step {step}"
             rec = record(epoch, {k: float(v) for k, v in sums.items()}, n_batches, n_seen, seconds)
@@ -189,9 +195,8 @@ class AdamW:
     (``tests/test_train_store.py`` asserts it): the same kernel, the same per-parameter step counter,
     state created at a parameter's first gradient. What it leaves out is ``torch.optim``'s
     per-step bookkeeping (hooks, parameter groups, state dicts) and its first-use import of
-    ``torch._dynamo`` (1.6 s in every fresh process, which ``fit_many``'s workers are). On this
-    project's CPU a BP step takes 4.6 ms instead of 4.8 ms (6.2 ms with the default per-tensor
-    loop). One thing it adds: a gradient whose memory layout differs from its parameter's (a
+    ``torch._dynamo`` (seconds in every fresh process, which ``fit_many``'s workers are; measured
+    in ``benchmarks/README.md``). One thing it adds: a gradient whose memory layout differs from its parameter's (a
     transposed view, as ``torch.autograd.grad`` can return) is copied into the parameter's
     layout first. The fused kernel reads gradients in the parameter's memory order, and in
     torch 2.13 ``torch.optim.AdamW(fused=True)`` applies such a gradient transposed.
@@ -268,7 +273,7 @@ def stop_reason(rec: dict, epoch: int, monitor: Callable[[int, Mapping], bool] |
     """Why a run stops after its epoch record ``rec`` (``None``: it goes on), also written to
     ``rec["stopped"]``: ``stopped`` (a non-finite training loss), else a non-finite hidden
     state, else the monitor asking to stop."""
-    if not stopped and not all(math.isfinite(h) for h in rec["diag"]["hidden_norms"]):
+    if not stopped and not all(math.isfinite(h) for h in rec["diag"].hidden_norms):
         stopped = f"non-finite hidden state at epoch {epoch}"
     if not stopped and monitor is not None and monitor(epoch, rec):
         stopped = f"monitor stopped the run at epoch {epoch}"
@@ -277,14 +282,15 @@ def stop_reason(rec: dict, epoch: int, monitor: Callable[[int, Mapping], bool] |
     return stopped
 
 
-def _non_finite(sums: Mapping) -> str | None:
+def non_finite(sums: Mapping) -> str | None:
+    """The name of the first non-finite step statistic in ``sums`` ("training loss" for ``loss``), else None."""
     for k, v in sums.items():
         if not math.isfinite(float(v)):
             return "training loss" if k == "loss" else k
     return None
 
 
-def _progress(total: int, desc: str, enabled: bool, unit: str = "step"):
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "step"):
     """A tqdm bar; none when ``enabled`` is False or ``$FAEVAL_PROGRESS`` is 0 (as when the book is built)."""
     enabled = enabled and os.environ.get("FAEVAL_PROGRESS", "1") != "0"
     if enabled:
@@ -292,3 +298,13 @@ def _progress(total: int, desc: str, enabled: bool, unit: str = "step"):
     else:       # tqdm.auto would warn about missing notebook widgets even for a disabled bar
         from tqdm import tqdm
     return tqdm(total=total, desc=desc, disable=not enabled, unit=unit, leave=False, dynamic_ncols=True)
+
+
+def history_to_json(history: list[dict]) -> list[dict]:
+    """A history as plain JSON types (each record's Snapshot as a dict), for the run store."""
+    return [{**rec, "diag": rec["diag"].to_dict()} for rec in history]
+
+
+def history_from_json(records: list[dict]) -> list[dict]:
+    """The inverse of :func:`history_to_json`: each record's ``diag`` read back into a Snapshot."""
+    return [{**rec, "diag": D.Snapshot.from_dict(rec["diag"])} for rec in records]

@@ -165,7 +165,7 @@ def test_citations_and_api_are_rendered(built_book):
     for author in ("Lillicrap", "Nøkland", "Scellier"):
         assert author in intro, f"bibliography lacks {author}"
     api = html.joinpath("api.html").read_text(encoding="utf-8")
-    for name in ("faeval.models.build_model", "faeval.data.load_dataset", "faeval.store.fit_many",
+    for name in ("faeval.models.build_model", "faeval.data.load_dataset", "faeval.schedule.fit_many",
                  "faeval.profiles.get_profile", "faeval.claims.Claims", "faeval.many.fit_group"):
         assert f'id="{name}"' in api, f"api page does not document {name}"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import faeval as fe
-from faeval import many, store
+from faeval import many, schedule, store
 from faeval.many import fit_group, why_not_groupable
 from faeval.train import fit
 
@@ -43,8 +43,8 @@ def test_a_group_matches_the_runs_trained_one_by_one(data, method, hps):
             for k in ("train_loss", "train_acc", "test_loss", "test_acc", "penalty"):
                 if ra.get(k) is not None:
                     assert _close(ra[k], rb[k]), (k, ra["epoch"], ra[k], rb[k])
-            assert _close(ra["diag"]["g_L"], rb["diag"]["g_L"], 1e-3)
-            assert all(_close(x, y, 1e-3) for x, y in zip(ra["diag"]["hidden_norms"], rb["diag"]["hidden_norms"]))
+            assert _close(ra["diag"].g_L, rb["diag"].g_L, 1e-3)
+            assert all(_close(x, y, 1e-3) for x, y in zip(ra["diag"].hidden_norms, rb["diag"].hidden_norms))
         for pa, pb in zip(a.model.parameters(), b.model.parameters()):
             torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
     # the runs really differ from each other (seeds and penalties are not shared by accident)
@@ -92,8 +92,10 @@ def test_fit_many_groups_stores_and_reloads(tmp_path, caplog, monkeypatch):
 
 def test_fit_many_asks_once_per_group_whether_it_can_group(tmp_path, monkeypatch):
     built = []
-    real = store._build
-    monkeypatch.setattr(store, "_build", lambda cfg, *a: built.append(cfg["method"]) or real(cfg, *a))
+    real = store.build_run
+    counting = lambda cfg, *a: built.append(cfg["method"]) or real(cfg, *a)  # noqa: E731
+    for module in (store, schedule):         # schedule asks whether runs group; store builds a run it trains
+        monkeypatch.setattr(module, "build_run", counting)
     configs = [{**SMALL, "method": m, "seed": s, "epochs": 1} for m in ("dfa", "ep") for s in (0, 1, 2)]
     fe.fit_many(configs, results=tmp_path, progress=False, workers=1, group=True)
     # one check per group key (dfa, ep), then one build per trained run

@@ -17,8 +17,9 @@ import pickle
 import numpy as np
 import pytest
 
+from faeval.config import config_hash
 from faeval.profiles import PROFILES
-from faeval.store import config_hash, fit_many
+from faeval.schedule import fit_many
 
 pytestmark = pytest.mark.filterwarnings("ignore:synthetic task")
 
@@ -65,4 +66,4 @@ def test_every_kind_of_run_the_paper_profile_plans_trains_on_cifar_files(tmp_pat
         assert [r["epoch"] for r in run.history] == [0, 1], label
         last = run.history[-1]
         assert math.isfinite(last["test_loss"]) and 0.0 <= last["test_acc"] <= 1.0, label
-        assert len(last["diag"]["hidden_norms"]) == run.model.depth + 1, label
+        assert len(last["diag"].hidden_norms) == run.model.depth + 1, label

@@ -8,8 +8,9 @@ import pytest
 
 from faeval import claims as C
 from faeval.calibration import CANDIDATES, first_firing, summarise
+from faeval.config import canonical_config
+from faeval.diagnostics import Snapshot
 from faeval.profiles import PROFILES, get_profile
-from faeval.store import canonical_config
 
 
 # --------------------------------------------------------------------------- profiles
@@ -19,12 +20,13 @@ def test_every_run_a_profile_asks_for_is_a_valid_config(name):
     for m in (*p.methods, "frozen"):
         cfg = canonical_config(**p.config(m, p.seeds[0]))
         assert cfg["epochs"] == p.epochs and cfg["method"] == m
-    for label, over in p.cross_arch.items():
+    for label, over in p.sizes["cross_arch"]["archs"].items():
         cfg = canonical_config(**p.config("dfa", p.seeds[0], **over))
         assert cfg["arch"] == over.get("arch", p.base["arch"]), label
-    for lam in p.penalty_lambdas:
-        assert canonical_config(**p.config("dfa", 0, penalty=lam, epochs=p.penalty_epochs))["hparams"]["penalty"] == lam
-    for L in p.depths:
+    size = p.sizes["penalty"]
+    for lam in size["lambdas"]:
+        assert canonical_config(**p.config("dfa", 0, penalty=lam, epochs=size["epochs"]))["hparams"]["penalty"] == lam
+    for L in p.sizes["fa_vs_dfa"]["depths"]:
         assert canonical_config(**p.config("fa", 0, depth=L))["model"]["depth"] == L
 
 
@@ -59,7 +61,7 @@ def test_bad_overrides_are_refused(kw):
 
 def test_overrides_apply():
     p = get_profile("quick", seeds=[1, 2, 3], epochs=3, methods=["bp"], width=512)
-    assert p.seeds == (1, 2, 3) and p.epochs == p.penalty_epochs == 3 and p.methods == ("bp",)
+    assert p.seeds == (1, 2, 3) and p.epochs == p.sizes["penalty"]["epochs"] == 3 and p.methods == ("bp",)
     assert canonical_config(**p.config("bp", 1))["model"]["width"] == 512
 
 
@@ -70,7 +72,7 @@ def test_quick_profile_lists_its_deviations_from_the_paper():
     assert f"{q.epochs} epochs" in text and f"{len(q.seeds)} seeds" in text
     assert q.base["label_noise"] == CANDIDATES["label_noise"].config["label_noise"]
     paper = PROFILES["paper"]
-    assert paper.seeds == (42, 123, 456) and paper.epochs == 100 and paper.penalty_epochs == 30
+    assert paper.seeds == (42, 123, 456) and paper.epochs == 100 and paper.sizes["penalty"]["epochs"] == 30
     assert paper.base["dataset"] == "cifar10" and not paper.deviations
 
 
@@ -110,7 +112,8 @@ def test_claims_statuses_save_atomically_and_gather_in_the_ledger(tmp_path):
 # --------------------------------------------------------------------------- calibration
 def _history(growths, g_Ls, seconds=2.0, steps=10):
     return [{"epoch": e, "step": e * steps, "seconds": 0.0 if e == 0 else seconds, "test_acc": 0.5,
-             "diag": {"max_block_growth": g, "g_L": gl, "hidden_norms": [1.0, g], "stability": None}}
+             "diag": Snapshot(hidden_norms=[1.0, g], bp_grad_norms=[1.0, gl], max_block_growth=g, g_L=gl,
+                              stability=None, loss=1.0, acc=0.5, aggregate="test")}
             for e, (g, gl) in enumerate(zip(growths, g_Ls))]
 
 

@@ -407,13 +407,13 @@ def test_snapshot_keys_match_protocol(xy):
     # 1280 samples as one batch would give gradients 10x smaller: the 128-batch convention is kept
     one_batch = D.median_bp_grad_norms(m, x, y, batch_size=1280)
     assert one_batch[-1] == pytest.approx(r["per_layer"]["bp_grad_norms"][-1] / 10, rel=0.05)
-    assert snap["hidden_norms"] == r["per_layer"]["hidden_norms"]
-    assert snap["g_L"] == r["diagnostics"]["D2_ref_validity"]["value"]
-    assert snap["stability"] == pytest.approx(r["diagnostics"]["C_direction_stability"]["value"])
+    assert snap.hidden_norms == r["per_layer"]["hidden_norms"]
+    assert snap.g_L == r["diagnostics"]["D2_ref_validity"]["value"]
+    assert snap.stability == pytest.approx(r["diagnostics"]["C_direction_stability"]["value"])
     _, full, _ = D.bp_grads(m, x, y)                               # one batch of 1280: other 1/B scale
     credit = [g + 0.5 * g.std() * torch.randn_like(g) for g in full]
     expect = D.gamma_per_layer(credit, full).mean
-    assert D.snapshot(m, x, y, credit=credit)["gamma"] == pytest.approx(expect, rel=1e-6)   # float32 grads
+    assert D.snapshot(m, x, y, credit=credit).gamma == pytest.approx(expect, rel=1e-6)   # float32 grads
 
 
 # -- analysis helpers ---------------------------------------------------------------------

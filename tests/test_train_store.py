@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import faeval
+from faeval import config, store
 from faeval import diagnostics as D
-from faeval import store
 from faeval.methods import METHODS, LocalRule, register_method
 from faeval.train import evaluate, fit
 
@@ -42,9 +42,9 @@ def test_history_records_every_epoch_and_the_snapshot(synth):
     for rec in run.history[1:]:
         assert 0 <= rec["train_acc"] <= 1 and rec["train_loss"] > 0 and 0 <= rec["test_acc"] <= 1
         d = rec["diag"]
-        assert len(d["hidden_norms"]) == len(d["bp_grad_norms"]) == len(d["gamma"]) == 3
-        assert d["g_L"] == d["bp_grad_norms"][-1]
-        assert d["max_block_growth"] == pytest.approx(D.max_block_growth(d["hidden_norms"]))
+        assert len(d.hidden_norms) == len(d.bp_grad_norms) == len(d.gamma) == 3
+        assert d.g_L == d.bp_grad_norms[-1]
+        assert d.max_block_growth == pytest.approx(D.max_block_growth(d.hidden_norms))
     assert run.stopped is None
     # the snapshot's test accuracy matches an independent evaluation of the final model
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_a_non_finite_loss_ends_the_run_cleanly(synth):
         METHODS.pop("explodes_test")
     assert run.stopped is not None and run.stopped.startswith("non-finite")
     assert run.final["epoch"] < 20 and run.final["stopped"] == run.stopped
-    assert math.isinf(run.final["diag"]["max_block_growth"]) or not math.isfinite(run.final["train_loss"])
+    assert math.isinf(run.final["diag"].max_block_growth) or not math.isfinite(run.final["train_loss"])
 
 
 def test_fit_refuses_bad_settings(synth):
@@ -115,7 +115,7 @@ def test_a_store_hit_returns_the_same_numbers_without_training(tmp_path, monkeyp
     monkeypatch.setattr(store, "fit", no_training)
     again = store.experiment(method="dfa", results=tmp_path, progress=False, **SMALL)
     assert again.from_cache and again.path == first.path
-    assert again.history == json.loads(json.dumps(first.history))
+    assert again.history == first.history           # every number survives the JSON round trip
     for p, q in zip(first.model.parameters(), again.model.parameters()):
         assert torch.equal(p, q)
     # an explicit default is the same run; a different value is not
@@ -133,7 +133,7 @@ def test_gamma_after_reloading_equals_gamma_before_saving(tmp_path, name):
     loaded = store.load_run(run.path)
     after = D.gamma_of(loaded.method, loaded.model, x, y).mean
     assert after == before
-    assert loaded.final["diag"]["gamma"] == pytest.approx(before, abs=1e-6)   # the history recorded it too
+    assert loaded.final["diag"].gamma == pytest.approx(before, abs=1e-6)   # the history recorded it too
 
 
 def test_an_interrupted_run_leaves_no_entry(tmp_path, monkeypatch):
@@ -147,7 +147,7 @@ def test_an_interrupted_run_leaves_no_entry(tmp_path, monkeypatch):
 
 
 def test_an_incomplete_directory_is_refused(tmp_path):
-    cfg = store.canonical_config(method="bp", **SMALL)
+    cfg = config.canonical_config(method="bp", **SMALL)
     path = store.run_dir(cfg, tmp_path)
     path.mkdir(parents=True)
     (path / "config.json").write_text("{}")
@@ -156,16 +156,16 @@ def test_an_incomplete_directory_is_refused(tmp_path):
 
 
 def test_canonical_config_routes_and_fills_defaults():
-    a = store.canonical_config(method="dfa", penalty=1e-2, width=256, subset=100, lr=1)
-    b = store.canonical_config(method="dfa", hparams={"penalty": 0.01}, subset=100, lr=1.0)
-    assert a == b and store.config_hash(a) == store.config_hash(b)
+    a = config.canonical_config(method="dfa", penalty=1e-2, width=256, subset=100, lr=1)
+    b = config.canonical_config(method="dfa", hparams={"penalty": 0.01}, subset=100, lr=1.0)
+    assert a == b and config.config_hash(a) == config.config_hash(b)
     assert a["hparams"]["penalty"] == 0.01 and a["model"]["width"] == 256 and a["data"]["subset"] == 100
-    assert store.config_hash(a) != store.config_hash({**a, "seed": 1})
+    assert config.config_hash(a) != config.config_hash({**a, "seed": 1})
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_rule_builds_from_its_canonical_config(name):
-    cfg = store.canonical_config(method=name)
+    cfg = config.canonical_config(method=name)
     rule = faeval.build_method(name, _model(), seed=cfg["seed"], **cfg["hparams"])
     assert rule.name == name
     assert "seed" not in cfg["hparams"] and "init_aux" not in cfg["hparams"]
@@ -180,7 +180,7 @@ def test_every_rule_builds_from_its_canonical_config(name):
 ])
 def test_bad_configs_are_named(kw, err, msg):
     with pytest.raises(err, match=msg):
-        store.canonical_config(**kw)
+        config.canonical_config(**kw)
 
 
 # -- the CLI ----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ Where each rule is defined:
 ========================  =============================================
 ``bp``, ``frozen``        every architecture
 ``dfa``, ``ep``           every architecture
-``fa``                    resmlp, studentnet, vit (equal-width states)
+``fa``                    architectures with equal-width states (resmlp, studentnet, vit)
 ``state_bridge``          every architecture
 ``credit_bridge``         every architecture
 ========================  =============================================

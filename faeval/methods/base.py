@@ -1,17 +1,27 @@
 """The learning-rule interface, the registry, and the machinery every local rule shares.
 
-A rule is a small class, registered by name::
+A rule is a small class, registered by name (also from a notebook cell):
 
-    @register_method("my_rule")
-    class MyRule(LocalRule):
-        def local_credit(self, states, logits, y):
-            ...                       # one tensor per hidden state h_0..h_L
-            return credit
+>>> import torch, faeval
+>>> from faeval.methods import FeedbackRule, LocalRule, register_method
+>>> @register_method("half_dfa")
+... class HalfDFA(faeval.methods.dfa.DFA):
+...     def local_credit(self, states, logits, y, top_grad):   # half of DFA's credit
+...         return [a / 2 for a in super().local_credit(states, logits, y, top_grad)]
+>>> model = faeval.build_model("resmlp", (8,), 3, seed=0, width=16, depth=2)
+>>> rule = faeval.build_method("half_dfa", model, seed=0)
+>>> x, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 0])
+>>> [tuple(a.shape) for a in rule.credit(x, y)]
+[(4, 16), (4, 16), (4, 16)]
 
+* ``method.loss(x, y) -> (loss, stats)``: a scalar whose gradient with respect to
+  :meth:`Method.parameters` is the rule's update, and the step's statistics. This is
+  the one training step: :func:`faeval.train.fit` backpropagates it for one run, and
+  :func:`faeval.many.fit_group` vectorises the very same method over a group of runs.
 * ``method.step(x, y) -> dict`` fills ``.grad`` of the model parameters the rule
-  trains (:meth:`Method.parameters`) and of the rule's own networks
-  (:meth:`Method.aux_parameters`); the trainer owns both optimisers and calls
-  :meth:`Method.after_step` after stepping them (EMA targets).
+  trains (from :meth:`Method.loss`) and of the rule's own networks
+  (:meth:`Method.aux_parameters`, from :meth:`Method.aux_loss`); the trainer owns both
+  optimisers and calls :meth:`Method.after_step` after stepping them (EMA targets).
 * ``method.credit(x, y) -> list[Tensor]``: the credit the rule sends to each hidden
   state h_0..h_L, shaped like the state, on the mean-loss scale (a per-sample
   gradient divided by the batch size, like the BP gradient of a mean loss).
@@ -21,12 +31,12 @@ A rule is a small class, registered by name::
   :class:`~faeval.diagnostics.MissingAuxStateError`: the BP gradient is never
   substituted.
 
-Conventions shared by all local rules (SPEC 3, 10): e_T = (softmax - onehot) / B;
-block l minimises <f_l(sg h_l), sg a_{l+1}>, the embedding <h_0, sg a_0>, and
-out_ln + out_head train on the true cross-entropy. ``penalty=lambda`` adds
-lambda * mean_i ||f_l(h_l)_i||^2 for every trained block (and to BP's loss).
-``trainable_blocks=k`` trains only the last k blocks (the depth ladder); the
-embedding and the readout always train.
+Conventions shared by all local rules (the book's assumptions page, "Learning rules"):
+e_T = (softmax - onehot) / B; block l minimises <f_l(sg h_l), sg a_{l+1}>, the
+embedding <h_0, sg a_0>, and out_ln + out_head train on the true cross-entropy.
+``penalty=lambda`` adds lambda * mean_i ||f_l(h_l)_i||^2 for every trained block (and
+to BP's loss). ``trainable_blocks=k`` trains only the last k blocks (the depth ladder;
+every rule but ``frozen``, which trains none); the embedding and the readout always train.
 """
 from __future__ import annotations
 
@@ -36,12 +46,13 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import grad as func_grad
 
 from ..diagnostics import MissingAuxStateError
 from ..models import LayeredModel
 
 __all__ = ["Method", "LocalRule", "FeedbackRule", "METHODS", "register_method", "build_method", "method_hparams",
-           "UnsupportedArchError", "check_range", "error_signal"]
+           "UnsupportedArchError", "check_range", "error_signal", "ce_stats"]
 
 
 class UnsupportedArchError(ValueError):
@@ -96,9 +107,10 @@ def _method_class(name: str) -> type[Method]:
 def build_method(name: str, model: nn.Module, **hparams) -> Method:
     """Build the learning rule ``name`` for ``model``.
 
-    Every rule takes ``seed`` (its random draws), ``penalty``, ``trainable_blocks``
-    and ``init_aux``; see each rule's class for its own hyperparameters. An unknown
-    hyperparameter or one out of range raises, naming the valid ones.
+    Every rule takes ``seed`` (its random draws), ``penalty`` and ``init_aux``, and every
+    rule but ``frozen`` takes ``trainable_blocks``; :func:`method_hparams` lists a rule's
+    hyperparameters. An unknown hyperparameter or one out of range raises, naming the
+    valid ones.
     """
     cls = _method_class(name)
     valid = method_hparams(name)
@@ -122,21 +134,23 @@ def error_signal(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class Method:
-    """Base class of every learning rule. Subclasses set ``archs`` to limit where they apply."""
+    """Base class of every learning rule.
+
+    A subclass implements :meth:`loss` and :meth:`credit` (or derives from
+    :class:`LocalRule`), and may override :meth:`check_model` to refuse models it is
+    not defined on. ``ungroupable`` says why runs of the rule cannot train as one
+    vectorised group (``None``: they can; see :func:`faeval.many.why_not_groupable`).
+    """
 
     name = "method"
-    #: the architectures the rule is defined on (``None``: every layered model)
-    archs: tuple[str, ...] | None = None
+    ungroupable: str | None = "it does not declare that it can be grouped (ungroupable = None on its class)"
 
     def __init__(self, model: nn.Module, *, seed: int = 0, penalty: float = 0.0,
                  trainable_blocks: int | None = None, init_aux: bool = True) -> None:
         if not isinstance(model, LayeredModel):
             raise TypeError(f"learning rules train faeval layered models (faeval.build_model); got "
                             f"{type(model).__name__}. To judge a model of your own, use FAProtocol(..., layers=[...]).")
-        if self.archs is not None and model.arch not in self.archs:
-            raise UnsupportedArchError(
-                f"method {self.name!r} is not defined on arch {model.arch!r}{self._why_not(model)}; "
-                f"it supports: {', '.join(self.archs)}")
+        self.check_model(model)
         check_range("penalty", penalty, penalty >= 0, ">= 0 (the weight of ||f_l(h_l)||^2)")
         if penalty > 0 and not model.residual:
             raise UnsupportedArchError(f"penalty={penalty}: the penalty is on the residual branch f_l(h_l), and arch "
@@ -151,8 +165,8 @@ class Method:
         self.trainable_blocks = L if trainable_blocks is None else int(trainable_blocks)
         self.init_aux = bool(init_aux)
 
-    def _why_not(self, model) -> str:
-        return ""
+    def check_model(self, model: LayeredModel) -> None:
+        """Raise :class:`UnsupportedArchError` if the rule is not defined on ``model`` (default: every model)."""
 
     # -- what trains -------------------------------------------------------------------
     def block_trains(self, l: int) -> bool:
@@ -173,11 +187,33 @@ class Method:
         """Called by the trainer after the optimisers stepped (EMA updates)."""
 
     # -- the rule ----------------------------------------------------------------------
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(surrogate, stats)``: a scalar whose gradient w.r.t. :meth:`parameters` is the update,
+        and the step's statistics (``loss``: the mean cross-entropy, ``correct``, ...)."""
         raise NotImplementedError
+
+    def aux_loss(self) -> dict[str, torch.Tensor]:
+        """Losses of the rule's own networks from the last :meth:`loss` call (into :meth:`aux_parameters`)."""
+        return {}
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training step's gradients: :meth:`loss` into :meth:`parameters`, :meth:`aux_loss` into
+        :meth:`aux_parameters`. Returns the step's statistics."""
+        loss, stats = self.loss(x, y)
+        loss.backward(inputs=self.parameters())
+        aux = self.aux_loss()
+        if aux:
+            sum(aux.values()).backward(inputs=self.aux_parameters())
+            stats.update({k: v.detach() for k, v in aux.items()})
+        return stats
 
     def credit(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def group_state(self) -> dict[str, object]:
+        """The per-run values :meth:`loss` reads besides the model's parameters (a vectorised group
+        stacks them, one per run): the penalty weight, and e.g. feedback matrices."""
+        return {"penalty": self.penalty}
 
     # -- auxiliary state ---------------------------------------------------------------
     def aux_state(self) -> dict:
@@ -197,8 +233,15 @@ class Method:
                 "never substituted for a rule's own credit.")
         return value
 
+    @property
+    def penalised(self) -> bool:
+        """Whether the loss carries the residual penalty (in a vectorised group where the runs' weights
+        differ, ``penalty`` is a tensor, one weight per run, and every run computes the term)."""
+        return torch.is_tensor(self.penalty) or self.penalty > 0
+
     def _penalty_term(self, branches: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
-        if self.penalty == 0:
+        """lambda * sum_l mean_i ||f_l(h_l)_i||^2 over the trained blocks' branches (None without a penalty)."""
+        if not self.penalised:
             return None
         terms = [f.flatten(1).pow(2).sum(1).mean() for f in branches if f is not None]
         return self.penalty * torch.stack(terms).sum() if terms else None
@@ -208,6 +251,11 @@ class Method:
                 f"trainable_blocks={self.trainable_blocks}/{self.model.depth})")
 
 
+def ce_stats(ce: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The statistics every training step reports: the mean cross-entropy and the number correct."""
+    return {"loss": ce.detach(), "correct": (logits.argmax(-1) == y).sum()}
+
+
 class LocalRule(Method):
     """A rule that trains each block on its own local loss <f_l, sg a_{l+1}> (DFA, FA, EP, bridges).
 
@@ -215,17 +263,13 @@ class LocalRule(Method):
     gradient crosses a block boundary; the readout trains on the true loss.
     """
 
-    #: whether local_credit needs d CE / d h_L (the top state then requires grad)
+    #: whether local_credit needs d CE / d h_L
     needs_top_grad = False
 
     def local_credit(self, states: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor,
                      top_grad: torch.Tensor | None) -> list[torch.Tensor]:
         """Credit for h_0..h_L from detached states, the logits and (if asked for) dCE/dh_L."""
         raise NotImplementedError
-
-    def extra_loss(self, states, logits, y) -> dict[str, torch.Tensor]:
-        """Losses of the rule's own networks (backpropagated into :meth:`aux_parameters` only)."""
-        return {}
 
     def step_stats(self) -> dict[str, torch.Tensor]:
         """Extra per-step statistics of the last :meth:`local_credit` call (averaged into the history)."""
@@ -250,35 +294,31 @@ class LocalRule(Method):
             states.append(h)
         return h0, states, branches
 
-    def _top(self, states, y, need_grad: bool):
-        hL = states[-1].requires_grad_(need_grad)
-        logits = self.model.readout(hL)
-        ce = F.cross_entropy(logits, y)
-        top_grad = torch.autograd.grad(ce, hL, retain_graph=True)[0] if need_grad else None
-        return logits, ce, top_grad
+    def _top_grad(self, h_L: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """d CE(readout(h_L), y) / d h_L when the rule asks for it (``torch.func.grad``, so that the
+        same code runs inside a vectorised group)."""
+        if not self.needs_top_grad:
+            return None
+        return func_grad(lambda h: F.cross_entropy(self.model.readout(h), y))(h_L.detach())
 
-    def step(self, x, y):
+    def loss(self, x, y):
         h0, states, branches = self._forward(x)
-        logits, ce, top_grad = self._top(states, y, self.needs_top_grad)
         states = [s.detach() for s in states]
-        credit = [a.detach() for a in self.local_credit(states, logits.detach(), y, top_grad)]
-        stats = {"loss": ce.detach(), "correct": (logits.argmax(-1) == y).sum()}
-        loss = ce
+        logits = self.model.readout(states[-1])
+        ce = F.cross_entropy(logits, y)
+        credit = [a.detach() for a in self.local_credit(states, logits.detach(), y, self._top_grad(states[-1], y))]
+        stats = ce_stats(ce, logits, y)
+        # d<f_l, sg a>/df_l = a: the surrogate's gradient seeds each branch with its credit (and h_0 with a_0)
+        loss = ce + (h0 * credit[0]).sum()
+        for l, f in enumerate(branches):
+            if f is not None:
+                loss = loss + (f * credit[l + 1]).sum()
         pen = self._penalty_term(branches)
         if pen is not None:
             loss = loss + pen
             stats["penalty"] = pen.detach()
-        # d<f_l, sg a>/df_l = a: seed each branch's backward with its credit (and h_0's with a_0)
-        outs = [loss, h0] + [f for f in branches if f is not None]
-        seeds = [None, credit[0]] + [credit[l + 1] for l, f in enumerate(branches) if f is not None]
-        torch.autograd.backward(outs, seeds, inputs=self.parameters())
         stats.update(self.step_stats())
-        aux = self.extra_loss(states, logits.detach(), y)
-        if aux:
-            total = sum(aux.values())
-            total.backward(inputs=self.aux_parameters())
-            stats.update({k: v.detach() for k, v in aux.items()})
-        return stats
+        return loss, stats
 
     def credit(self, x, y):
         m = self.model
@@ -286,10 +326,10 @@ class LocalRule(Method):
         m.eval()
         try:
             with torch.no_grad():
-                states, _ = m.states(x)
+                states, logits = m.states(x)
             with torch.enable_grad():
-                logits, _, top_grad = self._top(states, y, self.needs_top_grad)
-                credit = self.local_credit([s.detach() for s in states], logits.detach(), y, top_grad)
+                credit = self.local_credit([s.detach() for s in states], logits.detach(), y,
+                                           self._top_grad(states[-1], y))
             return [a.detach() for a in credit]
         finally:
             m.train(was)
@@ -339,6 +379,7 @@ class FeedbackRule(LocalRule):
 
     feedback_std: float = 1.0
     feedback: list[torch.Tensor] | None = None
+    ungroupable = None
 
     def feedback_shapes(self) -> list[tuple[int, ...]]:
         raise NotImplementedError
@@ -357,6 +398,9 @@ class FeedbackRule(LocalRule):
 
     def local_credit(self, states, logits, y, top_grad):
         return self.credit_from(self._need("feedback", "feedback matrices B_l"), states, logits, y, top_grad)
+
+    def group_state(self):
+        return {**super().group_state(), "feedback": self._need("feedback", "feedback matrices B_l")}
 
     def credit(self, x, y, feedback: list[torch.Tensor] | None = None):
         """The credit for (x, y); with ``feedback``, the credit those matrices would send instead."""

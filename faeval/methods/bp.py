@@ -1,10 +1,10 @@
-"""Backpropagation, and the frozen-blocks baseline (SPEC 3.1, 3.8)."""
+"""Backpropagation, and the frozen-blocks baseline of D3."""
 from __future__ import annotations
 
 import torch.nn.functional as F
 
 from ..diagnostics import bp_grads
-from .base import Method, register_method
+from .base import Method, ce_stats, register_method
 
 
 @register_method("bp")
@@ -14,19 +14,19 @@ class BP(Method):
     Its credit is the BP gradient itself, so its Gamma is 1 by construction.
     """
 
-    def step(self, x, y):
+    ungroupable = None
+
+    def loss(self, x, y):
         m = self.model
         hs, logits = m.states(x)
         ce = F.cross_entropy(logits, y)
-        loss = ce
-        stats = {"loss": ce.detach(), "correct": (logits.argmax(-1) == y).sum()}
-        if self.penalty > 0:
+        loss, stats = ce, ce_stats(ce, logits, y)
+        if self.penalised:
             pen = self._penalty_term([hs[l + 1] - hs[l] if self.block_trains(l) else None for l in range(m.depth)])
             if pen is not None:
                 loss = loss + pen
                 stats["penalty"] = pen.detach()
-        loss.backward(inputs=self.parameters())
-        return stats
+        return loss, stats
 
     def credit(self, x, y):
         return bp_grads(self.model, x, y)[1]

@@ -1,4 +1,4 @@
-"""The bridge network shared by State Bridge and Credit Bridge (SPEC 3.6, 3.7)."""
+"""The bridge network shared by State Bridge and Credit Bridge."""
 from __future__ import annotations
 
 import torch
@@ -65,6 +65,7 @@ class BridgeRule(LocalRule):
     """What State Bridge and Credit Bridge share: building, training, saving and loading a BridgeNet."""
 
     net: BridgeNet | None = None
+    ungroupable = "it trains a network of its own (a bridge) beside the model"
 
     def _setup_bridge(self, **net_kw) -> None:
         """Remember how to build the rule's BridgeNet (its weights come from ``seed + 1``)."""

@@ -1,4 +1,4 @@
-"""Credit Bridge (SPEC 3.7): credit as the gradient of a learned scalar value V_phi."""
+"""Credit Bridge: credit as the gradient of a learned scalar value V_phi."""
 from __future__ import annotations
 
 import copy
@@ -89,7 +89,7 @@ class CreditBridge(BridgeRule):
         credit = [g.detach() / B for g in grads]
         if not train:
             return credit
-        # losses of V (backpropagated into V's parameters by extra_loss)
+        # losses of V (backpropagated into V's parameters by aux_loss)
         with torch.no_grad():
             succ = states[1:]
             # when the states share a shape, one noise draw per successor k serves every layer (each
@@ -111,7 +111,7 @@ class CreditBridge(BridgeRule):
     def _noise(self, h):
         return self.sigma * torch.randn((self.K, *h.shape), generator=self.generator, device=h.device, dtype=h.dtype)
 
-    def extra_loss(self, states, logits, y):
+    def aux_loss(self):
         losses, self._losses = self._losses, None
         return losses or {}
 

@@ -1,4 +1,4 @@
-"""Direct feedback alignment (SPEC 3.2): a_l = e_T B_l with fixed Gaussian B_l."""
+"""Direct feedback alignment (Nokland 2016): a_l = e_T B_l with fixed Gaussian B_l."""
 from __future__ import annotations
 
 import math

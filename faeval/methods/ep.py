@@ -1,4 +1,4 @@
-"""Feedforward equilibrium propagation (SPEC 3.5, 10)."""
+"""Feedforward equilibrium propagation (the book's assumptions page, "Learning rules")."""
 from __future__ import annotations
 
 import torch
@@ -31,6 +31,8 @@ class EP(LocalRule):
     ``relax_ratio`` (the gradient norm of the nudged objective at the last step over
     that at the first): far above 1 means the nudged phase diverged.
     """
+
+    ungroupable = "it relaxes its states with torch.autograd.grad in an inner loop, which cannot be vectorised"
 
     def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, trainable_blocks: int | None = None,
                  init_aux: bool = True, beta: float = 0.1, steps: int = 10, step_size: float = 0.2) -> None:

@@ -1,7 +1,7 @@
-"""Feedback alignment (SPEC 3.3, 10): a_l = B_l a_{l+1} with fixed d x d Gaussian B_l / sqrt(d)."""
+"""Feedback alignment (Lillicrap et al. 2016): a_l = B_l a_{l+1} with fixed d x d Gaussian B_l / sqrt(d)."""
 from __future__ import annotations
 
-from .base import FeedbackRule, register_method, state_shapes
+from .base import FeedbackRule, UnsupportedArchError, register_method, state_shapes
 
 
 @register_method("fa")
@@ -9,11 +9,11 @@ class FA(FeedbackRule):
     """Sequential random feedback. The credit at h_L is the true gradient through out_ln and
     out_head; below it a_l = B_l a_{l+1} (per token for a transformer), B_l ~ N(0, 1/d).
 
-    Needs every hidden state to have the same width d (ResMLP, StudentNet, ViT-Mini);
-    the CNN's stages change shape, so FA is not defined there (use DFA).
+    Needs every hidden state to have the same shape (an architecture whose class sets
+    ``equal_width = True``: ResMLP, StudentNet, ViT-Mini); the CNN's stages change
+    shape, so FA is not defined there (use DFA).
     """
 
-    archs = ("resmlp", "studentnet", "vit")
     needs_top_grad = True
 
     def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, trainable_blocks: int | None = None,
@@ -23,8 +23,12 @@ class FA(FeedbackRule):
         self.feedback_std = self.width ** -0.5
         self._init_feedback()
 
-    def _why_not(self, model):
-        return " (its hidden states change shape between stages, so there is no d x d feedback chain)"
+    def check_model(self, model):
+        if not model.equal_width:
+            raise UnsupportedArchError(
+                f"method {self.name!r} is not defined on arch {model.arch!r} (its hidden states change shape between "
+                "stages, so there is no d x d feedback chain); it needs an architecture with equal_width = True "
+                "(use dfa instead)")
 
     def feedback_shapes(self):
         return [(self.width, self.width)] * self.model.depth

@@ -1,4 +1,4 @@
-"""State Bridge (SPEC 3.6): credit through a learned predictor of the terminal state."""
+"""State Bridge: credit through a learned predictor of the terminal state."""
 from __future__ import annotations
 
 import math
@@ -63,7 +63,7 @@ class StateBridge(BridgeRule):
                 [((p.flatten(1) - target).pow(2).sum(1) / den).mean() for p in preds]).mean()
         return credit + [top_grad]
 
-    def extra_loss(self, states, logits, y):
+    def aux_loss(self):
         loss, self._bridge_loss = self._bridge_loss, None
         return {} if loss is None else {"bridge_loss": loss}
 

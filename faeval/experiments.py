@@ -1,0 +1,120 @@
+"""Each chapter's runs, declared once, as data.
+
+A chapter's entry is a function of the :class:`~faeval.profiles.Profile` that returns
+``{part: {key: config}}``: the run configs of each of its experiments (``config`` as
+``faeval.experiment`` takes it). A notebook asks for them with one call,
+``P.experiment("penalty")``, which loads the stored runs and trains the rest;
+``P.planned_runs()`` and ``python -m faeval prepare`` are the union over every entry,
+so what ``prepare`` trains is what the notebooks load, by construction. Adding a
+chapter is its notebook, its entry here (``@chapter("name")``) and a line in the
+table of contents.
+
+>>> from faeval.profiles import get_profile
+>>> P = get_profile("smoke")
+>>> sorted(EXPERIMENTS)
+['audit', 'calibration', 'cross_arch', 'fa_vs_dfa', 'penalty', 'quickstart', 'temporal']
+>>> plan("audit", P)["runs"]["dfa", 42]["method"]
+'dfa'
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .calibration import CANDIDATES
+from .calibration import plan as calibration_plan
+
+__all__ = ["EXPERIMENTS", "chapter", "plan", "planned_runs"]
+
+#: chapter name -> function(profile) -> {part: {key: config}}
+EXPERIMENTS: dict[str, Callable] = {}
+
+
+def chapter(name: str) -> Callable[[Callable], Callable]:
+    """Decorator: declare the runs of chapter ``name`` (replaces an earlier entry of that name)."""
+    def deco(fn: Callable) -> Callable:
+        EXPERIMENTS[name] = fn
+        return fn
+    return deco
+
+
+def plan(name: str, profile) -> dict[str, dict]:
+    """``{part: {key: config}}`` of chapter ``name`` at ``profile``."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown chapter {name!r}; chapters with runs: {', '.join(sorted(EXPERIMENTS))}")
+    return EXPERIMENTS[name](profile)
+
+
+def planned_runs(profile) -> list[dict]:
+    """The canonical configs of every declared chapter's runs at ``profile``, deduplicated, in order."""
+    from .config import canonical_config, config_hash
+
+    seen, out = set(), []
+    for name in EXPERIMENTS:
+        for runs in plan(name, profile).values():
+            for cfg in runs.values():
+                c = canonical_config(**cfg)
+                h = config_hash(c)
+                if h not in seen:
+                    seen.add(h)
+                    out.append(c)
+    return out
+
+
+@chapter("quickstart")
+def quickstart(P) -> dict:
+    """Plain DFA and the frozen baseline at the first seed, beside the chapter's in-cell rule."""
+    s = P.seeds[0]
+    return {"runs": {m: P.config(m, s) for m in ("dfa", "frozen")}}
+
+
+@chapter("audit")
+def audit(P) -> dict:
+    """Every audited rule and the frozen-blocks baseline, on every seed: ``{(method, seed): config}``."""
+    return {"runs": {(m, s): P.config(m, s) for m in (*P.methods, "frozen") for s in P.seeds}}
+
+
+@chapter("temporal")
+def temporal(P) -> dict:
+    """BP and DFA on every seed (the audit's runs; their per-epoch histories are replayed)."""
+    return {"runs": {(m, s): P.config(m, s) for m in ("bp", "dfa") for s in P.seeds}}
+
+
+@chapter("cross_arch")
+def cross_arch(P) -> dict:
+    """BP and DFA on each architecture of the profile, first seed: ``{(label, method): config}``."""
+    archs = P.sizes["cross_arch"]["archs"]
+    return {"runs": {(label, m): P.config(m, P.seeds[0], **o) for label, o in archs.items() for m in ("bp", "dfa")}}
+
+
+@chapter("penalty")
+def penalty(P) -> dict:
+    """The DFA lambda sweep, the frozen baseline at the same horizon, and the BP/DFA x lambda 2x2."""
+    size = P.sizes["penalty"]
+    e, lam_on = size["epochs"], size["lam_on"]
+    return {
+        "sweep": {(lam, s): P.config("dfa", s, epochs=e, penalty=lam) for lam in size["lambdas"] for s in P.seeds},
+        "frozen": {s: P.config("frozen", s, epochs=e) for s in P.seeds},
+        "two_by_two": {(m, lam, s): P.config(m, s, epochs=e, penalty=lam)
+                       for m in ("bp", "dfa") for lam in (0.0, lam_on) for s in P.seeds},
+    }
+
+
+@chapter("fa_vs_dfa")
+def fa_vs_dfa(P) -> dict:
+    """The audit's BP/FA/DFA/frozen runs, the depth ladder (first seed) and the random-target assay."""
+    size, s0 = P.sizes["fa_vs_dfa"], P.seeds[0]
+    return {
+        "pair": {(m, s): P.config(m, s) for m in ("bp", "fa", "dfa", "frozen") for s in P.seeds},
+        "ladder": {(m, L): P.config(m, s0, depth=L) for m in ("frozen", "fa", "dfa") for L in size["depths"]},
+        "assay": {m: P.config(m, s0, epochs=size["assay_epochs"], random_targets=True)
+                  for m in size["assay_methods"]},
+    }
+
+
+@chapter("calibration")
+def calibration(P) -> dict:
+    """DFA, BP and frozen on every calibration candidate at the profile's horizon, first seed:
+    ``{(candidate, method): config}``."""
+    sub = {"subset": P.base["subset"]} if P.base.get("subset") else {}
+    runs = calibration_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds[:1], **sub)
+    return {"runs": {(c, m): cfg for (c, _seed, m), cfg in runs.items()}}
