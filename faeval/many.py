@@ -106,12 +106,37 @@ def _trainable_names(method: Method) -> list[str]:
     return [n for n, p in method.model.named_parameters() if id(p) in ids]
 
 
+def _per_run_state(method: Method) -> dict:
+    """The rule's tensors (and lists of tensors, and generators) besides its model: the state its
+    :meth:`~Method.loss` might read, which a group must stack or refuse."""
+    def stateful(v):
+        return (torch.is_tensor(v) or isinstance(v, torch.Generator)
+                or (isinstance(v, (list, tuple)) and v and all(torch.is_tensor(t) for t in v)))
+    return {k: v for k, v in vars(method).items() if k != "model" and stateful(v)}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Generator):
+        return a is b
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
+    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+
+
 def _check_group(methods: Sequence[Method], datasets, batch_size: int) -> None:
     first = methods[0]
     for m in methods:
         why = why_not_groupable(m)
         if why:
             raise ValueError(f"cannot group: {why}")
+    listed = set(first.group_state())
+    own = _per_run_state(first)
+    for m in methods[1:]:
+        other = _per_run_state(m)
+        differ = sorted(k for k in own if k not in listed and (k not in other or not _same(own[k], other[k])))
+        if differ:      # the vectorised step would read run 0's value for every run
+            raise ValueError(f"cannot group: method {first.name!r} holds per-run state {differ} that its "
+                             "group_state() does not list; add it there, or set `ungroupable` on its class")
     for m, ds in zip(methods, datasets):
         same = (type(m) is type(first) and m.model.arch == first.model.arch
                 and [tuple(p.shape) for p in m.model.parameters()] == [tuple(p.shape) for p in first.model.parameters()]

@@ -77,10 +77,9 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     The default is one process per core, or one per run when there are at most twice as
     many runs as cores and they do not divide evenly; a request that amounts to a few
     seconds of training stays in this process. Each job stores its runs; ``workers=1``
-    trains in this process. Processes start by default only
-    in Jupyter, ``python -c`` and ``python -m faeval``: a script passes ``workers=N``
-    itself, and must then guard its top level with ``if __name__ == "__main__":`` (Python
-    re-imports it in every worker).
+    trains in this process. Processes start by default only in Jupyter, ``python -c`` and
+    ``python -m faeval``: a script passes ``workers=N`` itself, and must then guard its top
+    level with ``if __name__ == "__main__":`` (Python re-imports it in every worker).
     Returns the runs in the order of ``configs``.
     """
     from .many import why_not_groupable

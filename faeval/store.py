@@ -39,6 +39,7 @@ from .train import Run, fit, history_from_json, history_to_json
 __all__ = ["experiment", "load_run", "list_runs", "results_dir", "run_dir", "load_data", "build_run",
            "train_and_store", "store_run", "monitor_for", "default_device"]
 
+
 def results_dir(results: str | os.PathLike | None = None) -> Path:
     """The store's directory: ``results``, else ``$FAEVAL_RESULTS``, else ``./results``."""
     return Path(results or os.environ.get("FAEVAL_RESULTS") or "results")

@@ -136,3 +136,32 @@ def test_summarise_gives_the_gap_and_what_bp_fires():
     weak_bp = summarise("x", {"bp": run(_history([1, 2], [1e-3, 1e-3]), 0.81),
                               "frozen": run(_history([1, 1], [1e-3, 1e-3]), 0.80)})
     assert weak_bp["bp_fires"] == ["D3"] and weak_bp["bp_gap_pp"] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- declared chapter plans
+def test_every_declared_chapter_is_asked_for_by_a_notebook_and_vice_versa():
+    import re
+    from pathlib import Path
+
+    from faeval.experiments import EXPERIMENTS
+
+    asked = set()
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        asked |= set(re.findall(r'P\.experiment\("(\w+)"\)', code))
+        assert not re.search(r"P\.(train|sweep|runs|run)\(", code), f"{path.name} plans runs outside experiments.py"
+    assert asked == set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_planned_runs_are_the_union_of_the_chapters(name):
+    from faeval.config import config_hash
+    from faeval.experiments import EXPERIMENTS, plan
+
+    p = get_profile(name)
+    union = {config_hash(canonical_config(**cfg)) for ch in EXPERIMENTS for part in plan(ch, p).values()
+             for cfg in part.values()}
+    planned = [config_hash(c) for c in p.planned_runs()]
+    assert len(planned) == len(set(planned)) and set(planned) == union
+    with pytest.raises(ValueError, match="unknown chapter 'penalti'; chapters with runs: audit, calibration"):
+        p.plan("penalti")

@@ -162,3 +162,21 @@ def test_a_rule_with_its_own_step_is_refused_by_a_group_and_trained_alone(data, 
     seed1 = fe.load_dataset("synthetic", d=12, n_train=384, n_test=128, seed=1)   # the store seeds synthetic data
     alone = fit(*_one(seed1, "dfa_own_step", 1), seed1, 1, 1, progress=False, eval_n=128)
     assert runs[1].test_acc == pytest.approx(alone.test_acc, abs=1e-6)
+
+
+class DFAWithNoise(DFA):
+    """DFA that adds a fixed random tensor of its own to the credit, without listing it in group_state."""
+
+    def __init__(self, model, **kw):
+        super().__init__(model, **kw)
+        self.offset = torch.randn(model.width, generator=torch.Generator().manual_seed(self.seed + 99)) * 1e-3
+
+    def local_credit(self, states, logits, y, top_grad):
+        return [a + self.offset for a in super().local_credit(states, logits, y, top_grad)]
+
+
+def test_a_group_refuses_per_run_state_it_would_not_stack(data):
+    models = [fe.build_model("resmlp", data.input_shape, data.num_classes, seed=s, width=24, depth=3) for s in (0, 1)]
+    rules = [DFAWithNoise(m, seed=s) for m, s in zip(models, (0, 1))]
+    with pytest.raises(ValueError, match=r"per-run state \['offset'\] that its group_state\(\) does not list"):
+        fit_group(models, rules, [data] * 2, 1, [0, 1], progress=False)
