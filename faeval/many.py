@@ -239,7 +239,7 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
                 try:
                     losses, stats = vectorised(train_p, fixed, x, y, batched)
                 except RuntimeError as err:
-                    if step:
+                    if step or _is_oom(err):       # an OOM splits the group (fit_group_splitting)
                         raise
                     raise ValueError(f"method {methods[0].name!r} cannot train in a vectorised group: {err}. "
                                      "Set `ungroupable = '<why>'` on its class, or pass group=False") from err

@@ -135,3 +135,16 @@ def test_worker_processes_train_the_same_runs(tmp_path):
     for a, b in zip(here, there):
         assert _close(a.history[-1]["test_loss"], b.history[-1]["test_loss"])
     assert all(r.from_cache for r in fe.fit_many(configs, results=tmp_path / "there", progress=False, workers=2))
+
+
+def test_an_out_of_memory_at_the_first_grouped_step_stays_an_out_of_memory(data, monkeypatch):
+    """fit_group_splitting splits a group on an OOM; the first step's error must reach it as one."""
+    def oom(*a, **k):
+        def call(*a, **k):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return call
+    monkeypatch.setattr(many, "vmap", oom)
+    built = [_build(data, "dfa", s) for s in (0, 1)]
+    with pytest.raises(RuntimeError, match="out of memory") as e:
+        fit_group([b[0] for b in built], [b[1] for b in built], [data] * 2, 1, [0, 1], progress=False)
+    assert many._is_oom(e.value) and not isinstance(e.value, ValueError)
