@@ -124,19 +124,13 @@ def plan(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *, steps: in
 
 
 def summarise_all(runs: Mapping[tuple, object], thresholds=None) -> list[dict]:
-    """One calibration row per candidate (and seed) from ``{(candidate, method): Run}`` or
-    ``{(candidate, seed, method): Run}``, in the order the candidates first appear."""
+    """One calibration row per candidate and seed from ``{(candidate, seed, method): Run}`` (the keys
+    of :func:`plan`), in the order they first appear."""
     groups: dict[tuple, dict] = {}
-    for key, run in runs.items():
-        groups.setdefault(key[:-1], {})[key[-1]] = run
-    rows = []
-    for key, by_method in groups.items():
-        c = _candidate(key[0])
-        row = {**summarise(c.name, by_method, thresholds), "label": c.label, "kind": c.kind}
-        if len(key) == 2:
-            row["seed"] = key[1]
-        rows.append(row)
-    return rows
+    for (name, seed, method), run in runs.items():
+        groups.setdefault((name, seed), {})[method] = run
+    return [{**summarise(name, by_method, thresholds), "seed": seed, "label": _candidate(name).label,
+             "kind": _candidate(name).kind} for (name, seed), by_method in groups.items()]
 
 
 def calibrate(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *, steps: int, seeds=(42,),

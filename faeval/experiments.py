@@ -114,7 +114,6 @@ def fa_vs_dfa(P) -> dict:
 @chapter("calibration")
 def calibration(P) -> dict:
     """DFA, BP and frozen on every calibration candidate at the profile's horizon, first seed:
-    ``{(candidate, method): config}``."""
+    ``{(candidate, seed, method): config}``."""
     sub = {"subset": P.base["subset"]} if P.base.get("subset") else {}
-    runs = calibration_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds[:1], **sub)
-    return {"runs": {(c, m): cfg for (c, _seed, m), cfg in runs.items()}}
+    return {"runs": calibration_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds[:1], **sub)}

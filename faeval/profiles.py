@@ -107,9 +107,9 @@ class Profile:
         return ds.eval_batch(min(n or self.base.get("eval_n", 1280), ds.n_test))
 
     def _device(self) -> str:
-        import torch
+        from .store import default_device
 
-        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return self.device or default_device()
 
     def planned_runs(self) -> list[dict]:
         """The canonical configs of every run the book's chapters declare at this profile, deduplicated

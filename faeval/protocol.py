@@ -372,8 +372,7 @@ class Monitor:
         Snapshot's stored dict."""
         snap = record.get("diag", record) if isinstance(record, Mapping) else record
         if isinstance(snap, Mapping):
-            snap = D.Snapshot.from_dict({"max_block_growth": D.max_block_growth(snap["hidden_norms"]),
-                                         "g_L": snap["bp_grad_norms"][-1], "stability": None, **snap})
+            snap = D.Snapshot.from_dict(snap)
         return {"D1": snap.max_block_growth, "D2": snap.g_L, "C": snap.stability}
 
     def __call__(self, epoch: int, record) -> bool:

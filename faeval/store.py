@@ -167,7 +167,7 @@ def load_run(path: str | os.PathLike, device: str | None = None) -> Run:
         raise ValueError(f"{path} was stored with cache version {meta.get('cache_version')}, this faeval uses "
                          f"{CACHE_VERSION}: train again (experiment(..., retrain=True))")
     cfg = meta["config"]
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     ckpt = torch.load(path / "checkpoint.pt", map_location=device, weights_only=True)
     model = build_model(cfg["arch"], meta["input_shape"], meta["num_classes"], **cfg["model"]).to(device)
     model.load_state_dict(ckpt["model"])

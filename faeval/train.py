@@ -60,11 +60,6 @@ class Run:
     def test_acc(self) -> float:
         return self.final["test_acc"]
 
-    @property
-    def snapshots(self) -> list[D.Snapshot]:
-        """The per-epoch diagnostic snapshots (epoch 0, before training, first)."""
-        return [rec["diag"] for rec in self.history]
-
     def summary(self) -> str:
         """One line: method, epochs, accuracy, the final diagnostics."""
         f, d = self.final, self.final["diag"]
