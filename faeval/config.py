@@ -27,7 +27,8 @@ from .models import arch_class
 __all__ = ["CACHE_VERSION", "TOP", "canonical_config", "config_hash", "model_options", "rebase", "train_size"]
 
 #: bump when a change to training or to the history format makes stored runs stale
-CACHE_VERSION = 2      # 2: fused AdamW kernel (rounding-level change of every trajectory)
+CACHE_VERSION = 3      # 2: fused AdamW kernel (rounding-level change of every trajectory)
+#                        3: one random stream per purpose (faeval.seeds): feedback independent of the init
 
 #: the top-level settings of every run, with their defaults
 TOP = {"arch": "resmlp", "method": "bp", "dataset": "fashion-mnist", "epochs": 1, "seed": 0, "batch_size": 128,

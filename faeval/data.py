@@ -36,18 +36,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .seeds import generator
+
 __all__ = ["DATASETS", "Dataset", "load_dataset", "dataset_options", "train_size"]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
 
-# Independent random streams: a seed drives each through its own generator.
-_BATCHES, _SUBSET, _LABEL_NOISE, _EVAL, _SYNTHETIC = range(5)
+# Independent random streams (faeval.seeds): each draw has a purpose name of its own.
+_BATCHES, _AUGMENT, _TARGETS = "data-order", "augment", "random-targets"
+_SUBSET, _LABEL_NOISE, _EVAL, _SYNTHETIC = "subset", "label-noise", "eval-subset", "synthetic"
 
 
-def _generator(seed: int, stream: int, index: int = 0) -> torch.Generator:
-    """A CPU ``torch.Generator`` for one random stream of ``seed`` (e.g. one epoch)."""
-    state = np.random.SeedSequence([seed, stream, index]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+def _generator(seed: int, stream: str, index: int | str | None = None) -> torch.Generator:
+    """A CPU ``torch.Generator`` for one random stream of ``seed`` (``index``: e.g. the epoch)."""
+    return generator(seed, stream if index is None else f"{stream}/{index}")
 
 
 # --------------------------------------------------------------------------- Dataset
@@ -110,18 +112,18 @@ class Dataset:
         random_targets = train and self.random_targets
         x, y = (self.x_train, self.y_train) if train else (self.x_test, self.y_test)
         n = x.shape[0]
-        g = _generator(seed, _BATCHES, epoch)
-        order = torch.randperm(n, generator=g) if train else torch.arange(n)
+        order = torch.randperm(n, generator=_generator(seed, _BATCHES, epoch)) if train else torch.arange(n)
+        g_aug, g_tgt = _generator(seed, _AUGMENT, epoch), _generator(seed, _TARGETS, epoch)
         stop = n - n % batch_size if drop_last else n
         sizes = [min(batch_size, n - start) for start in range(0, stop, batch_size)]
         draws: dict[str, list[torch.Tensor]] = {"rows": [], "cols": [], "labels": []}
         for b in sizes:
             if augment:
-                rows, cols = _crop_and_flip_indices(b, *x.shape[2:], g)
+                rows, cols = _crop_and_flip_indices(b, *x.shape[2:], g_aug)
                 draws["rows"].append(rows)
                 draws["cols"].append(cols)
             if random_targets:
-                draws["labels"].append(torch.randint(self.num_classes, (b,), generator=g))
+                draws["labels"].append(torch.randint(self.num_classes, (b,), generator=g_tgt))
         on_device = {k: torch.cat(v).to(x.device).split(sizes) for k, v in draws.items() if v}
         order = order.to(x.device)
         for i, start in enumerate(range(0, stop, batch_size)):
@@ -486,7 +488,7 @@ def _load_synthetic(name: str, root, seed: int, *, d: int = 128, depth: int = 4,
     for key, ok in checks.items():
         if not ok:
             raise ValueError(f"{key}={locals()[key]!r}: must be {ranges[key]}")
-    g = _generator(seed, _SYNTHETIC, 0)
+    g = _generator(seed, _SYNTHETIC, "teacher")
     weights = [torch.randn(d, d, generator=g) / d ** 0.5 for _ in range(depth)]
     readout = torch.randn(num_classes, d, generator=g)
 
@@ -496,8 +498,8 @@ def _load_synthetic(name: str, root, seed: int, *, d: int = 128, depth: int = 4,
             h = h + ((1 - alpha) * h + alpha * torch.tanh(h)) @ w.T
         return (h @ readout.T).argmax(dim=1)
 
-    x_train = torch.randn(n_train, d, generator=_generator(seed, _SYNTHETIC, 1))
-    x_test = torch.randn(n_test, d, generator=_generator(seed, _SYNTHETIC, 2))
+    x_train = torch.randn(n_train, d, generator=_generator(seed, _SYNTHETIC, "x-train"))
+    x_test = torch.randn(n_test, d, generator=_generator(seed, _SYNTHETIC, "x-test"))
     y_train, y_test = teacher(x_train), teacher(x_test)
     counts = torch.bincount(y_train, minlength=num_classes)
     if int(counts.min()) < 0.1 * n_train / num_classes:

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .models import reduce_state
+from .seeds import generator
 
 __all__ = [
     "Tap", "MissingAuxStateError", "per_sample_l2", "median_per_sample_l2", "per_sample_cosine",
@@ -519,7 +520,7 @@ def perturbation_rho(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit:
     tap = _float64_tap(tap or Tap(model))
     credit = _check_credit(credit, tap.n_layers)
     x = x.double() if x.is_floating_point() else x
-    g = torch.Generator(device=x.device).manual_seed(seed)
+    g = generator(seed, "perturbation-directions", x.device)
     out = []
     with _eval_mode(tap.model), torch.no_grad():
         hs, logits = tap.states(x)
@@ -604,7 +605,7 @@ def null_calibration(grads: Sequence[torch.Tensor], draw_credit: Callable[[torch
     """
     if n_draws < 2:
         raise ValueError(f"n_draws={n_draws}: need at least 2 draws for a mean and std")
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed, "null-feedback")
     draws = torch.tensor([gamma_per_layer(draw_credit(g), grads).mean for _ in range(n_draws)], dtype=torch.float64)
     return {"mean": draws.mean(0).tolist(), "std": draws.std(0).tolist(), "draws": draws.tolist(),
             "aggregate": f"per-layer Gamma (mean over samples), mean/std over {n_draws} fresh feedback draws"}

@@ -31,6 +31,7 @@ the run store keys) and :meth:`LayeredModel.step_cost`.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -38,6 +39,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .seeds import seeded
 
 __all__ = [
     "ARCHS", "LayeredModel", "ResMLP", "ViTMini", "SmallCNN", "StudentNet",
@@ -416,14 +419,12 @@ def build_model(arch: str, input_shape: Sequence[int], num_classes: int, seed: i
 
     Keyword arguments are the architecture's options (``arch_class(arch).options()``:
     ``width``, ``depth``, ``out_ln``, ``residual``, ``w2_std``, ``batchnorm``, ``alpha``,
-    ...). With ``seed`` the weights are drawn from that seed without disturbing the
-    global RNG stream.
+    ...). With ``seed`` the weights are drawn from that seed's ``"model-init"`` stream
+    (:mod:`faeval.seeds`) without disturbing the global RNG stream.
     """
     cls = arch_class(arch)
     try:
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed, "model-init") if seed is not None else contextlib.nullcontext():
             model = cls(tuple(input_shape), num_classes, **kw)
     except TypeError as e:  # an unknown keyword: name the arch in the message
         raise TypeError(f"build_model({arch!r}): {e}") from None

@@ -29,6 +29,7 @@ from .diagnostics import (
 )
 from .methods import build_method
 from .models import build_model
+from .seeds import generator
 from .train import adamw
 
 __all__ = [
@@ -138,7 +139,7 @@ def _clamp_mechanism() -> tuple[str, dict]:
 
 
 def cosine_eps_pitfall(grad_norm: float = 1e-10, seed: int = 0, n: int = 64, d: int = 128) -> PitfallResult:
-    g_ = torch.Generator().manual_seed(seed)
+    g_ = generator(seed, "pitfall-data")
     a = torch.randn(n, d, generator=g_, dtype=torch.float64)
     a = a / a.norm(dim=1, keepdim=True) * torch.exp(0.3 * torch.randn(n, 1, generator=g_, dtype=torch.float64))
     true_cos = 0.3 + 0.4 * torch.rand(n, generator=g_, dtype=torch.float64)   # per sample, in [0.3, 0.7]
@@ -178,7 +179,7 @@ def fp16_underflow_pitfall(seed: int = 0, stream_scale: float = 3e7) -> PitfallR
         with torch.no_grad():   # blow the residual stream up: the terminal LN divides the gradient by ||h||
             model.embed.weight.mul_(stream_scale)
             model.embed.bias.mul_(stream_scale)
-        g_ = torch.Generator().manual_seed(seed)
+        g_ = generator(seed, "pitfall-data")
         x = torch.randn(8, 16, generator=g_)
         y = torch.randint(0, 4, (8,), generator=g_)
         hs, grads, _ = bp_grads(model, x, y)                  # float32 backward pass
@@ -213,7 +214,7 @@ def _dfa_trained(seed: int, steps: int = 100, lr: float = 1e-2, n: int = 256, d_
     """A tiny ResMLP (no terminal LN) trained by faeval's own DFA rule on a Gaussian-cluster task,
     full batch, with Adam (faeval's fused AdamW without weight decay); returns the model, the rule
     and the data."""
-    g_ = torch.Generator().manual_seed(seed)
+    g_ = generator(seed, "pitfall-data")
     centers = torch.randn(classes, d_in, generator=g_)
     y = torch.randint(0, classes, (n,), generator=g_)
     x = centers[y] + torch.randn(n, d_in, generator=g_)
@@ -234,7 +235,7 @@ def fresh_feedback_pitfall(n_draws: int = 10, seed: int = 0) -> PitfallResult:
         _, grads, _ = bp_grads(model, x, y)
         trained = gamma_per_layer(rule.credit(x, y), grads)
         null = null_calibration(grads, lambda gen: rule.credit(x, y, feedback=rule.draw_feedback(gen)),
-                                n_draws=n_draws, seed=seed + 12345)
+                                n_draws=n_draws, seed=seed)
     draws = torch.tensor(null["draws"], dtype=torch.float64)[:, 1:].mean(1)   # deep mean per draw
     wrong, right = draws.mean().item(), trained.deep_mean()
     std = draws.std().item()
@@ -265,7 +266,7 @@ def _layered_checkpoint(seed: int, n: int = 128, width: int = 128):
     depth = len(_TARGET_ALIGNMENT) - 1
     with _one_thread():
         model = build_model("resmlp", (32,), 10, seed=seed, width=width, depth=depth)
-        g_ = torch.Generator().manual_seed(seed + 1)
+        g_ = generator(seed, "pitfall-data")
         x = torch.randn(n, 32, generator=g_)
         y = torch.randint(0, 10, (n,), generator=g_)
         _, grads, _ = bp_grads(model, x, y)

@@ -370,7 +370,7 @@ def test_synthetic_teacher_follows_the_stated_recursion():
     d, depth, alpha, seed = 16, 3, 0.5, 7
     ds = load_dataset("synthetic", seed=seed, d=d, depth=depth, alpha=alpha, n_train=400, n_test=100,
                       num_classes=4)
-    g = data._generator(seed, data._SYNTHETIC, 0)
+    g = data._generator(seed, data._SYNTHETIC, "teacher")
     weights = [torch.randn(d, d, generator=g) / d ** 0.5 for _ in range(depth)]
     readout = torch.randn(4, d, generator=g)
     h = ds.x_test
@@ -475,14 +475,14 @@ def test_an_epochs_draws_made_up_front_equal_those_made_batch_by_batch(cifar10):
     ds = load_dataset("cifar10", root=cifar10[0], augment=True)
     ds.random_targets = True
     got = list(ds.batches(batch_size=32, seed=3, epoch=2))
-    g = data._generator(3, data._BATCHES, 2)
-    order = torch.randperm(ds.n_train, generator=g)
+    order = torch.randperm(ds.n_train, generator=data._generator(3, data._BATCHES, 2))
+    g_aug, g_tgt = data._generator(3, data._AUGMENT, 2), data._generator(3, data._TARGETS, 2)
     starts = range(0, ds.n_train, 32)
     assert len(got) == len(starts) == 4 and len(got[-1][1]) == 4
     for (xb, yb), start in zip(got, starts):
         idx = order[start:start + 32]
-        assert torch.equal(xb, data._crop_and_flip(ds.x_train[idx], g))
-        assert torch.equal(yb, torch.randint(ds.num_classes, (len(idx),), generator=g))
+        assert torch.equal(xb, data._crop_and_flip(ds.x_train[idx], g_aug))
+        assert torch.equal(yb, torch.randint(ds.num_classes, (len(idx),), generator=g_tgt))
     dropped = list(ds.batches(batch_size=32, seed=3, epoch=2, drop_last=True))
     assert len(dropped) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(dropped, got))
 

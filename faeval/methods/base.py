@@ -50,6 +50,7 @@ from torch.func import grad as func_grad
 
 from ..diagnostics import MissingAuxStateError
 from ..models import LayeredModel
+from ..seeds import generator
 
 __all__ = ["Method", "LocalRule", "FeedbackRule", "METHODS", "register_method", "build_method", "method_hparams",
            "UnsupportedArchError", "check_range", "error_signal", "ce_stats"]
@@ -388,7 +389,7 @@ class FeedbackRule(LocalRule):
         raise NotImplementedError
 
     def _init_feedback(self) -> None:
-        self.feedback = self.draw_feedback(torch.Generator().manual_seed(self.seed)) if self.init_aux else None
+        self.feedback = self.draw_feedback(generator(self.seed, "feedback")) if self.init_aux else None
 
     def draw_feedback(self, generator: torch.Generator) -> list[torch.Tensor]:
         """A set of feedback matrices drawn from ``generator`` (fresh draws give the null calibration)."""

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from ..diagnostics import MissingAuxStateError
+from ..seeds import seeded
 from .base import LocalRule, check_range
 
 
@@ -54,9 +55,9 @@ class BridgeNet(nn.Module):
 
 
 def build_bridge(seed: int, device, dtype, **kw) -> BridgeNet:
-    """A BridgeNet whose initial weights come from ``seed`` (the global RNG is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    """A BridgeNet whose initial weights come from the ``"bridge-net"`` stream of ``seed``
+    (the global RNG is left as it was)."""
+    with seeded(seed, "bridge-net"):
         net = BridgeNet(**kw)
     return net.to(device=device, dtype=dtype)
 
@@ -68,12 +69,12 @@ class BridgeRule(LocalRule):
     ungroupable = "it trains a network of its own (a bridge) beside the model"
 
     def _setup_bridge(self, **net_kw) -> None:
-        """Remember how to build the rule's BridgeNet (its weights come from ``seed + 1``)."""
+        """Remember how to build the rule's BridgeNet (its weights come from the run seed's ``"bridge-net"`` stream)."""
         p = next(self.model.parameters())
         self._net_kw, self._device, self._dtype = net_kw, p.device, p.dtype
 
     def _new_net(self) -> BridgeNet:
-        return build_bridge(self.seed + 1, self._device, self._dtype, **self._net_kw)
+        return build_bridge(self.seed, self._device, self._dtype, **self._net_kw)
 
     def aux_parameters(self):
         return list(self.net.parameters()) if self.net is not None else []

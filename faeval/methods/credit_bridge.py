@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..seeds import generator
 from .base import check_range, error_signal, register_method, state_shapes
 from .bridges import BridgeRule
 
@@ -50,7 +51,7 @@ class CreditBridge(BridgeRule):
         if init_aux:
             self.net = self._new_net()
             self.target = self._frozen_copy(self.net)
-        self.generator = torch.Generator(device=self._device).manual_seed(self.seed + 2)
+        self.generator = generator(self.seed, "bridge-noise", self._device)
         self._losses = None
 
     @staticmethod
