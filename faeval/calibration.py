@@ -40,6 +40,8 @@ CANDIDATES: dict[str, Candidate] = {c.name: c for c in [
     Candidate("label_noise", "(c) 40% of training labels replaced at random", {"label_noise": 0.4}),
     Candidate("synthetic", "(c) teacher-student task, alpha=1, ResMLP student (terminal LN), d=128",
               {"dataset": "synthetic", "alpha": 1.0, "width": 128}),
+    Candidate("augment", "(c) random crop (pad 4) and horizontal flip of the training images",
+              {"augment": True}),
     Candidate("width512", "(d) ResMLP width 512 (L=4)", {"width": 512}),
 ]}
 

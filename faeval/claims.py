@@ -8,15 +8,25 @@ every file with :func:`ledger`.
 
 A claim is ``held``, ``not held`` or ``not evaluated`` (with the reason, e.g. a
 run that ended non-finite): a claim that could not be evaluated is recorded as
-such, never dropped.
+such, never dropped. A claim about every seed is checked per seed
+(:meth:`Claims.per_seed`) and states how many of the seeds it held on, with the
+spread of the measured values.
+
+A claims file records the parameters it was measured with (profile, every
+override of it, cache version: ``Profile.parameters()``). A notebook re-run with
+other parameters writes ``<notebook>@<hash>.json`` beside the default file instead of
+overwriting it, and :func:`ledger` marks which rows were measured at the profile's
+defaults (``default``), so that a book's ledger never presents them as the profile's.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -57,9 +67,43 @@ class Claims:
     [('BP passes on every seed', 'held', 'trustworthy')]
     """
 
-    def __init__(self, notebook: str, profile: str) -> None:
-        self.notebook, self.profile = notebook, profile
+    def __init__(self, notebook: str, profile) -> None:
+        """``profile``: the :class:`~faeval.profiles.Profile` the notebook ran (its parameters are
+        recorded), or a profile name (then recorded as that profile's defaults)."""
+        from .config import CACHE_VERSION
+
+        self.notebook = notebook
+        if isinstance(profile, str):
+            self.profile, self.parameters = profile, {"profile": profile, "overrides": {},
+                                                      "cache_version": CACHE_VERSION}
+        else:
+            self.profile, self.parameters = profile.name, profile.parameters()
         self.rows: list[dict] = []
+
+    @property
+    def default(self) -> bool:
+        """Whether these claims were measured at the profile's defaults and the current cache version."""
+        from .config import CACHE_VERSION
+
+        return not self.parameters["overrides"] and self.parameters["cache_version"] == CACHE_VERSION
+
+    def per_seed(self, claim: str, values: Mapping, holds: Callable, fmt: str = "{:.3g}",
+                 paper_key: str | None = None, reason: str | None = None) -> dict:
+        """A claim about every seed: ``holds(value)`` per seed of ``values`` (``{seed: value}``).
+
+        Held when it holds on every seed; ``ours`` states k of n seeds, the spread
+        (min-max of numeric values) and each seed's value, e.g.
+        ``2/3 seeds; 7.6-70.9 (s42 70.9, s123 7.6, s456 51.2)``. A non-finite or missing
+        value counts as not holding on that seed.
+        """
+        if not values:
+            return self.check(claim, None, "", paper_key, reason or "no seeds were measured")
+        ok = {s: _holds(holds, v) for s, v in values.items()}
+        k, n = sum(ok.values()), len(ok)
+        nums = [float(v) for v in values.values() if _number(v)]
+        spread = f"; {fmt.format(min(nums))}-{fmt.format(max(nums))}" if len(nums) > 1 else ""
+        each = ", ".join(f"s{s} {fmt.format(v) if _number(v) else v}" for s, v in values.items())
+        return self.check(claim, k == n, f"{k}/{n} seeds{spread} ({each})", paper_key, reason)
 
     def check(self, claim: str, held: bool | None, ours: str, paper_key: str | None = None,
               reason: str | None = None) -> dict:
@@ -90,16 +134,23 @@ class Claims:
             return self.check(claim, None, ours, paper_key, reason or "could not be evaluated")
         return self.check(claim, held, ours, paper_key, reason)
 
+    def filename(self) -> str:
+        """``<notebook>.json`` at the profile's defaults, else ``<notebook>@<8 hex of the parameters>.json``."""
+        if self.default:
+            return f"{self.notebook}.json"
+        blob = json.dumps(self.parameters, sort_keys=True, default=str).encode()
+        return f"{self.notebook}@{hashlib.sha256(blob).hexdigest()[:8]}.json"
+
     def save(self, results_dir=None) -> Path:
-        """Write ``<results_dir>/claims/<notebook>.json`` atomically; returns its path."""
+        """Write ``<results_dir>/claims/<filename()>`` atomically; returns its path."""
         out = claims_dir(results_dir)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{self.notebook}.json"
+        path = out / self.filename()
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{self.notebook}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump({"notebook": self.notebook, "profile": self.profile, "claims": self.rows}, f, indent=1,
-                          default=str)
+                json.dump({"notebook": self.notebook, "profile": self.profile, "parameters": self.parameters,
+                           "claims": self.rows}, f, indent=1, default=str)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -124,12 +175,40 @@ class Claims:
         return self.table().to_html(index=False)
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _holds(holds: Callable, v) -> bool:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return False
+    return bool(holds(v))
+
+
+def describe_parameters(parameters: Mapping) -> str:
+    """``"defaults"`` or the overrides, e.g. ``"seeds=[7], methods=['bp', 'dfa']"`` (+ a stale cache)."""
+    from .config import CACHE_VERSION
+
+    parts = [f"{k}={v}" for k, v in parameters.get("overrides", {}).items()]
+    if parameters.get("cache_version") != CACHE_VERSION:
+        parts.append(f"cache version {parameters.get('cache_version')} (current {CACHE_VERSION})")
+    return ", ".join(parts) or "defaults"
+
+
 def ledger(results_dir=None):
-    """Every saved claims file under ``<results_dir>/claims/`` as one table."""
+    """Every saved claims file under ``<results_dir>/claims/`` as one table.
+
+    ``parameters`` describes what each row was measured with (:func:`describe_parameters`);
+    ``default`` is True for rows measured at their profile's defaults and the current cache
+    version, the only rows a book's ledger presents as the profile's.
+    """
     import pandas as pd
 
     rows = []
     for path in sorted(claims_dir(results_dir).glob("*.json")):
-        rows += json.loads(path.read_text())["claims"]
-    cols = ["notebook", "claim", "paper", "ours", "status", "profile", "reason"]
+        data = json.loads(path.read_text())
+        params = data.get("parameters", {"profile": data.get("profile"), "overrides": {}, "cache_version": None})
+        label = describe_parameters(params)
+        rows += [{**r, "parameters": label, "default": label == "defaults"} for r in data["claims"]]
+    cols = ["notebook", "claim", "paper", "ours", "status", "profile", "reason", "parameters", "default"]
     return pd.DataFrame(rows, columns=cols)

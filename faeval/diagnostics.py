@@ -35,10 +35,25 @@ __all__ = [
     "median_hidden_norms", "bp_grads", "median_bp_grad_norms", "max_block_growth", "direction_stability",
     "gamma_per_layer", "gamma_of", "GammaResult", "gamma_aggregations", "perturbation_rho", "nudging",
     "parameter_drift", "null_calibration", "snapshot", "Snapshot", "measure", "stability_of", "check_xy",
-    "deep_mean",
+    "deep_mean", "layer_mean", "no_credit", "no_credit_layers", "NO_CREDIT",
 ]
 
 _TINY = 1e-30   # guards a division by exactly zero; never a clamp that changes a real value
+#: a layer receives *no credit* when every sample's credit norm is at most this fraction of the
+#: median per-sample BP-gradient norm there (exact zero included): its Gamma is undefined (NaN,
+#: shown as "no credit"), not 0, and every Gamma aggregate leaves it out
+NO_CREDIT = 1e-6
+
+
+def no_credit(credit: torch.Tensor, grad: torch.Tensor) -> bool:
+    """Whether ``credit`` (per-sample rows) is no credit at all against the BP gradient ``grad``."""
+    cn = credit.detach().flatten(1).double().norm(dim=1)
+    gn = grad.detach().flatten(1).double().norm(dim=1)
+    return bool(cn.max() <= NO_CREDIT * gn.median())
+
+
+def _layer_gamma(per_sample: torch.Tensor, none: bool) -> float:
+    return math.nan if none else per_sample.mean().item()
 
 
 class MissingAuxStateError(RuntimeError):
@@ -310,13 +325,14 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
     samples (each batch's mean-CE convention), e.g. for Gamma, whose per-sample
     cosine does not depend on the batch scale. With ``credit_fn(x, y) -> credit``
     (a learning rule's ``credit``) it also returns ``gamma_per_sample``: per layer,
-    the per-sample cosine of that credit with the BP gradient, batch by batch.
+    the per-sample cosine of that credit with the BP gradient, batch by batch, and
+    ``no_credit``: per layer, whether the credit there is none at all (:data:`NO_CREDIT`).
     """
     tap = tap or Tap(model)
     check_xy(x, y)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
-    hn, gn, dirs, losses, kept, cos, correct = [], [], [], [], [], [], 0
+    hn, gn, dirs, losses, kept, cos, cn, gfull, correct = [], [], [], [], [], [], [], [], 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         hs, grads, per_sample, logits = _bp_pass(tap, xb, yb)
@@ -332,6 +348,8 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
         if credit_fn is not None:
             credit = _check_credit(credit_fn(xb, yb), len(grads))
             cos.append([per_sample_cosine(a, g) for a, g in zip(credit, grads)])
+            cn.append([a.detach().flatten(1).double().norm(dim=1) for a in credit])
+            gfull.append([g.detach().flatten(1).double().norm(dim=1) for g in grads])
     out = {
         "hidden_norms": [_median_inf(torch.cat(col)) for col in zip(*hn)],
         "bp_grad_norms": [_median_nan(torch.cat(col)) for col in zip(*gn)],
@@ -346,6 +364,8 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
         out["grads"] = [torch.cat(col) for col in zip(*kept)]
     if credit_fn is not None:
         out["gamma_per_sample"] = [torch.cat(col) for col in zip(*cos)]
+        out["no_credit"] = [bool(torch.cat(c).max() <= NO_CREDIT * torch.cat(g).median())
+                            for c, g in zip(zip(*cn), zip(*gfull))]
     return out
 
 
@@ -425,8 +445,13 @@ class GammaResult:
         return deep_mean(self.mean)
 
     def layer_mean(self) -> float:
-        """Mean over all layers 0..L of the per-layer means."""
-        return float(sum(self.mean) / len(self.mean))
+        """Mean over all layers 0..L of the per-layer means (layers without credit left out)."""
+        return layer_mean(self.mean)
+
+    @property
+    def no_credit(self) -> list[int]:
+        """Layers that received no credit (:data:`NO_CREDIT`): their Gamma is NaN, not 0."""
+        return no_credit_layers(self.mean)
 
     def as_dict(self) -> dict:
         return {"aggregate": self.aggregate, "mean": self.mean, "std": self.std,
@@ -454,7 +479,7 @@ def gamma_per_layer(credit: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
     credit = _check_credit(credit, len(grads))
     per = [per_sample_cosine(a, g) for a, g in zip(credit, grads)]
     return GammaResult(
-        mean=[p.mean().item() for p in per],
+        mean=[_layer_gamma(p, no_credit(a, g)) for p, a, g in zip(per, credit, grads)],
         std=[p.std(correction=0).item() for p in per],
         ref_norm=[_median_or_nan(g) for g in grads],
         credit_norm=[_median_or_nan(a) for a in credit],
@@ -617,12 +642,31 @@ def null_calibration(grads: Sequence[torch.Tensor], draw_credit: Callable[[torch
 def deep_mean(per_layer: Sequence[float]) -> float:
     """The "deep" aggregate of a per-layer quantity: the mean over layers 1..L, the embedding
     state h_0 excluded (it can dominate an all-layer mean: pitfall 6). With one layer, that layer.
+    Layers that received no credit (NaN) are left out (:func:`no_credit_layers` names them);
+    NaN when none is left.
 
     >>> deep_mean([0.9, 0.1, 0.3])
     0.2
+    >>> deep_mean([0.9, float("nan"), 0.3]), no_credit_layers([0.9, float("nan"), 0.3])
+    (0.3, [1])
     """
-    rest = list(per_layer[1:]) or list(per_layer[:1])
-    return float(sum(rest) / len(rest))
+    rest = [v for v in (list(per_layer[1:]) or list(per_layer[:1])) if not _is_nan(v)]
+    return float(sum(rest) / len(rest)) if rest else math.nan
+
+
+def _is_nan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def layer_mean(per_layer: Sequence[float]) -> float:
+    """The mean of a per-layer quantity over all layers 0..L, layers without credit (NaN) left out."""
+    rest = [v for v in per_layer if not _is_nan(v)]
+    return float(sum(rest) / len(rest)) if rest else math.nan
+
+
+def no_credit_layers(per_layer: Sequence[float]) -> list[int]:
+    """The layers whose Gamma is undefined because they received no credit (NaN entries)."""
+    return [l for l, v in enumerate(per_layer) if _is_nan(v)]
 
 
 @dataclass
@@ -631,8 +675,8 @@ class Snapshot:
 
     Norms follow :func:`measure` (median over samples of per-sample L2 norms, BP
     gradients of each batch's mean CE); ``gamma`` is per layer (mean over samples of
-    the per-sample cosine of the rule's credit with the BP gradient), ``None`` when no
-    credit was measured. Stored as JSON (:meth:`to_dict` / :meth:`from_dict`).
+    the per-sample cosine of the rule's credit with the BP gradient; NaN at a layer that
+    received no credit), ``None`` when no credit was measured. Stored as JSON (:meth:`to_dict` / :meth:`from_dict`).
     """
 
     hidden_norms: list[float]
@@ -658,7 +702,12 @@ class Snapshot:
     @property
     def layer_mean_gamma(self) -> float | None:
         """Mean of the per-layer Gamma over all layers 0..L (the status-quo headline); None without Gamma."""
-        return None if not self.gamma else float(sum(self.gamma) / len(self.gamma))
+        return None if not self.gamma else layer_mean(self.gamma)
+
+    @property
+    def no_credit(self) -> list[int]:
+        """Layers whose credit was none at all (:data:`NO_CREDIT`): Gamma NaN, left out of every mean."""
+        return [] if not self.gamma else no_credit_layers(self.gamma)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -692,7 +741,7 @@ def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, credit: Sequ
     if credit is not None:
         gamma = gamma_per_layer(credit, m["grads"]).mean
     if credit_fn is not None:
-        gamma = [c.mean().item() for c in m["gamma_per_sample"]]
+        gamma = [_layer_gamma(c, none) for c, none in zip(m["gamma_per_sample"], m["no_credit"])]
     return Snapshot(hidden_norms=m["hidden_norms"], bp_grad_norms=m["bp_grad_norms"],
                     max_block_growth=max_block_growth(m["hidden_norms"]), g_L=m["bp_grad_norms"][-1],
                     stability=stability_of(m["batch_mean_grads"]) if len(m["batch_mean_grads"]) >= 2 else None,

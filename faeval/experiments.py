@@ -113,7 +113,7 @@ def fa_vs_dfa(P) -> dict:
 
 @chapter("calibration")
 def calibration(P) -> dict:
-    """DFA, BP and frozen on every calibration candidate at the profile's horizon, first seed:
+    """DFA, BP and frozen on every calibration candidate at the profile's horizon, every seed:
     ``{(candidate, seed, method): config}``."""
     sub = {"subset": P.base["subset"]} if P.base.get("subset") else {}
-    return {"runs": calibration_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds[:1], **sub)}
+    return {"runs": calibration_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds, **sub)}

@@ -58,6 +58,7 @@ class Profile:
     device: str | None = None
     results: str | None = None
     progress: bool = True
+    overrides: Mapping = field(default_factory=dict)   # what get_profile changed (the claims record it)
 
     # ------------------------------------------------------------------ runs
     def config(self, method: str, seed: int, **overrides) -> dict:
@@ -118,6 +119,13 @@ class Profile:
 
         return planned_runs(self)
 
+    def parameters(self) -> dict:
+        """What a result measured at this profile was measured with: the profile's name, every
+        override given to :func:`get_profile` and the run store's cache version."""
+        from .config import CACHE_VERSION
+
+        return {"profile": self.name, "overrides": dict(self.overrides), "cache_version": CACHE_VERSION}
+
     def summary(self) -> str:
         lines = [f"profile {self.name!r}: {self.description}",
                  f"  runs: {_fmt_cfg(self.base)}; seeds {list(self.seeds)}; {self.epochs} epochs",
@@ -170,7 +178,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
         description="Fashion-MNIST with 40% label noise, sized for a 2-core CPU (see the calibration appendix)",
         base={"dataset": "fashion-mnist", "label_noise": 0.4, "arch": "resmlp", "width": 256, "depth": 4,
               **_RECIPE, "eval_n": 1280},
-        seeds=(42, 123), epochs=8, methods=_AUDIT,
+        seeds=(42, 123, 456), epochs=8, methods=_AUDIT,
         sizes=_sizes(penalty_epochs=8, lambdas=_LAMBDAS, depths=(2, 4, 8), assay_epochs=3, calibration_steps=3752,
                      cross_arch={
             "ResMLP d=256": {},
@@ -184,7 +192,6 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             "Fashion-MNIST (28x28x1, flattened to 784) instead of CIFAR-10 (3072), no augmentation",
             "40% of the training labels replaced by random classes (the test set is clean)",
             "8 epochs (3,752 steps) instead of 100; the penalty sweep also 8 instead of 30",
-            "2 seeds (42, 123) instead of 3",
             "ViT-Mini: a 10,000-image training subset, 4 epochs; SmallCNN: 5,000 images, 4 epochs",
         ),
     ),
@@ -229,6 +236,9 @@ def get_profile(name: str = "quick", *, dataset: str | None = None, arch: str | 
 
     _valid("profile", name, list(PROFILES))
     p = PROFILES[name]
+    given = {"dataset": dataset, "arch": arch, "methods": methods, "seeds": seeds, "epochs": epochs}
+    overrides = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in {**given, **base_overrides}.items()
+                 if v is not None}
     base = dict(p.base)
     if dataset is not None:
         _valid("dataset", dataset, list(DATASETS))
@@ -237,7 +247,8 @@ def get_profile(name: str = "quick", *, dataset: str | None = None, arch: str | 
         _valid("arch", arch, list(ARCHS))
         base = {**rebase(base, {"arch": arch}), "arch": arch}
     base.update(base_overrides)
-    changes: dict = {"base": base, "device": device, "results": results_dir, "progress": progress}
+    changes: dict = {"base": base, "device": device, "results": results_dir, "progress": progress,
+                     "overrides": overrides}
     if methods is not None:
         for m in methods:
             _valid("method", m, list(METHODS))

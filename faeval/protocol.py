@@ -20,6 +20,12 @@ reference) but does not decide the verdict, because it is not a clean
 discriminator: healthy BP runs can exceed the ceiling and degenerate runs can
 stay below it. Pass ``verdict_on=("D1", "D2", "C", "D3")`` for the
 four-diagnostic variant. *Mode 1* (measurement degeneracy) is D1 and D2 together.
+
+Two verdict rules (``verdict_rule=``, :data:`VERDICT_RULES`): ``"any"`` (the default)
+fails a run when any verdict diagnostic fires, as the paper's ``FAIL(D1)`` example
+and its CNN walk-back do; ``"mode1_or_d3"`` fails it only on Mode 1 (D1 and D2
+together) or D3, the rule the original artifact's README states. Every report
+carries both verdicts (``report["verdicts"]``).
 Passing does not certify a rule; it rules out this class of silent failure.
 """
 from __future__ import annotations
@@ -36,10 +42,16 @@ import torch.nn as nn
 
 from . import diagnostics as D
 
-__all__ = ["Thresholds", "FAProtocol", "Report", "Monitor", "verdict_from", "DIAGNOSTICS", "VERDICT_ON"]
+__all__ = ["Thresholds", "FAProtocol", "Report", "Monitor", "verdict_from", "DIAGNOSTICS", "VERDICT_ON",
+           "VERDICT_RULES"]
 
 DIAGNOSTICS = ("D1", "D2", "C", "D3")
 VERDICT_ON = ("D1", "D2", "D3")        # the paper's three-diagnostic verdict; C is supplementary
+#: how the fired verdict diagnostics become a verdict
+VERDICT_RULES = {
+    "any": "fails when any verdict diagnostic fires (the paper's FAIL(D1) example and CNN walk-back)",
+    "mode1_or_d3": "fails only on Mode 1 (D1 and D2 together) or D3 (the original artifact's README)",
+}
 _KEYS = {"D1": "D1_scale_growth", "D2": "D2_ref_validity", "C": "C_direction_stability", "D3": "D3_depth_utility"}
 
 
@@ -90,10 +102,33 @@ def fires(diag: str, value: float | None, th: Thresholds, frozen_acc: float | No
     raise ValueError(f"unknown diagnostic {diag!r}; valid: {DIAGNOSTICS}")
 
 
-def verdict_from(fired: Mapping[str, bool | None], on: Sequence[str] = VERDICT_ON) -> str:
-    """'PASS' or 'FAIL(D1+D2...)' from which of the verdict diagnostics ``on`` fired, in protocol order."""
+def check_verdict_rule(rule: str) -> str:
+    if rule not in VERDICT_RULES:
+        raise ValueError(f"verdict_rule={rule!r}: choose one of {', '.join(map(repr, VERDICT_RULES))} "
+                         f"({'; '.join(f'{k}: {v}' for k, v in VERDICT_RULES.items())})")
+    return rule
+
+
+def verdict_from(fired: Mapping[str, bool | None], on: Sequence[str] = VERDICT_ON, rule: str = "any") -> str:
+    """'PASS' or 'FAIL(D1+D2...)' from which of the verdict diagnostics ``on`` fired, in protocol order.
+
+    Under ``rule="mode1_or_d3"`` a run fails only when D1 and D2 both fired (Mode 1) or D3
+    fired; the FAIL names every verdict diagnostic that fired.
+
+    >>> verdict_from({"D1": True, "D2": False, "D3": False})
+    'FAIL(D1)'
+    >>> verdict_from({"D1": True, "D2": False, "D3": False}, rule="mode1_or_d3")
+    'PASS'
+    >>> verdict_from({"D1": True, "D2": True, "D3": False}, rule="mode1_or_d3")
+    'FAIL(D1+D2)'
+    """
     names = [d for d in DIAGNOSTICS if d in on and fired.get(d)]
-    return "PASS" if not names else f"FAIL({'+'.join(names)})"
+    if check_verdict_rule(rule) == "mode1_or_d3":
+        mode1 = "D1" in names and "D2" in names
+        fails = mode1 or "D3" in names
+    else:
+        fails = bool(names)
+    return f"FAIL({'+'.join(names)})" if fails else "PASS"
 
 
 # ---------------------------------------------------------------------------------------
@@ -163,7 +198,10 @@ class Report(Mapping):
         lines = [f"FAProtocol verdict: {self.verdict}{mode1}"]
         for name, val, rule, state in self._rows():
             lines.append(f"  {name:<3} {_KEYS[name]:<22} {val:>12}   fires if {rule:<22} {state}")
-        lines.append(f"  (verdict judged on {'+'.join(self._data['verdict_on'])})")
+        rule = self._data.get("verdict_rule", "any")
+        other = {r: v for r, v in self._data.get("verdicts", {}).items() if r != rule}
+        lines.append(f"  (verdict judged on {'+'.join(self._data['verdict_on'])}, rule {rule!r}"
+                     + "".join(f"; under {r!r}: {v}" for r, v in other.items()) + ")")
         pl = self._data["per_layer"]
         lines.append("  per layer  " + "  ".join(pl["layers"]))
         lines.append("  ||h_l||    " + "  ".join(_fmt(v) for v in pl["hidden_norms"]))
@@ -262,6 +300,9 @@ class FAProtocol:
     * ``thresholds``: a :class:`Thresholds` or a dict overriding some of its fields.
     * ``verdict_on``: the diagnostics that decide the verdict (default D1, D2, D3; C is
       always measured and flagged, and decides the verdict only if listed here).
+    * ``verdict_rule``: ``"any"`` (default: any verdict diagnostic fails the run) or
+      ``"mode1_or_d3"`` (only D1 and D2 together, or D3); see :data:`VERDICT_RULES`.
+      The report holds the verdict under both rules in ``report["verdicts"]``.
     * ``batch_size``/``n_batches``: D1 and D2 are measured on all of ``x_eval`` in
       disjoint batches of ``batch_size`` (BP gradients of each batch's mean CE, the
       scale the D2 floor assumes); C uses the first ``n_batches`` of them (10 x 128).
@@ -271,8 +312,9 @@ class FAProtocol:
                  frozen_baseline_acc: float | None = None, headline_acc: float | None = None,
                  thresholds: Thresholds | Mapping[str, float] | None = None, layers: Sequence[str] | None = None,
                  batch_size: int = 128, n_batches: int = 10, token: str = "cls", spatial: str = "mean",
-                 verdict_on: Sequence[str] = VERDICT_ON) -> None:
+                 verdict_on: Sequence[str] = VERDICT_ON, verdict_rule: str = "any") -> None:
         D.check_xy(x_eval, y_eval)
+        self.verdict_rule = check_verdict_rule(verdict_rule)
         bad = [d for d in verdict_on if d not in DIAGNOSTICS]
         if bad or not verdict_on:
             raise ValueError(f"verdict_on={tuple(verdict_on)}: choose a non-empty subset of {DIAGNOSTICS}")
@@ -318,7 +360,9 @@ class FAProtocol:
         }
         fired = {d: (diag[_KEYS[d]] or {}).get("fired") for d in DIAGNOSTICS}
         data = {
-            "verdict": verdict_from(fired, self.verdict_on),
+            "verdict": verdict_from(fired, self.verdict_on, self.verdict_rule),
+            "verdict_rule": self.verdict_rule,
+            "verdicts": {r: verdict_from(fired, self.verdict_on, r) for r in VERDICT_RULES},
             "verdict_on": list(self.verdict_on),
             "fired": [d for d in self.verdict_on if fired[d]],
             "flagged_supplementary": [d for d in DIAGNOSTICS if d not in self.verdict_on and fired[d]],
@@ -347,13 +391,17 @@ class Monitor:
     ``stop_on`` has fired, so a trainer can stop. :meth:`replay` runs a stored
     history through the same logic. D3 compares final accuracies and is judged by
     :class:`FAProtocol`, not per epoch.
+
+    ``verdict_rule="mode1_or_d3"`` (:data:`VERDICT_RULES`) stops on D1 or D2 only once both
+    have fired (Mode 1), at the same or at different epochs; C in ``stop_on`` still stops at once.
     """
 
     PER_EPOCH = ("D1", "D2", "C")
 
     def __init__(self, thresholds: Thresholds | Mapping[str, float] | None = None,
-                 stop_on: Iterable[str] = ()) -> None:
+                 stop_on: Iterable[str] = (), verdict_rule: str = "any") -> None:
         self.thresholds = Thresholds.from_any(thresholds)
+        self.verdict_rule = check_verdict_rule(verdict_rule)
         self.stop_on = tuple(stop_on)
         bad = [d for d in self.stop_on if d not in self.PER_EPOCH]
         if bad:
@@ -383,6 +431,11 @@ class Monitor:
             if f and self.first_fired[d] is None:
                 self.first_fired[d] = epoch
         stop = any(state.get(d) for d in self.stop_on)
+        if self.verdict_rule == "mode1_or_d3":
+            mode1 = self.first_fired["D1"] is not None and self.first_fired["D2"] is not None
+            stop = bool(state.get("C") and "C" in self.stop_on) or (
+                mode1 and any(state.get(d) or self.first_fired[d] is not None
+                              for d in self.stop_on if d in ("D1", "D2")))
         if stop and self.stopped_at is None:
             self.stopped_at = epoch
         return stop

@@ -67,7 +67,7 @@ class Run:
                  f"test_acc {f['test_acc']:.4f}", f"|h_L| {d.h_L:.3g}",
                  f"max growth {d.max_block_growth:.3g}", f"g_L {d.g_L:.3g}"]
         if d.gamma is not None:
-            parts.append("Gamma " + "/".join(f"{g:+.2f}" for g in d.gamma))
+            parts.append("Gamma " + "/".join("none" if math.isnan(g) else f"{g:+.2f}" for g in d.gamma))
         if self.stopped:
             parts.append(f"stopped: {self.stopped}")
         return "  ".join(parts)

@@ -69,7 +69,9 @@ def test_quick_profile_lists_its_deviations_from_the_paper():
     q = PROFILES["quick"]
     text = " ".join(q.deviations)
     assert f"{round(100 * q.base['label_noise'])}% of the training labels" in text
-    assert f"{q.epochs} epochs" in text and f"{len(q.seeds)} seeds" in text
+    assert f"{q.epochs} epochs" in text
+    # a seed count that differs from the paper's is a deviation the book states; the paper's is not
+    assert (f"{len(q.seeds)} seeds" in text) == (q.seeds != PROFILES["paper"].seeds)
     assert q.base["label_noise"] == CANDIDATES["label_noise"].config["label_noise"]
     paper = PROFILES["paper"]
     assert paper.seeds == (42, 123, 456) and paper.epochs == 100 and paper.sizes["penalty"]["epochs"] == 30
@@ -165,3 +167,38 @@ def test_planned_runs_are_the_union_of_the_chapters(name):
     assert len(planned) == len(set(planned)) and set(planned) == union
     with pytest.raises(ValueError, match="unknown chapter 'penalti'; chapters with runs: audit, calibration"):
         p.plan("penalti")
+
+
+def test_a_per_seed_claim_states_k_of_n_and_the_spread():
+    claims = C.Claims("01_audit", "quick")
+    row = claims.per_seed("DFA fires D1 on every seed", {42: 70.9, 123: 7.6, 456: 51.2}, lambda v: v > 50,
+                          "{:.3g}", "audit.growth.dfa")
+    assert row["status"] == "not held"
+    assert row["ours"] == "2/3 seeds; 7.6-70.9 (s42 70.9, s123 7.6, s456 51.2)"
+    assert claims.per_seed("all", {1: 60.0, 2: 61.0}, lambda v: v > 50)["status"] == "held"
+    # a non-finite value does not hold (a NaN comparison would silently say False anyway; inf says True)
+    assert claims.per_seed("inf", {1: float("inf"), 2: 60.0}, lambda v: v > 50)["ours"].startswith("1/2 seeds")
+    assert claims.per_seed("verdicts", {1: "PASS", 2: "FAIL(D1)"}, lambda v: v == "PASS")["ours"] == \
+        "1/2 seeds (s1 PASS, s2 FAIL(D1))"
+
+
+def test_claims_record_their_parameters_and_overrides_do_not_overwrite_the_defaults(tmp_path):
+    from faeval.config import CACHE_VERSION
+
+    default = C.Claims("01_audit", get_profile("smoke"))
+    default.check("x", True, "1")
+    assert default.parameters == {"profile": "smoke", "overrides": {}, "cache_version": CACHE_VERSION}
+    other = C.Claims("01_audit", get_profile("smoke", seeds=[7], methods=["bp", "dfa"]))
+    other.check("x", False, "0")
+    p1, p2 = default.save(tmp_path), other.save(tmp_path)
+    assert p1.name == "01_audit.json" and p2.name.startswith("01_audit@") and p1 != p2
+    assert json.loads(p2.read_text())["parameters"]["overrides"] == {"methods": ["bp", "dfa"], "seeds": [7]}
+    table = C.ledger(tmp_path)
+    assert table.set_index("parameters")["status"].to_dict() == {"defaults": "held",
+                                                                  "methods=['bp', 'dfa'], seeds=[7]": "not held"}
+    assert table[table["default"]]["status"].tolist() == ["held"]
+    # a file from an older cache version is not the profile's either
+    stale = json.loads(p1.read_text())
+    stale["parameters"]["cache_version"] = CACHE_VERSION - 1
+    p1.write_text(json.dumps(stale))
+    assert not C.ledger(tmp_path)["default"].any()

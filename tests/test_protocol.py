@@ -454,3 +454,61 @@ def test_row_from_report(xy):
     r = FAProtocol(_resmlp(), x, y, frozen_baseline_acc=0.1).run()
     row = row_from_report(r, "init", gamma=0.0, num_classes=10)
     assert row["growth"] == r["diagnostics"]["D1_scale_growth"]["value"] and row["frozen_acc"] == 0.1
+
+
+# --------------------------------------------------------------------------- no credit, verdict rules
+def test_a_layer_without_credit_has_no_gamma_not_zero_gamma():
+    """EP with 2 relaxation steps on 4 blocks nudges only h_3 and h_4: h_0..h_2 get exactly zero credit,
+    which is 'no credit' (NaN, left out of every mean), not a Gamma of 0."""
+    from faeval import build_method
+
+    model = _resmlp(width=32, depth=4)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 28, 28, generator=g), torch.randint(10, (64,), generator=g)
+    rule = build_method("ep", model, steps=2, beta=0.5)
+    gam = D.gamma_of(rule, model, x, y)
+    assert gam.no_credit == [0, 1, 2] and all(math.isnan(v) for v in gam.mean[:3])
+    assert gam.mean[3] > 0.9 and gam.mean[4] > 0.9
+    assert gam.deep_mean() == pytest.approx((gam.mean[3] + gam.mean[4]) / 2)
+    assert gam.layer_mean() == pytest.approx(gam.deep_mean())
+    snap = D.snapshot(model, x, y, credit_fn=rule.credit)
+    assert snap.no_credit == [0, 1, 2] and snap.deep_gamma == pytest.approx(gam.deep_mean())
+    assert D.Snapshot.from_dict(json.loads(json.dumps(snap.to_dict()))).no_credit == [0, 1, 2]
+    # with enough steps every layer gets credit again
+    full = D.gamma_of(build_method("ep", model, steps=10, beta=0.5), model, x, y)
+    assert full.no_credit == [] and min(full.mean) > 0.9
+
+
+def test_the_two_verdict_rules():
+    from faeval.protocol import VERDICT_RULES, verdict_from
+
+    d1_only = {"D1": True, "D2": False, "C": False, "D3": False}
+    assert verdict_from(d1_only) == "FAIL(D1)" and verdict_from(d1_only, rule="mode1_or_d3") == "PASS"
+    assert verdict_from({**d1_only, "D2": True}, rule="mode1_or_d3") == "FAIL(D1+D2)"
+    assert verdict_from({**d1_only, "D3": True}, rule="mode1_or_d3") == "FAIL(D1+D3)"
+    with pytest.raises(ValueError, match="verdict_rule='strict'.*'any'.*'mode1_or_d3'"):
+        verdict_from(d1_only, rule="strict")
+    x, y = torch.randn(256, 1, 28, 28), torch.randint(10, (256,))
+    report = FAProtocol(_resmlp(), x, y, frozen_baseline_acc=0.9, verdict_rule="mode1_or_d3").run()
+    assert report["verdict_rule"] == "mode1_or_d3" and set(report["verdicts"]) == set(VERDICT_RULES)
+    assert report.verdict == report["verdicts"]["mode1_or_d3"] == "FAIL(D3)"   # D3 fails under both
+    assert "under 'any': FAIL(D3)" in str(report)
+    with pytest.raises(ValueError, match="verdict_rule"):
+        FAProtocol(_resmlp(), x, y, verdict_rule="all")
+
+
+def _snap(growth, g_L):
+    return D.Snapshot(hidden_norms=[1.0, growth], bp_grad_norms=[1.0, g_L], max_block_growth=growth, g_L=g_L,
+                      stability=0.0, loss=1.0, acc=0.5, aggregate="test")
+
+
+def test_monitor_under_mode1_or_d3_stops_when_d1_and_d2_have_both_fired():
+    # D1 fires at epoch 1, D2 only at epoch 3
+    history = [_snap(2.0, 1e-3), _snap(80.0, 1e-3), _snap(90.0, 1e-5), _snap(95.0, 1e-8), _snap(99.0, 1e-9)]
+    any_rule = Monitor(stop_on=("D1", "D2"))
+    mode1 = Monitor(stop_on=("D1", "D2"), verdict_rule="mode1_or_d3")
+    stops_any = [e for e, s in enumerate(history) if any_rule(e, s)]
+    stops_mode1 = [e for e, s in enumerate(history) if mode1(e, s)]
+    assert any_rule.stopped_at == 1 and stops_any[0] == 1
+    assert mode1.stopped_at == 3 and stops_mode1[0] == 3
+    assert mode1.first_fired == any_rule.first_fired == {"D1": 1, "D2": 3, "C": None}
