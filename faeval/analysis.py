@@ -156,7 +156,10 @@ def audit_rows(runs: Mapping, x, y, frozen_acc: Mapping[int, float] | None = Non
     ``runs`` maps ``(method, seed)`` to a Run; ``frozen_acc`` maps a seed to its
     frozen-blocks baseline accuracy. The headline accuracy is the run's test accuracy
     (whole test split); ``gamma`` is the layer mean of the final snapshot's per-layer
-    Gamma (the status-quo headline) and ``gamma_layers`` the per-layer values.
+    Gamma (the status-quo headline) and ``gamma_layers`` the per-layer values (NaN at a
+    layer that received no credit; ``no_credit`` lists those layers, which the mean leaves
+    out). ``verdict`` is judged under the default rule ``"any"``, ``verdict_mode1_or_d3``
+    under the original artifact's rule (:data:`~faeval.protocol.VERDICT_RULES`).
     """
     from .protocol import FAProtocol
 
@@ -167,8 +170,9 @@ def audit_rows(runs: Mapping, x, y, frozen_acc: Mapping[int, float] | None = Non
         snap = run.history[-1]["diag"]
         rows.append(row_from_report(report, f"{method}/s{seed}", method=method, seed=seed,
                                     num_classes=run.model.out_head.out_features,
-                                    gamma=snap.layer_mean_gamma, gamma_layers=snap.gamma,
-                                    verdict=report.verdict, fired=report.fired, stopped=run.stopped))
+                                    gamma=snap.layer_mean_gamma, gamma_layers=snap.gamma, no_credit=snap.no_credit,
+                                    verdict=report.verdict, verdict_mode1_or_d3=report["verdicts"]["mode1_or_d3"],
+                                    fired=report.fired, stopped=run.stopped))
     return rows
 
 

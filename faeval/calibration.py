@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from .protocol import Monitor, Thresholds
 
-__all__ = ["Candidate", "CANDIDATES", "run_config", "plan", "summarise", "summarise_all", "calibrate", "first_firing"]
+__all__ = ["Candidate", "CANDIDATES", "run_config", "plan", "summarise", "summarise_all", "calibrate", "first_firing",
+           "choose"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,36 @@ def summarise_all(runs: Mapping[tuple, object], thresholds=None) -> list[dict]:
         groups.setdefault((name, seed), {})[method] = run
     return [{**summarise(name, by_method, thresholds), "seed": seed, "label": _candidate(name).label,
              "kind": _candidate(name).kind} for (name, seed), by_method in groups.items()]
+
+
+def _rule_holds(row: Mapping) -> bool:
+    """The choice rule on one (candidate, seed) row: DFA fires D1 or D2, and BP fires nothing."""
+    return bool(row.get("D1") or row.get("D2")) and not row.get("bp_fires")
+
+
+def choose(rows: Sequence[Mapping]) -> tuple[str | None, list[dict]]:
+    """The calibration's choice rule over :func:`summarise_all`'s rows.
+
+    A candidate qualifies when, on every seed it was run on, DFA fires D1 or D2 within
+    the horizon while BP passes (fires neither D1 nor D2, and clears the frozen baseline
+    by the D3 margin); only candidates of kind ``"candidate"`` may be chosen, and the
+    first that qualifies, in the order of :data:`CANDIDATES`, is chosen. Returns the
+    chosen name (None when none qualifies) and one row per candidate: how many seeds the
+    rule held on, of how many, and whether it qualifies.
+    """
+    per: dict[str, list[Mapping]] = {}
+    for r in rows:
+        per.setdefault(r["candidate"], []).append(r)
+    table = []
+    for name, rs in per.items():
+        k = sum(_rule_holds(r) for r in rs)
+        kind = _candidate(name).kind
+        table.append({"candidate": name, "label": _candidate(name).label, "kind": kind, "seeds": len(rs),
+                      "rule holds on": k, "qualifies": kind == "candidate" and k == len(rs)})
+    order = list(CANDIDATES)
+    eligible = sorted((t for t in table if t["qualifies"]), key=lambda t: order.index(t["candidate"])
+                      if t["candidate"] in order else len(order))
+    return (eligible[0]["candidate"] if eligible else None), table
 
 
 def calibrate(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *, steps: int, seeds=(42,),

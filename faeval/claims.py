@@ -88,21 +88,23 @@ class Claims:
         return not self.parameters["overrides"] and self.parameters["cache_version"] == CACHE_VERSION
 
     def per_seed(self, claim: str, values: Mapping, holds: Callable, fmt: str = "{:.3g}",
-                 paper_key: str | None = None, reason: str | None = None) -> dict:
+                 paper_key: str | None = None, reason: str | None = None, missing: str = "none") -> dict:
         """A claim about every seed: ``holds(value)`` per seed of ``values`` (``{seed: value}``).
 
         Held when it holds on every seed; ``ours`` states k of n seeds, the spread
-        (min-max of numeric values) and each seed's value, e.g.
-        ``2/3 seeds; 7.6-70.9 (s42 70.9, s123 7.6, s456 51.2)``. A non-finite or missing
-        value counts as not holding on that seed.
+        (min to max of numeric values) and each seed's value, e.g.
+        ``2/3 seeds; 7.6 to 70.9 (s42 70.9, s123 7.6, s456 51.2)``. A non-finite or missing
+        value counts as not holding on that seed; a missing one (None) is shown as ``missing``.
         """
         if not values:
             return self.check(claim, None, "", paper_key, reason or "no seeds were measured")
         ok = {s: _holds(holds, v) for s, v in values.items()}
         k, n = sum(ok.values()), len(ok)
         nums = [float(v) for v in values.values() if _number(v)]
-        spread = f"; {fmt.format(min(nums))}-{fmt.format(max(nums))}" if len(nums) > 1 else ""
-        each = ", ".join(f"s{s} {fmt.format(v) if _number(v) else v}" for s, v in values.items())
+        lo, hi = (fmt.format(min(nums)), fmt.format(max(nums))) if len(nums) > 1 else ("", "")
+        spread = "" if not lo else f"; all {lo}" if lo == hi else f"; {lo} to {hi}"
+        each = ", ".join(f"s{s} {fmt.format(v) if _number(v) else missing if v is None else v}"
+                         for s, v in values.items())
         return self.check(claim, k == n, f"{k}/{n} seeds{spread} ({each})", paper_key, reason)
 
     def check(self, claim: str, held: bool | None, ours: str, paper_key: str | None = None,

@@ -688,11 +688,26 @@ class Snapshot:
     acc: float
     aggregate: str
     gamma: list[float] | None = None
+    batch_size: int = 128            # the eval batches whose mean CE the BP gradients are of
 
     @property
     def h_L(self) -> float:
         """Median per-sample norm of the deepest hidden state."""
         return self.hidden_norms[-1]
+
+    def g_L_at(self, batch: int) -> float:
+        """D2's value read at the scale of batches of ``batch`` samples.
+
+        The per-sample BP gradient of a batch's *mean* CE is 1/B of that sample's own loss
+        gradient, and in eval mode every model here treats samples independently, so the
+        median per-sample norm measured on batches of ``batch_size`` reads
+        ``g_L * batch_size / batch`` on batches of ``batch``: the paper's audit used 128,
+        its per-epoch logs about 1,024 samples per batch (8x smaller).
+
+        >>> Snapshot([1.0, 2.0], [1e-3, 8e-7], 2.0, 8e-7, None, 1.0, 0.5, "").g_L_at(1024)
+        1e-07
+        """
+        return self.g_L * self.batch_size / batch
 
     @property
     def deep_gamma(self) -> float | None:
@@ -745,4 +760,4 @@ def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, credit: Sequ
     return Snapshot(hidden_norms=m["hidden_norms"], bp_grad_norms=m["bp_grad_norms"],
                     max_block_growth=max_block_growth(m["hidden_norms"]), g_L=m["bp_grad_norms"][-1],
                     stability=stability_of(m["batch_mean_grads"]) if len(m["batch_mean_grads"]) >= 2 else None,
-                    loss=m["loss"], acc=m["acc"], aggregate=m["aggregate"], gamma=gamma)
+                    loss=m["loss"], acc=m["acc"], aggregate=m["aggregate"], gamma=gamma, batch_size=batch_size)

@@ -11,9 +11,13 @@ from collections.abc import Mapping, Sequence
 
 from .protocol import Thresholds
 
-__all__ = ["history_frame", "audit_figure", "trajectory_figure", "METRIC_LABELS"]
+__all__ = ["history_frame", "audit_figure", "trajectory_figure", "METRIC_LABELS", "PAPER_LOG_BATCH"]
 
-METRIC_LABELS = {"h_L": "median ||h_L||", "g_L": "median ||g_L|| (BP)", "growth": "max per-block growth",
+#: the batch size of the paper's per-epoch logs, at which its g_L reads about 8x below batch 128
+PAPER_LOG_BATCH = 1024
+
+METRIC_LABELS = {"h_L": "median ||h_L||", "g_L": "median ||g_L|| (BP, batch 128)",
+                 "g_L_1024": "median ||g_L|| at batch 1,024 (the paper's logs)", "growth": "max per-block growth",
                  "test_acc": "test accuracy", "deep_gamma": "deep-layer Gamma", "stability": "C stability"}
 
 
@@ -23,8 +27,9 @@ def history_frame(runs: Mapping):
     ``runs`` maps a label (or a tuple whose first item is the label) to a Run.
 
     Columns: label, method and seed (from the run's config), epoch, step, seconds
-    (cumulative training time), h_L, g_L, growth, stability, test_acc, deep_gamma
-    (:attr:`~faeval.diagnostics.Snapshot.deep_gamma`), stopped.
+    (cumulative training time), h_L, g_L, g_L_1024 (g_L read at the gradient scale of
+    batches of 1,024, the paper's per-epoch logs: :meth:`~faeval.diagnostics.Snapshot.g_L_at`),
+    growth, stability, test_acc, deep_gamma (:attr:`~faeval.diagnostics.Snapshot.deep_gamma`), stopped.
     """
     import pandas as pd
 
@@ -37,7 +42,7 @@ def history_frame(runs: Mapping):
             total += rec["seconds"]
             rows.append({"label": label, "method": run.config.get("method"), "seed": run.config.get("seed"),
                          "epoch": rec["epoch"], "step": rec["step"], "seconds": total, "h_L": d.h_L, "g_L": d.g_L,
-                         "growth": d.max_block_growth, "stability": d.stability, "test_acc": rec["test_acc"],
+                         "g_L_1024": d.g_L_at(PAPER_LOG_BATCH), "growth": d.max_block_growth, "stability": d.stability, "test_acc": rec["test_acc"],
                          "deep_gamma": d.deep_gamma, "stopped": rec.get("stopped")})
     return pd.DataFrame(rows)
 
@@ -101,9 +106,9 @@ def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), r
             ax = axes[i][j]
             sns.lineplot(data=sub, x=x, y=m, hue=hue, units="seed", estimator=None, ax=ax, marker="o",
                          markersize=3, legend=(i == 0 and j == len(metrics) - 1))
-            if m in ("h_L", "g_L", "growth"):
+            if m in ("h_L", "g_L", "g_L_1024", "growth"):
                 ax.set_yscale("log")
-            if m == "g_L":
+            if m in ("g_L", "g_L_1024"):
                 _log_threshold(ax, th.d2_floor, "D2 floor")
             if m == "growth":
                 _log_threshold(ax, th.d1_growth, "D1 threshold")

@@ -394,13 +394,19 @@ class Monitor:
 
     ``verdict_rule="mode1_or_d3"`` (:data:`VERDICT_RULES`) stops on D1 or D2 only once both
     have fired (Mode 1), at the same or at different epochs; C in ``stop_on`` still stops at once.
+    ``d2_batch`` reads D2 at the gradient scale of batches of that many samples
+    (:meth:`~faeval.diagnostics.Snapshot.g_L_at`; the paper's per-epoch logs used about 1,024)
+    instead of the scale the snapshot was measured at (128).
     """
 
     PER_EPOCH = ("D1", "D2", "C")
 
     def __init__(self, thresholds: Thresholds | Mapping[str, float] | None = None,
-                 stop_on: Iterable[str] = (), verdict_rule: str = "any") -> None:
+                 stop_on: Iterable[str] = (), verdict_rule: str = "any", d2_batch: int | None = None) -> None:
         self.thresholds = Thresholds.from_any(thresholds)
+        if d2_batch is not None and (not isinstance(d2_batch, int) or d2_batch < 1):
+            raise ValueError(f"d2_batch={d2_batch!r}: give a batch size (an integer >= 1), or None")
+        self.d2_batch = d2_batch
         self.verdict_rule = check_verdict_rule(verdict_rule)
         self.stop_on = tuple(stop_on)
         bad = [d for d in self.stop_on if d not in self.PER_EPOCH]
@@ -414,14 +420,14 @@ class Monitor:
         self.stopped_at: int | None = None
         self.fired_by_epoch: list[dict] = []
 
-    @staticmethod
-    def _values(record) -> dict[str, float | None]:
+    def _values(self, record) -> dict[str, float | None]:
         """D1, D2 and C values of an epoch record (a dict with a ``"diag"`` Snapshot), a Snapshot, or a
         Snapshot's stored dict."""
         snap = record.get("diag", record) if isinstance(record, Mapping) else record
         if isinstance(snap, Mapping):
             snap = D.Snapshot.from_dict(snap)
-        return {"D1": snap.max_block_growth, "D2": snap.g_L, "C": snap.stability}
+        g_L = snap.g_L if self.d2_batch is None else snap.g_L_at(self.d2_batch)
+        return {"D1": snap.max_block_growth, "D2": g_L, "C": snap.stability}
 
     def __call__(self, epoch: int, record) -> bool:
         vals = self._values(record)

@@ -174,7 +174,9 @@ def test_a_per_seed_claim_states_k_of_n_and_the_spread():
     row = claims.per_seed("DFA fires D1 on every seed", {42: 70.9, 123: 7.6, 456: 51.2}, lambda v: v > 50,
                           "{:.3g}", "audit.growth.dfa")
     assert row["status"] == "not held"
-    assert row["ours"] == "2/3 seeds; 7.6-70.9 (s42 70.9, s123 7.6, s456 51.2)"
+    assert row["ours"] == "2/3 seeds; 7.6 to 70.9 (s42 70.9, s123 7.6, s456 51.2)"
+    assert claims.per_seed("same", {1: 0, 2: 0}, lambda n: n == 0, "{:.0f} firings")["ours"] == \
+        "2/2 seeds; all 0 firings (s1 0 firings, s2 0 firings)"
     assert claims.per_seed("all", {1: 60.0, 2: 61.0}, lambda v: v > 50)["status"] == "held"
     # a non-finite value does not hold (a NaN comparison would silently say False anyway; inf says True)
     assert claims.per_seed("inf", {1: float("inf"), 2: 60.0}, lambda v: v > 50)["ours"].startswith("1/2 seeds")
@@ -202,3 +204,19 @@ def test_claims_record_their_parameters_and_overrides_do_not_overwrite_the_defau
     stale["parameters"]["cache_version"] = CACHE_VERSION - 1
     p1.write_text(json.dumps(stale))
     assert not C.ledger(tmp_path)["default"].any()
+
+
+def test_the_calibration_rule_needs_every_seed():
+    from faeval.calibration import choose
+
+    fire, quiet = {"epoch": 3, "step": 1000, "seconds": 9.0}, None
+    rows = [{"candidate": "paper", "D1": fire, "D2": quiet, "bp_fires": []},      # holds on 1 of 2 seeds
+            {"candidate": "paper", "D1": quiet, "D2": quiet, "bp_fires": []},
+            {"candidate": "label_noise", "D1": quiet, "D2": fire, "bp_fires": []},  # holds on both
+            {"candidate": "label_noise", "D1": fire, "D2": fire, "bp_fires": []},
+            {"candidate": "width512", "D1": fire, "D2": fire, "bp_fires": ["D3"]}]  # BP fails
+    chosen, table = choose(rows)
+    assert chosen == "label_noise"
+    assert {t["candidate"]: (t["rule holds on"], t["seeds"], t["qualifies"]) for t in table} == {
+        "paper": (1, 2, False), "label_noise": (2, 2, True), "width512": (0, 1, False)}
+    assert choose(rows[:2])[0] is None

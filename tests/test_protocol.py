@@ -512,3 +512,26 @@ def test_monitor_under_mode1_or_d3_stops_when_d1_and_d2_have_both_fired():
     assert any_rule.stopped_at == 1 and stops_any[0] == 1
     assert mode1.stopped_at == 3 and stops_mode1[0] == 3
     assert mode1.first_fired == any_rule.first_fired == {"D1": 1, "D2": 3, "C": None}
+
+
+@pytest.mark.parametrize("arch", ["resmlp", "cnn"])
+def test_g_L_at_another_batch_scale_equals_measuring_at_that_scale(arch):
+    """The paper's per-epoch logs used ~1,024 samples per batch; reading our batch-128 g_L at that
+    scale (x 128/1024) is what measuring on batches of 1,024 gives (BatchNorm in eval mode too)."""
+    opts = {"width": 32} if arch == "resmlp" else {"channels": (4, 8, 8), "hidden": 16}
+    model = build_model(arch, (1, 28, 28), 10, seed=1, **opts)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(1024, 1, 28, 28, generator=g), torch.randint(10, (1024,), generator=g)
+    snap = D.snapshot(model, x, y)
+    at_1024 = D.measure(model, x, y, batch_size=1024)["bp_grad_norms"][-1]
+    assert snap.batch_size == 128
+    assert snap.g_L_at(1024) == pytest.approx(at_1024, rel=1e-4) and at_1024 < snap.g_L / 7.9
+    # the Monitor can judge D2 at that scale: 8e-7 at batch 128 fires only there
+    rec = _snap(1.0, 8e-7)
+    assert Monitor()._values(rec)["D2"] == 8e-7
+    assert Monitor(d2_batch=1024)._values(rec)["D2"] == pytest.approx(1e-7)
+    m = Monitor(d2_batch=2048)
+    m(0, rec)
+    assert m.first_fired["D2"] == 0 and Monitor().replay([{"epoch": 0, "diag": rec}])["D2"] is None
+    with pytest.raises(ValueError, match="d2_batch"):
+        Monitor(d2_batch=0)
