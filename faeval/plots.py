@@ -42,7 +42,8 @@ def history_frame(runs: Mapping):
             total += rec["seconds"]
             rows.append({"label": label, "method": run.config.get("method"), "seed": run.config.get("seed"),
                          "epoch": rec["epoch"], "step": rec["step"], "seconds": total, "h_L": d.h_L, "g_L": d.g_L,
-                         "g_L_1024": d.g_L_at(PAPER_LOG_BATCH), "growth": d.max_block_growth, "stability": d.stability, "test_acc": rec["test_acc"],
+                         "g_L_1024": d.g_L_at(PAPER_LOG_BATCH), "growth": d.max_block_growth,
+                         "stability": d.stability, "test_acc": rec["test_acc"],
                          "deep_gamma": d.deep_gamma, "stopped": rec.get("stopped")})
     return pd.DataFrame(rows)
 
