@@ -202,15 +202,28 @@ def ledger(results_dir=None):
 
     ``parameters`` describes what each row was measured with (:func:`describe_parameters`);
     ``default`` is True for rows measured at their profile's defaults and the current cache
-    version, the only rows a book's ledger presents as the profile's.
+    version, the only rows a book's ledger presents as the profile's. A claim at the defaults
+    that does not hold gets the reason the discrepancies appendix measured for it
+    (:mod:`faeval.discrepancies`): ``reason_kind`` is one of its five kinds, ``reason`` says what
+    was measured.
     """
     import pandas as pd
 
-    rows = []
+    from .discrepancies import load_reasons
+
+    rows, reasons = [], {}
     for path in sorted(claims_dir(results_dir).glob("*.json")):
         data = json.loads(path.read_text())
         params = data.get("parameters", {"profile": data.get("profile"), "overrides": {}, "cache_version": None})
         label = describe_parameters(params)
-        rows += [{**r, "parameters": label, "default": label == "defaults"} for r in data["claims"]]
-    cols = ["notebook", "claim", "paper", "ours", "status", "profile", "reason", "parameters", "default"]
+        if label == "defaults" and data["profile"] not in reasons:
+            reasons[data["profile"]] = load_reasons(data["profile"], results_dir)
+        for r in data["claims"]:
+            row = {**r, "parameters": label, "default": label == "defaults", "reason_kind": ""}
+            why = reasons.get(data["profile"], {}).get((r["notebook"], r["claim"])) if label == "defaults" else None
+            if why is not None and r["status"] == NOT_HELD:
+                row.update(reason=why["text"], reason_kind=why["kind"])
+            rows.append(row)
+    cols = ["notebook", "claim", "paper", "ours", "status", "profile", "reason_kind", "reason", "parameters",
+            "default"]
     return pd.DataFrame(rows, columns=cols)

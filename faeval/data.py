@@ -195,10 +195,11 @@ def load_dataset(name: str, root=None, device="cpu", subset: int | None = None, 
     """Load dataset ``name`` into tensors on ``device``.
 
     Options for every dataset: ``subset=N`` keeps a seeded random choice of N
-    training samples (the test set is untouched); ``label_noise=p`` (0 <= p < 1)
+    training samples (the test set is untouched); ``label_noise=p`` (0 <= p <= 1)
     replaces a seeded fraction p of the training labels by uniformly random
-    classes (a replaced label may by chance equal the old one);
-    ``random_targets=True`` makes training batches carry fresh random labels.
+    classes (a replaced label may by chance equal the old one; ``p=1`` gives fixed random
+    labels, one per sample); ``random_targets=True`` makes training batches carry fresh
+    random labels instead (new ones every batch).
     Each dataset adds its own options: see ``_load_idx``, ``_load_cifar`` and
     ``_load_synthetic``. An unknown option raises ``TypeError``.
     """
@@ -212,8 +213,8 @@ def load_dataset(name: str, root=None, device="cpu", subset: int | None = None, 
                         f"valid options: subset, seed, label_noise, random_targets, {', '.join(options)}")
     if subset is not None and (not isinstance(subset, (int, np.integer)) or subset <= 0):
         raise ValueError(f"subset={subset!r}: must be a positive integer at most the training-set size")
-    if not 0.0 <= label_noise < 1.0:
-        raise ValueError(f"label_noise={label_noise!r}: must satisfy 0 <= label_noise < 1")
+    if not 0.0 <= label_noise <= 1.0:
+        raise ValueError(f"label_noise={label_noise!r}: must satisfy 0 <= label_noise <= 1")
 
     start = time.perf_counter()
     ds = loader(name, root, seed, **kw)

@@ -12,7 +12,7 @@ table of contents.
 >>> from faeval.profiles import get_profile
 >>> P = get_profile("smoke")
 >>> sorted(EXPERIMENTS)
-['audit', 'calibration', 'cross_arch', 'fa_vs_dfa', 'penalty', 'quickstart', 'temporal']
+['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'penalty', 'quickstart', 'temporal']
 >>> plan("audit", P)["runs"]["dfa", 42]["method"]
 'dfa'
 """
@@ -117,3 +117,37 @@ def calibration(P) -> dict:
     ``{(candidate, seed, method): config}``."""
     sub = {"subset": P.base["subset"]} if P.base.get("subset") else {}
     return {"runs": calibration_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds, **sub)}
+
+
+@chapter("discrepancies")
+def discrepancies(P) -> dict:
+    """The probes of the discrepancies appendix (:mod:`faeval.discrepancies`), first seed unless stated:
+    DFA at ``horizon_factor`` x the horizon (with and without the terminal LN, and without it under
+    augmentation); random targets as fixed labels per sample and 3x longer; the other credit
+    pairing on ``pairing_seeds`` seeds; FA and frozen on clean labels and BP with one trainable
+    block; SmallCNN without batch norm and 2x longer; the EP beta x steps sweep on a subset."""
+    size, s0 = P.sizes["discrepancies"], P.seeds[0]
+    long_e = size["horizon_factor"] * P.epochs
+    assay_e = P.sizes["fa_vs_dfa"]["assay_epochs"]
+    cnn = next(o for label, o in P.sizes["cross_arch"]["archs"].items() if o.get("arch") == "cnn")
+    cnn_e = cnn.get("epochs", P.epochs)
+    ep = size["ep_sweep"]
+    ep_data = {"subset": ep["subset"], "epochs": ep["epochs"]}
+    return {
+        "long": {"dfa": P.config("dfa", s0, epochs=long_e)},
+        "no_ln": {"long": P.config("dfa", s0, epochs=long_e, out_ln=False),
+                  "augment": P.config("dfa", s0, out_ln=False, augment=True)},
+        "random_targets": {**{("fixed", m): P.config(m, s0, epochs=assay_e, label_noise=1.0)
+                              for m in ("dfa", "fa", "ep")},
+                           **{("long", m): P.config(m, s0, epochs=size["horizon_factor"] * assay_e,
+                                                    random_targets=True) for m in ("dfa", "fa")}},
+        "pairing": {("input", s): P.config("dfa_input_credit", s, epochs=size["pairing_epochs"])
+                    for s in P.seeds[:size["pairing_seeds"]]},
+        "headroom": {"bp_last_block": P.config("bp", s0, trainable_blocks=1),
+                     "fa_clean": P.config("fa", s0, label_noise=0.0),
+                     "frozen_clean": P.config("frozen", s0, label_noise=0.0)},
+        "cnn": {"no_bn": P.config("dfa", s0, **{**cnn, "batchnorm": False}),
+                "long": P.config("dfa", s0, **{**cnn, "epochs": 2 * cnn_e})},
+        "ep_sweep": {(b, k): P.config("ep", s0, beta=b, steps=k, **ep_data) for b in ep["betas"] for k in ep["steps"]},
+        "ep_reference": {m: P.config(m, s0, **ep_data) for m in ("frozen", "bp")},
+    }

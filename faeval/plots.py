@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 
 from .protocol import Thresholds
 
-__all__ = ["history_frame", "audit_figure", "trajectory_figure", "METRIC_LABELS", "PAPER_LOG_BATCH"]
+__all__ = ["history_frame", "audit_figure", "trajectory_figure", "ep_sweep_figure", "METRIC_LABELS",
+           "PAPER_LOG_BATCH"]
 
 #: the batch size of the paper's per-epoch logs, at which its g_L reads about 8x below batch 128
 PAPER_LOG_BATCH = 1024
@@ -118,5 +119,24 @@ def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), r
     leg = axes[0][-1].get_legend()
     if leg is not None:
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+def ep_sweep_figure(table):
+    """The EP sweep (discrepancies appendix): deep Gamma and the margin over the frozen baseline
+    for every beta x relaxation-steps setting, as two annotated heatmaps (one row)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.0))
+    for ax, (col, title, fmt, cmap) in zip(axes, [("deep Gamma", "deep Gamma (layers 1..L with credit)", "+.2f",
+                                                   "vlag"),
+                                                  ("margin_pp", "accuracy - frozen (pp)", "+.1f", "crest")]):
+        grid = table.pivot(index="beta", columns="steps", values=col)
+        sns.heatmap(grid, annot=True, fmt=fmt, cmap=cmap, cbar=False, ax=ax, annot_kws={"fontsize": 9})
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("relaxation steps")
+        ax.set_ylabel("beta")
     fig.tight_layout()
     return fig

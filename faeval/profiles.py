@@ -147,12 +147,19 @@ _LAMBDAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 _ASSAY = ("dfa", "fa", "ep")
 
 
-def _sizes(*, cross_arch, penalty_epochs, lambdas, depths, assay_epochs, calibration_steps) -> dict:
+def _sizes(*, cross_arch, penalty_epochs, lambdas, depths, assay_epochs, calibration_steps, ep_sweep,
+           horizon_factor=3) -> dict:
     """One mapping per chapter (the keys of faeval.experiments.EXPERIMENTS that have sizes)."""
     return {"cross_arch": {"archs": cross_arch},        # label -> overrides of ``base`` (may set epochs)
             "penalty": {"epochs": penalty_epochs, "lambdas": lambdas, "lam_on": 1e-2},   # lambdas include 0
             "fa_vs_dfa": {"depths": depths, "assay_epochs": assay_epochs, "assay_methods": _ASSAY},
-            "calibration": {"steps": calibration_steps}}
+            "calibration": {"steps": calibration_steps},
+            "discrepancies": {"horizon_factor": horizon_factor, "pairing_epochs": 3, "pairing_seeds": 2,
+                              "ep_sweep": ep_sweep}}
+
+
+def _ep_sweep(subset: int, epochs: int, betas=(0.01, 0.1, 0.5, 1.0), steps=(2, 5, 10, 20)) -> dict:
+    return {"subset": subset, "epochs": epochs, "betas": betas, "steps": steps}
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile(
@@ -162,6 +169,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
               **_RECIPE, "eval_n": 256},
         seeds=(42, 123), epochs=2, methods=_AUDIT,
         sizes=_sizes(penalty_epochs=2, lambdas=(0.0, 1e-2), depths=(2, 4), assay_epochs=2, calibration_steps=8,
+                     ep_sweep=_ep_sweep(256, 1, betas=(0.1, 1.0), steps=(2, 10)), horizon_factor=2,
                      cross_arch={
             "ResMLP d=32": {},
             "ResMLP d=64": {"width": 64},
@@ -180,7 +188,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
               **_RECIPE, "eval_n": 1280},
         seeds=(42, 123, 456), epochs=8, methods=_AUDIT,
         sizes=_sizes(penalty_epochs=8, lambdas=_LAMBDAS, depths=(2, 4, 8), assay_epochs=3, calibration_steps=3752,
-                     cross_arch={
+                     ep_sweep=_ep_sweep(10000, 2), cross_arch={
             "ResMLP d=256": {},
             "ResMLP d=512": {"width": 512},
             "ResMLP d=256, no terminal LN": {"out_ln": False},
@@ -202,7 +210,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
               **_RECIPE, "eval_n": 1280},
         seeds=(42, 123, 456), epochs=100, methods=_AUDIT,
         sizes=_sizes(penalty_epochs=30, lambdas=_LAMBDAS, depths=(2, 4, 6, 8, 12), assay_epochs=5,
-                     calibration_steps=9400, cross_arch={
+                     calibration_steps=9400, ep_sweep=_ep_sweep(10000, 2), horizon_factor=2, cross_arch={
             "ResMLP d=256": {},
             "ResMLP d=512, L=2": {"width": 512, "depth": 2},
             "ResMLP d=256, no terminal LN": {"out_ln": False},

@@ -235,8 +235,8 @@ def test_unknown_name_lists_valid_names():
 @pytest.mark.parametrize("kw, match", [
     ({"subset": 0}, "subset=0: must be a positive integer"),
     ({"subset": 51}, "subset=51: must be between 1 and the training-set size 50"),
-    ({"label_noise": 1.0}, r"label_noise=1.0: must satisfy 0 <= label_noise < 1"),
-    ({"label_noise": -0.1}, r"0 <= label_noise < 1"),
+    ({"label_noise": 1.5}, r"label_noise=1.5: must satisfy 0 <= label_noise <= 1"),
+    ({"label_noise": -0.1}, r"0 <= label_noise <= 1"),
     ({"normalize": "minmax"}, "valid values are 'global', 'per_pixel', 'none'"),
 ])
 def test_invalid_option_values(idx, kw, match):

@@ -276,6 +276,11 @@ class LocalRule(Method):
         """Extra per-step statistics of the last :meth:`local_credit` call (averaged into the history)."""
         return {}
 
+    def training_credit(self, credit: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The credit each part trains on: entry 0 for the embedding, entry l+1 for block l (by
+        default the credit at the block's output, a_{l+1}). Gamma always reads :meth:`credit`."""
+        return credit
+
     def _forward(self, x: torch.Tensor):
         """Forward with every block's input detached: (h0 with graph, detached states, branches)."""
         m = self.model
@@ -308,6 +313,7 @@ class LocalRule(Method):
         logits = self.model.readout(states[-1])
         ce = F.cross_entropy(logits, y)
         credit = [a.detach() for a in self.local_credit(states, logits.detach(), y, self._top_grad(states[-1], y))]
+        credit = self.training_credit(credit)
         stats = ce_stats(ce, logits, y)
         # d<f_l, sg a>/df_l = a: the surrogate's gradient seeds each branch with its credit (and h_0 with a_0)
         loss = ce + (h0 * credit[0]).sum()

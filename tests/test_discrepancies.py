@@ -1,0 +1,42 @@
+"""The discrepancies appendix's machinery: probes match claims, every reason has one of five kinds."""
+import math
+
+import pytest
+
+from faeval import discrepancies as X
+
+
+def test_a_reason_must_be_one_of_the_five_kinds():
+    assert X.Reason("horizon", "fires at epoch 20").kind == "horizon"
+    with pytest.raises(ValueError, match="must be one of"):
+        X.Reason("bad luck", "")
+
+
+def test_explain_runs_the_first_matching_probe_and_says_when_none_matches(monkeypatch):
+    calls = []
+    monkeypatch.setattr(X, "PROBES", [])
+    X.probe("01_audit", r"fires D2")(lambda row, ctx: calls.append(row["claim"]) or X.Reason("horizon", "later"))
+    rows = [{"notebook": "01_audit", "claim": "DFA fires D2 on every seed", "status": "not held"},
+            {"notebook": "01_audit", "claim": "BP passes", "status": "held"},
+            {"notebook": "02_temporal", "claim": "DFA fires D2 before the end", "status": "not held"}]
+    out = X.explain(rows, ctx=None)
+    assert calls == ["DFA fires D2 on every seed"]
+    assert [(r["notebook"], r["kind"]) for r in out] == [("01_audit", "horizon"), ("02_temporal", "not explained")]
+    assert "no probe" in out[1]["text"]
+
+
+def test_crossing_epoch_extrapolates_a_log_linear_trend():
+    e = list(range(1, 9))
+    g = [1e-3 * 10 ** (-0.5 * (k - 1)) for k in e]          # falls half a decade per epoch
+    assert X.crossing_epoch(e, g, 1e-7) == pytest.approx(9.0)
+    assert X.crossing_epoch(e, [1e-3] * 8, 1e-7) is None      # flat: never crosses
+    rising = [10 ** (0.1 * k) for k in e]
+    assert X.crossing_epoch(e, rising, 1e-7) is None          # moves away from a floor below it
+    assert X.crossing_epoch(e, rising, 50.0) == pytest.approx(math.log10(50) / 0.1)
+
+
+def test_every_registered_probe_names_a_chapter_notebook():
+    from pathlib import Path
+
+    notebooks = {p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")}
+    assert {nb for nb, _, _ in X.PROBES} <= notebooks
