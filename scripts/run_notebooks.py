@@ -21,9 +21,11 @@ traceback included, at the output path), 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import atexit
 import fnmatch
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -82,6 +84,26 @@ def own_kernel_dir() -> str:
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
     return data_dir
+
+
+def ipc_kernel_manager():
+    """A kernel manager whose kernels talk over Unix-domain sockets (IPC) in a private folder.
+
+    Over TCP, ipykernel warns on every start that the loopback traffic is not encrypted;
+    IPC sockets are files only this user can open, so there is nothing to warn about and
+    the build log stays quiet.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            folder = tempfile.mkdtemp(prefix="faeval-ipc-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            self.transport = "ipc"
+            self.ip = str(Path(folder) / "kernel")
+
+    return IPCKernelManager
 
 
 def hide_parameter_cells(path: Path) -> int:
@@ -151,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             pm.execute_notebook(
                 str(nb_src), str(nb_out), parameters=params, kernel_name="python3",
                 cwd=str(nb_src.parent), progress_bar=False, log_output=False,
-                execution_timeout=args.timeout,
+                execution_timeout=args.timeout, kernel_manager_class=ipc_kernel_manager(),
             )
         except Exception as err:  # noqa: BLE001 - report any failure with the notebook's name
             dt = time.perf_counter() - t0
