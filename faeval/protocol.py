@@ -176,6 +176,8 @@ class Report(Mapping):
         return json.dumps(_finite(self._data), allow_nan=False, **kw)
 
     # -- renderers ------------------------------------------------------------------------
+    # Every renderer draws the same two tables, each with one header cell per column:
+    # the diagnostics (diagnostic, value, fires if, state) and the per-layer norms.
     def _rows(self) -> list[tuple[str, str, str, str]]:
         d, th = self._data["diagnostics"], self._data["thresholds"]
         rows = []
@@ -185,27 +187,35 @@ class Report(Mapping):
                                 ("D3", "D3_depth_utility", f"< frozen + {th['d3_margin_pp']:g} pp")):
             v = d[key]
             if v is None:
-                rows.append((name, "not evaluated", rule, "-"))
+                rows.append((_NAMES[name], "not evaluated", rule, "-"))
                 continue
             state = "n/a" if v["fired"] is None else ("FIRES" if v["fired"] else "ok")
             if name not in self._data["verdict_on"]:
                 state += " (not in verdict)"
-            rows.append((name, _fmt(v["value"]), rule, state))
+            rows.append((_NAMES[name], _fmt(v["value"]), rule, state))
         return rows
+
+    DIAG_HEADER = ("diagnostic", "value", "fires if", "state")
+
+    def _layer_rows(self) -> tuple[list[str], list[list[str]]]:
+        pl = self._data["per_layer"]
+        header = ["median per sample", *pl["layers"]]
+        return header, [["‖h_l‖", *(_fmt(v) for v in pl["hidden_norms"])],
+                        ["‖g_l‖ (BP)", *(_fmt(v) for v in pl["bp_grad_norms"])]]
+
+    def _verdict_note(self) -> str:
+        rule = self._data.get("verdict_rule", "any")
+        other = {r: v for r, v in self._data.get("verdicts", {}).items() if r != rule}
+        return (f"verdict judged on {'+'.join(self._data['verdict_on'])}, rule {rule!r}"
+                + "".join(f"; under {r!r}: {v}" for r, v in other.items()))
 
     def __str__(self) -> str:
         mode1 = "   [Mode 1: D1+D2 measurement degeneracy]" if self.mode1 else ""
         lines = [f"FAProtocol verdict: {self.verdict}{mode1}"]
-        for name, val, rule, state in self._rows():
-            lines.append(f"  {name:<3} {_KEYS[name]:<22} {val:>12}   fires if {rule:<22} {state}")
-        rule = self._data.get("verdict_rule", "any")
-        other = {r: v for r, v in self._data.get("verdicts", {}).items() if r != rule}
-        lines.append(f"  (verdict judged on {'+'.join(self._data['verdict_on'])}, rule {rule!r}"
-                     + "".join(f"; under {r!r}: {v}" for r, v in other.items()) + ")")
+        lines += _text_table(self.DIAG_HEADER, self._rows())
+        lines.append(f"  ({self._verdict_note()})")
+        lines += _text_table(*self._layer_rows())
         pl = self._data["per_layer"]
-        lines.append("  per layer  " + "  ".join(pl["layers"]))
-        lines.append("  ||h_l||    " + "  ".join(_fmt(v) for v in pl["hidden_norms"]))
-        lines.append("  ||g_l||    " + "  ".join(_fmt(v) for v in pl["bp_grad_norms"]))
         lines.append(f"  ({pl['aggregate']}; {self._data['n_eval']} eval samples)")
         return "\n".join(lines)
 
@@ -213,23 +223,18 @@ class Report(Mapping):
 
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.verdict == "PASS" else "#b42318"
-        rows = "".join(
-            f"<tr><td>{n}</td><td>{_KEYS[n]}</td><td style='text-align:right'>{html.escape(v)}</td>"
-            f"<td>{html.escape(r)}</td><td><b>{s}</b></td></tr>" for n, v, r, s in self._rows())
-        pl = self._data["per_layer"]
-        head = "".join(f"<th>{html.escape(l)}</th>" for l in pl["layers"])
-        hn = "".join(f"<td>{_fmt(v)}</td>" for v in pl["hidden_norms"])
-        gn = "".join(f"<td>{_fmt(v)}</td>" for v in pl["bp_grad_norms"])
         mode1 = " &middot; Mode 1 (D1+D2)" if self.mode1 else ""
+        pl = self._data["per_layer"]
         return (f"<div><p><b>FAProtocol verdict: <span style='color:{colour}'>{self.verdict}</span></b>{mode1}</p>"
-                f"<table><tr><th></th><th>diagnostic</th><th>value</th><th>fires if</th><th></th></tr>{rows}</table>"
-                f"<table><tr><th></th>{head}</tr><tr><th>||h_l||</th>{hn}</tr><tr><th>||g_l||</th>{gn}</tr></table>"
-                f"<p><small>{html.escape(pl['aggregate'])}; {self._data['n_eval']} eval samples</small></p></div>")
+                + _html_table(self.DIAG_HEADER, self._rows(), bold_last=True)
+                + f"<p><small>{html.escape(self._verdict_note())}</small></p>"
+                + _html_table(*self._layer_rows())
+                + f"<p><small>{html.escape(pl['aggregate'])}; {self._data['n_eval']} eval samples</small></p></div>")
 
     def to_markdown(self, method: str = "(method)", arch: str = "(architecture)", dataset: str = "(dataset)",
                     seeds: str = "(seeds)", notes: str = "") -> str:
         """The reporting template, filled in with this report's numbers."""
-        d, pl = self._data["diagnostics"], self._data["per_layer"]
+        d = self._data["diagnostics"]
         acc = self._data.get("headline_acc")
         frozen = self._data.get("frozen_baseline_acc")
         lines = [
@@ -240,17 +245,58 @@ class Report(Mapping):
             f"| frozen-blocks baseline accuracy | {_fmt(frozen)} |",
             f"| eval samples | {self._data['n_eval']} |",
             f"| verdict | **{self.verdict}** |", f"| Mode 1 (D1 and D2) | {'yes' if self.mode1 else 'no'} |", "",
-            "| diagnostic | value | fires if | state |", "|---|---|---|---|",
-            *[f"| {n} {_KEYS[n]} | {v} | {r} | {s} |" for n, v, r, s in self._rows()], "",
-            "| layer | " + " | ".join(pl["layers"]) + " |", "|---|" + "---|" * len(pl["layers"]),
-            "| median per-sample ‖h_l‖ | " + " | ".join(_fmt(v) for v in pl["hidden_norms"]) + " |",
-            "| median per-sample ‖g_l‖ (BP) | " + " | ".join(_fmt(v) for v in pl["bp_grad_norms"]) + " |",
+            *_markdown_table(self.DIAG_HEADER, self._rows()), "", f"({self._verdict_note()})", "",
+            *_markdown_table(*self._layer_rows()),
         ]
         if d["C_direction_stability"] is not None:
             lines.append(f"\nDirection stability over {d['C_direction_stability']['n_batches']} disjoint batches.")
         if notes:
             lines += ["", notes]
         return "\n".join(lines) + "\n"
+
+
+_NAMES = {"D1": "D1 scale growth", "D2": "D2 reference validity", "C": "C direction stability",
+          "D3": "D3 depth utility"}
+
+
+def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Aligned plain-text columns: the first left-aligned, the others right-aligned."""
+    cols = list(zip(header, *rows))
+    widths = [max(len(str(c)) for c in col) for col in cols]
+
+    def line(cells):
+        return "  " + "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                                for i, (c, w) in enumerate(zip(cells, widths)))
+    return [line(header), *(line(r) for r in rows)]
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], bold_last: bool = False) -> str:
+    """One header cell per column, one data cell per column in every row; numbers right-aligned."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = ""
+    for r in rows:
+        cells = []
+        for i, c in enumerate(r):
+            text = html.escape(str(c))
+            if bold_last and i == len(r) - 1:
+                text = f"<b>{text}</b>"
+            align = " style='text-align:right'" if i > 0 and _numeric(str(c)) else ""
+            cells.append(f"<td{align}>{text}</td>")
+        body += "<tr>" + "".join(cells) + "</tr>"
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in r) + " |" for r in rows)]
+
+
+def _numeric(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
 
 
 def _fmt(v) -> str:

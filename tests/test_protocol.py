@@ -351,7 +351,8 @@ def test_report_renderers(xy):
     j = json.loads(r.to_json())
     assert j["verdict"] == "FAIL(D3)" and len(j["per_layer"]["hidden_norms"]) == 5
     md = r.to_markdown(method="bp", arch="resmlp", dataset="fashion-mnist", seeds="42")
-    assert "| verdict | **FAIL(D3)** |" in md and "| method | bp |" in md and "median per-sample ‖g_l‖" in md
+    assert "| verdict | **FAIL(D3)** |" in md and "| method | bp |" in md
+    assert "| ‖g_l‖ (BP) |" in md and "| median per sample |" in md
 
 
 def test_protocol_on_vit_and_cnn_read_cls_and_channel_means():
@@ -535,3 +536,42 @@ def test_g_L_at_another_batch_scale_equals_measuring_at_that_scale(arch):
     assert m.first_fired["D2"] == 0 and Monitor().replay([{"epoch": 0, "diag": rec}])["D2"] is None
     with pytest.raises(ValueError, match="d2_batch"):
         Monitor(d2_batch=0)
+
+
+def test_report_renders_aligned_tables_in_html_text_and_markdown(xy):
+    """One header cell per column in every table, and every row as wide as its header (the old HTML
+    table gave the short and long diagnostic names two cells under one heading)."""
+    from html.parser import HTMLParser
+
+    class Tables(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.row = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.row = []
+                self.tables[-1].append(self.row)
+            elif tag in ("td", "th"):
+                self.row.append(tag)
+
+    report = FAProtocol(_resmlp(), *xy, frozen_baseline_acc=0.2).run()
+    parser = Tables()
+    parser.feed(report._repr_html_())
+    diag, layers = parser.tables
+    assert diag[0] == ["th"] * 4 and all(r == ["td"] * 4 for r in diag[1:]) and len(diag) == 5
+    assert layers[0] == ["th"] * 6 and all(len(r) == 6 and set(r) == {"td"} for r in layers[1:])
+    text = str(report).splitlines()
+    header = next(i for i, l in enumerate(text) if l.strip().startswith("diagnostic"))
+    widths = {len(l) for l in text[header:header + 5]}
+    assert len(widths) == 1, text[header:header + 5]            # aligned columns
+    tables, current = [], []
+    for line in report.to_markdown().splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line.count("|"))
+        elif current:
+            tables.append(current)
+            current = []
+    assert len(tables) == 3 and all(len(set(t)) == 1 for t in tables), tables
