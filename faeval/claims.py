@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["paper", "Claims", "ledger", "claims_dir", "PAPER_VALUES"]
+__all__ = ["paper", "Claims", "ledger", "claims_dir", "styled", "describe_parameters", "PAPER_VALUES"]
 
 PAPER_VALUES = Path(__file__).with_name("reference") / "paper_values.json"
 HELD, NOT_HELD, NOT_EVALUATED = "held", "not held", "not evaluated"
@@ -174,7 +174,23 @@ class Claims:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        return self.table().to_html(index=False)
+        """The chapter's closing table: each claim, the paper's value, ours, and whether it held."""
+        return styled(self.table()[["claim", "paper", "ours", "status"]]).to_html()
+
+
+STATUS_COLOURS = {HELD: "color: #1a7f37", NOT_HELD: "color: #cf222e", NOT_EVALUATED: "color: #9a6700"}
+_TEXT_COLUMNS = ("claim", "paper", "ours", "reason", "parameters")
+
+
+def styled(frame):
+    """A claims table for the book: text columns wrap within the column, the status is coloured."""
+    text = [c for c in frame.columns if c in _TEXT_COLUMNS]
+    style = frame.style.hide(axis="index")
+    if text:
+        style = style.set_properties(subset=text, **{"white-space": "normal", "min-width": "8em"})
+    if "status" in frame.columns:
+        style = style.map(lambda s: STATUS_COLOURS.get(s, ""), subset=["status"])
+    return style
 
 
 def _number(v) -> bool:

@@ -37,6 +37,7 @@ __all__ = [
     "PitfallResult",
     "aggregation_pitfall",
     "cosine_eps_pitfall",
+    "cosine_clamp_sweep",
     "fp16_underflow_pitfall",
     "fresh_feedback_pitfall",
     "layer0_dominance_pitfall",
@@ -162,6 +163,21 @@ def cosine_eps_pitfall(grad_norm: float = 1e-10, seed: int = 0, n: int = 64, d: 
         {"true_mean_cosine": true_cos.mean().item(), "median_ref_norm": gnorm.median().item(),
          "median_credit_norm": a.norm(dim=1).median().item(), "ratio_right_over_wrong": right / wrong,
          "clamp_probes": probes})
+
+
+def cosine_clamp_sweep(grad_norms: Sequence[float] = tuple(10.0 ** -k for k in range(3, 13)), seed: int = 0):
+    """Pitfall 2 across reference scales: the clamped and unclamped mean cosine at each median ||g||.
+
+    One row per norm: ``grad_norm``, ``clamped`` (``F.cosine_similarity``, eps=1e-8, float32) and
+    ``unclamped`` (the per-sample cosine), on the same synthetic credit (true mean cosine 0.5).
+    """
+    import pandas as pd
+
+    rows = []
+    for g in grad_norms:
+        r = cosine_eps_pitfall(grad_norm=g, seed=seed)
+        rows.append({"grad_norm": r.details["median_ref_norm"], "clamped": r.wrong, "unclamped": r.right})
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,23 +3,54 @@
 Each function takes a pandas DataFrame built by :func:`history_frame` or by a
 notebook from protocol reports, and returns the matplotlib figure. Threshold
 lines come from :class:`~faeval.protocol.Thresholds`, so a figure always shows
-the thresholds the verdicts used.
+the thresholds the verdicts used; where the paper gives a value, it is drawn as
+a labelled black cross from ``faeval/reference/paper_values.json``.
+
+Every figure is laid out for the book's content column: :data:`WIDTH` inches wide
+(panels in 2 columns where there are four), text of 9-10 pt at that size. The
+book renders them as SVG (``scripts/run_notebooks.py`` starts its kernels with
+``InlineBackend.figure_formats=svg``), so they stay sharp at any zoom.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 from .protocol import Thresholds
 
-__all__ = ["history_frame", "audit_figure", "trajectory_figure", "ep_sweep_figure", "METRIC_LABELS",
-           "PAPER_LOG_BATCH"]
+#: figure width in inches: the book's content column (about 700 CSS pixels at 96 per inch)
+WIDTH = 7.0
+_RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+       "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.dpi": 100}
+PAPER_STYLE = {"marker": "x", "color": "black", "s": 40, "zorder": 5, "label": "paper (CIFAR-10)"}
+
+
+def book_figure(fn):
+    """Draw ``fn``'s figure with the book's font sizes (text sizes are fixed when the text is made)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        import matplotlib.pyplot as plt
+
+        with plt.rc_context(_RC):
+            return fn(*args, **kw)
+    return wrapper
+
+
+def paper_value(key: str):
+    """The paper's value of ``key`` (:func:`faeval.claims.paper`)."""
+    from .claims import paper
+
+    return paper(key)["value"]
+
+__all__ = ["history_frame", "audit_figure", "trajectory_figure", "ep_sweep_figure", "penalty_figure", "depth_figure",
+           "cosine_clamp_figure", "claims_figure", "METRIC_LABELS", "PAPER_LOG_BATCH", "WIDTH"]
 
 #: the batch size of the paper's per-epoch logs, at which its g_L reads about 8x below batch 128
 PAPER_LOG_BATCH = 1024
 
-METRIC_LABELS = {"h_L": "median ||h_L||", "g_L": "median ||g_L|| (BP, batch 128)",
-                 "g_L_1024": "median ||g_L|| at batch 1,024 (the paper's logs)", "growth": "max per-block growth",
-                 "test_acc": "test accuracy", "deep_gamma": "deep-layer Gamma", "stability": "C stability"}
+METRIC_LABELS = {"h_L": "median ‖h_L‖", "g_L": "median ‖g_L‖ (batch 128)",
+                 "g_L_1024": "median ‖g_L‖ (batch 1,024)", "growth": "max per-block growth (x)",
+                 "test_acc": "test accuracy", "deep_gamma": "deep-layer Γ", "stability": "C stability"}
 
 
 def history_frame(runs: Mapping):
@@ -49,88 +80,261 @@ def history_frame(runs: Mapping):
     return pd.DataFrame(rows)
 
 
-def _log_threshold(ax, y: float, label: str) -> None:
+def _threshold(ax, y: float, label: str) -> None:
     ax.axhline(y, color="crimson", ls="--", lw=1)
-    ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), color="crimson", fontsize=8,
+    ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), color="crimson", fontsize=9,
                 va="bottom")
 
 
-def audit_figure(df, thresholds: Thresholds | None = None, frozen_acc: float | None = None,
-                 order: Sequence[str] | None = None):
-    """The 4-panel audit figure: D1 growth, D2 ||g_L||, C stability, D3 accuracy, one dot per seed.
+def _legend_below(fig, ax, ncol: int = 4, title: str | None = None) -> None:
+    """One legend for the figure, below the panels (a legend beside them would widen the figure)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)), frameon=False, title=title,
+                   bbox_to_anchor=(0.5, 0.0))
 
-    ``df`` has columns method, seed, growth, g_L, stability, acc.
-    """
+
+def _grid(n: int, ncols: int, height: float):
     import matplotlib.pyplot as plt
+
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, height * nrows + 0.6), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+@book_figure
+def audit_figure(df, thresholds: Thresholds | None = None, frozen_acc: float | None = None,
+                 order: Sequence[str] | None = None, paper: bool = True):
+    """The audit figure, 2 x 2: D1 growth, D2 ||g_L||, C stability, D3 accuracy; one dot per seed.
+
+    ``df`` has columns method, seed, growth, g_L, stability, acc. With ``paper``, the
+    paper's per-method values (where it gives one) are black crosses.
+    """
     import seaborn as sns
 
     th = thresholds or Thresholds()
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
-    panels = [("growth", "D1: max per-block growth", True, th.d1_growth, f"fires above {th.d1_growth:g}"),
-              ("g_L", "D2: median ||g_L||", True, th.d2_floor, f"fires below {th.d2_floor:g}"),
-              ("stability", "C: direction stability", False, th.c_stability, f"flag above {th.c_stability:g}"),
+    order = list(order or dict.fromkeys(df["method"]))
+    fig, axes = _grid(4, 2, 2.6)
+    panels = [("growth", "D1: max per-block growth (x)", True, th.d1_growth, f"fires above {th.d1_growth:g}"),
+              ("g_L", "D2: median ‖g_L‖", True, th.d2_floor, f"fires below {th.d2_floor:g}"),
+              ("stability", "C: direction stability (cosine)", False, th.c_stability, f"flag above {th.c_stability:g}"),
               ("acc", "D3: test accuracy", False, None, "")]
     for ax, (col, title, log, line, note) in zip(axes, panels):
-        sns.stripplot(data=df, x="method", y=col, hue="seed", order=order, ax=ax, size=7, jitter=0.15,
-                      palette="deep", legend=ax is axes[-1])
-        ax.set_title(title, fontsize=10)
+        sns.stripplot(data=df, x="method", y=col, hue="seed", order=order, ax=ax, size=6, jitter=0.15,
+                      palette="deep", legend=ax is axes[0])
+        ax.set_title(title)
         ax.set_xlabel("")
-        ax.tick_params(axis="x", rotation=45)
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", rotation=30)
+        for t in ax.get_xticklabels():
+            t.set_ha("right")
         if log:
             ax.set_yscale("log")
         if line is not None:
-            _log_threshold(ax, line, note)
+            _threshold(ax, line, note)
+        if paper:
+            key = {"growth": "growth", "g_L": "g_L", "acc": "acc"}.get(col)
+            marks = [(i, _paper_number(f"audit.{key}.{m}")) for i, m in enumerate(order)] if key else []
+            marks = [(i, v) for i, v in marks if v is not None]
+            if marks:
+                ax.scatter([i for i, _ in marks], [v for _, v in marks], **PAPER_STYLE)
     if frozen_acc is not None:
-        _log_threshold(axes[3], frozen_acc + th.d3_margin_pp / 100, f"frozen + {th.d3_margin_pp:g} pp")
+        _threshold(axes[3], frozen_acc + th.d3_margin_pp / 100, f"frozen + {th.d3_margin_pp:g} pp")
         axes[3].axhline(frozen_acc, color="grey", ls=":", lw=1)
-    if axes[3].get_legend() is not None:
-        sns.move_legend(axes[3], "upper left", bbox_to_anchor=(1, 1), title="seed")
-    fig.tight_layout()
+    _seed_and_paper_legend(fig, axes)
     return fig
 
 
-def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), row: str = "label",
-                      hue: str = "method", thresholds: Thresholds | None = None, x: str = "epoch"):
-    """A grid of per-epoch trajectories: one row per ``row`` value, one column per metric.
+def _seed_and_paper_legend(fig, axes) -> None:
+    """One legend below the panels: the seeds (from the first panel) and, once, the paper's mark."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    seen = set(labels)
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab.startswith("paper") and lab not in seen:
+                handles.append(h)
+                labels.append(lab)
+                seen.add(lab)
+    labels = [lab if lab.startswith(("paper", "fresh")) or not lab.isdigit() else f"seed {lab}" for lab in labels]
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
 
-    ``df`` comes from :func:`history_frame`; ``hue`` names the column that colours the lines.
-    ||g_L|| panels show the D2 floor, growth panels the D1 threshold.
+
+def _paper_number(key: str):
+    try:
+        v = paper_value(key)
+    except KeyError:
+        return None
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+@book_figure
+def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), row: str = "label",
+                      hue: str = "method", thresholds: Thresholds | None = None, x: str = "epoch",
+                      ncols: int | None = None):
+    """Per-epoch trajectories: one panel per (``row`` value, metric), ``ncols`` panels a row.
+
+    ``df`` comes from :func:`history_frame`; ``hue`` names the column that colours the
+    lines. ||g_L|| panels show the D2 floor, growth panels the D1 threshold. By default
+    the metrics of one ``row`` value fill a row of the grid when there are at most three,
+    else they wrap two a row.
     """
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
     th = thresholds or Thresholds()
     rows = list(dict.fromkeys(df[row]))
-    fig, axes = plt.subplots(len(rows), len(metrics), figsize=(4.2 * len(metrics), 2.8 * len(rows)), squeeze=False)
-    for i, r in enumerate(rows):
+    ncols = ncols or (len(metrics) if len(metrics) <= 3 else 2)
+    panels = [(r, m) for r in rows for m in metrics]
+    fig, axes = _grid(len(panels), ncols, 2.3 if ncols <= 2 else 2.0)
+    for k, (ax, (r, m)) in enumerate(zip(axes, panels)):
         sub = df[df[row] == r]
-        for j, m in enumerate(metrics):
-            ax = axes[i][j]
-            sns.lineplot(data=sub, x=x, y=m, hue=hue, units="seed", estimator=None, ax=ax, marker="o",
-                         markersize=3, legend=(i == 0 and j == len(metrics) - 1))
-            if m in ("h_L", "g_L", "g_L_1024", "growth"):
-                ax.set_yscale("log")
-            if m in ("g_L", "g_L_1024"):
-                _log_threshold(ax, th.d2_floor, "D2 floor")
-            if m == "growth":
-                _log_threshold(ax, th.d1_growth, "D1 threshold")
-            ax.set_title(f"{r}: {METRIC_LABELS.get(m, m)}", fontsize=9)
-            ax.set_ylabel("")
-    leg = axes[0][-1].get_legend()
-    if leg is not None:
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1, 1))
+        sns.lineplot(data=sub, x=x, y=m, hue=hue, units="seed", estimator=None, ax=ax, marker="o",
+                     markersize=3, legend=k == 0)
+        if m in ("h_L", "g_L", "g_L_1024", "growth"):
+            ax.set_yscale("log")
+        if m in ("g_L", "g_L_1024"):
+            _threshold(ax, th.d2_floor, "D2 floor")
+        if m == "growth":
+            _threshold(ax, th.d1_growth, "D1")
+        ax.set_title(f"{r}: {METRIC_LABELS.get(m, m)}" if len(rows) > 1 else METRIC_LABELS.get(m, m))
+        ax.set_ylabel("")
+    _legend_below(fig, axes[0], ncol=5, title=hue)
+    fig.tight_layout(rect=(0, 0.08 if len(panels) <= 3 else 0.05, 1, 1))
+    return fig
+
+
+@book_figure
+def penalty_figure(quality, frozen_acc: float | None = None, thresholds: Thresholds | None = None,
+                   paper: bool = True):
+    """The penalty rescue, 2 x 2 against lambda: ||h_L||, ||g_L|| (with the D2 floor), deep Gamma
+    (with the fresh-feedback null) and accuracy (with the D3 bar); one dot per seed, the paper's
+    values (30 epochs, seed 42) as crosses."""
+    import seaborn as sns
+
+    th = thresholds or Thresholds()
+    q = quality.assign(lam=[f"{v:g}" for v in quality["lambda"]])
+    lams = list(dict.fromkeys(q["lam"]))
+    fig, axes = _grid(4, 2, 2.5)
+    panels = [("h_L", "median ‖h_L‖", True, "penalty.h_L"), ("g_L", "median ‖g_L‖", True, "penalty.g_L"),
+              ("deep Gamma", "deep-layer Γ", False, "penalty.deep_gamma"), ("acc", "test accuracy", False,
+                                                                         "penalty.acc")]
+    for ax, (col, title, log, key) in zip(axes, panels):
+        sns.stripplot(data=q, x="lam", y=col, hue="seed", order=lams, ax=ax, size=6, palette="deep",
+                      legend=ax is axes[0])
+        ax.set_title(title)
+        ax.set_xlabel("penalty λ")
+        ax.set_ylabel("")
+        if log:
+            ax.set_yscale("log")
+        if paper:
+            ref = paper_value(key)
+            marks = [(i, ref[lam]) for i, lam in enumerate(lams) if lam in ref]
+            if marks:
+                ax.scatter([i for i, _ in marks], [v for _, v in marks], **PAPER_STYLE)
+    _threshold(axes[1], th.d2_floor, "D2 floor")
+    if "null deep Gamma" in q:
+        sns.pointplot(data=q, x="lam", y="null deep Gamma", order=lams, ax=axes[2], color="grey", markers="_",
+                      linestyles="none", label="fresh-feedback null")
+    if frozen_acc is not None:
+        _threshold(axes[3], frozen_acc + th.d3_margin_pp / 100, f"frozen + {th.d3_margin_pp:g} pp")
+    _seed_and_paper_legend(fig, axes)
+    return fig
+
+
+@book_figure
+def depth_figure(depth_rows, thresholds: Thresholds | None = None, paper: bool = True):
+    """FA and DFA against depth, 2 x 2: accuracy, margin over the frozen baseline, deep Gamma, growth;
+    the paper's FA values (d=512, seed 42) as crosses."""
+    import seaborn as sns
+
+    th = thresholds or Thresholds()
+    fig, axes = _grid(4, 2, 2.4)
+    panels = [("acc", "test accuracy", False, "fa_vs_dfa.depth_acc"),
+              ("margin_pp", "accuracy - frozen (pp)", False, None),
+              ("deep Gamma", "deep-layer Γ", False, "fa_vs_dfa.depth_gamma"),
+              ("growth", "max per-block growth (x)", True, None)]
+    for ax, (col, title, log, key) in zip(axes, panels):
+        sns.lineplot(data=depth_rows, x="depth", y=col, hue="method", marker="o", ax=ax, legend=ax is axes[0])
+        ax.set_title(title)
+        ax.set_xlabel("blocks L")
+        ax.set_ylabel("")
+        if log:
+            ax.set_yscale("log")
+        if paper and key:
+            ref = paper_value(key)
+            ax.scatter([int(k) for k in ref], list(ref.values()), **{**PAPER_STYLE, "label": "paper FA (d=512)"})
+    _threshold(axes[1], th.d3_margin_pp, f"D3 bar {th.d3_margin_pp:g} pp")
+    _threshold(axes[3], th.d1_growth, "D1")
+    _seed_and_paper_legend(fig, axes)
+    return fig
+
+
+@book_figure
+def cosine_clamp_figure(sweep):
+    """Pitfall 2: the mean cosine against the reference-gradient norm, for ``F.cosine_similarity``
+    (clamped at eps=1e-8) and the unclamped per-sample cosine. ``sweep`` has columns grad_norm,
+    clamped, unclamped (:func:`faeval.pitfalls.cosine_clamp_sweep`)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(WIDTH, 3.2))
+    ax.plot(sweep["grad_norm"], sweep["unclamped"], marker="o", label="per-sample cosine, no clamp (faeval)")
+    ax.plot(sweep["grad_norm"], sweep["clamped"], marker="s", label="F.cosine_similarity (eps = 1e-8)")
+    ax.axvline(1e-8, color="grey", ls=":", lw=1)
+    ax.axvline(Thresholds().d2_floor, color="crimson", ls="--", lw=1)
+    ax.annotate("eps", (1e-8, 0.02), xycoords=("data", "axes fraction"), color="grey", fontsize=9)
+    ax.annotate("D2 floor", (Thresholds().d2_floor, 0.02), xycoords=("data", "axes fraction"), color="crimson",
+                fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("median ‖g‖ of the reference gradient")
+    ax.set_ylabel("mean cosine (true: 0.5)")
+    ax.legend(loc="center right", frameon=False)
     fig.tight_layout()
     return fig
 
 
+@book_figure
+def claims_figure(ledger):
+    """The claims ledger at a glance: per chapter, how many claims held, did not hold (by the kind of
+    reason the discrepancies appendix measured) or could not be evaluated."""
+    import matplotlib.pyplot as plt
+
+    status = ledger["status"].where(ledger["status"] != "not held",
+                                    "not held: " + ledger["reason_kind"].replace("", "no reason"))
+    counts = ledger.assign(kind=status).groupby(["notebook", "kind"]).size().unstack(fill_value=0)
+    order = ["held"] + sorted(c for c in counts.columns if c.startswith("not held")) + \
+        [c for c in counts.columns if c == "not evaluated"]
+    counts = counts[[c for c in order if c in counts.columns]].iloc[::-1]
+    fig, ax = plt.subplots(figsize=(WIDTH, 0.35 * len(counts) + 1.6))
+    colours = {"held": "#1a7f37", "not evaluated": "#9a6700"}
+    palette = iter(["#cf222e", "#fb8f44", "#8250df", "#0969da", "#57606a", "#bf3989"])
+    left = [0] * len(counts)
+    for col in counts.columns:
+        c = colours.get(col) or next(palette)
+        ax.barh(counts.index, counts[col], left=left, color=c, label=col)
+        left = [a + b for a, b in zip(left, counts[col])]
+    ax.set_xlabel("claims")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3 if len(counts) < 6 else -0.15), ncol=3, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+@book_figure
 def ep_sweep_figure(table):
     """The EP sweep (discrepancies appendix): deep Gamma and the margin over the frozen baseline
     for every beta x relaxation-steps setting, as two annotated heatmaps (one row)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.0))
-    for ax, (col, title, fmt, cmap) in zip(axes, [("deep Gamma", "deep Gamma (layers 1..L with credit)", "+.2f",
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.0))
+    for ax, (col, title, fmt, cmap) in zip(axes, [("deep Gamma", "deep Γ (layers with credit)", "+.2f",
                                                    "vlag"),
                                                   ("margin_pp", "accuracy - frozen (pp)", "+.1f", "crest")]):
         grid = table.pivot(index="beta", columns="steps", values=col)

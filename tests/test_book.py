@@ -273,3 +273,19 @@ def test_readme_python_sketch_runs(tmp_path):
     proc = _run([sys.executable, script], cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^(PASS|FAIL\(.+\))$", proc.stdout, re.MULTILINE), proc.stdout
+
+
+NOTEBOOK_LINE = 88     # the content column shows about 95 characters of code (notebooks/ruff.toml)
+
+
+def test_notebook_code_fits_the_content_column():
+    """No code line of a notebook is longer than the column shows, and the code is ruff-formatted."""
+    long = []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "code":
+                long += [f"{path.name} cell {i}: {len(l)} chars: {l}" for l in cell.source.splitlines()
+                         if len(l) > NOTEBOOK_LINE]
+    assert not long, "\n".join(long)
+    proc = _run([sys.executable, "-m", "ruff", "format", "--check", "notebooks"], cwd=ROOT)
+    assert proc.returncode == 0, f"run `ruff format notebooks`:\n{proc.stdout}{proc.stderr}"
