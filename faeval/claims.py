@@ -179,15 +179,13 @@ class Claims:
 
 
 STATUS_COLOURS = {HELD: "color: #1a7f37", NOT_HELD: "color: #cf222e", NOT_EVALUATED: "color: #9a6700"}
-_TEXT_COLUMNS = ("claim", "paper", "ours", "reason", "parameters")
 
 
 def styled(frame):
-    """A claims table for the book: text columns wrap within the column, the status is coloured."""
-    text = [c for c in frame.columns if c in _TEXT_COLUMNS]
-    style = frame.style.hide(axis="index")
-    if text:
-        style = style.set_properties(subset=text, **{"white-space": "normal", "min-width": "8em"})
+    """A claims table for the book (:func:`faeval.plots.table`), the status coloured."""
+    from .plots import table
+
+    style = table(frame)
     if "status" in frame.columns:
         style = style.map(lambda s: STATUS_COLOURS.get(s, ""), subset=["status"])
     return style

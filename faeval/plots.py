@@ -31,8 +31,14 @@ def book_figure(fn):
     def wrapper(*args, **kw):
         import matplotlib.pyplot as plt
 
-        with plt.rc_context(_RC):
+        # only these keys are set and restored: plt.rc_context would also restore the backend
+        # setting, and resetting it after the inline backend resolved drops every later figure
+        old = {k: plt.rcParams[k] for k in _RC}
+        plt.rcParams.update(_RC)
+        try:
             return fn(*args, **kw)
+        finally:
+            plt.rcParams.update(old)
     return wrapper
 
 
@@ -43,7 +49,7 @@ def paper_value(key: str):
     return paper(key)["value"]
 
 __all__ = ["history_frame", "audit_figure", "trajectory_figure", "ep_sweep_figure", "penalty_figure", "depth_figure",
-           "cosine_clamp_figure", "claims_figure", "METRIC_LABELS", "PAPER_LOG_BATCH", "WIDTH"]
+           "cosine_clamp_figure", "claims_figure", "table", "METRIC_LABELS", "PAPER_LOG_BATCH", "WIDTH"]
 
 #: the batch size of the paper's per-epoch logs, at which its g_L reads about 8x below batch 128
 PAPER_LOG_BATCH = 1024
@@ -344,3 +350,32 @@ def ep_sweep_figure(table):
         ax.set_ylabel("beta")
     fig.tight_layout()
     return fig
+
+
+def table(frame, fmt: Mapping | str | None = None, na_rep: str = "-", index: bool | None = None):
+    """A table for the book's content column: a pandas Styler with short number formats, long text
+    columns that wrap (numbers never do), and the index hidden when it is only a row count.
+
+    ``fmt`` maps columns to format strings (or is one format for every number); floats default
+    to 3 significant figures. NaN shows as ``na_rep``.
+    """
+    import pandas as pd
+
+    frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+    formats = {}
+    for col in frame.columns:
+        if pd.api.types.is_float_dtype(frame[col]):
+            formats[col] = "{:.3g}"
+    if isinstance(fmt, str):
+        formats = {c: fmt for c in formats}
+    elif fmt:
+        formats.update({c: f for c, f in fmt.items() if c in frame.columns})
+    style = frame.style.format(formats, na_rep=na_rep)
+    if index is False or (index is None and isinstance(frame.index, pd.RangeIndex)):
+        style = style.hide(axis="index")
+    text = [c for c in frame.columns if (frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c]))
+            and len(frame) and frame[c].map(lambda v: len(str(v))).max() > 16]
+    if text:
+        style = style.set_properties(subset=text, **{"white-space": "normal", "overflow-wrap": "anywhere",
+                                                     "min-width": "5em"})
+    return style

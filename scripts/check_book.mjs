@@ -7,7 +7,15 @@
 //   * no uncaught page error;
 //   * a page with math (elements of class "math") has MathJax output (mjx-container) once
 //     MathJax's startup promise resolves;
-//   * every <img> has loaded with a non-zero natural size.
+//   * every <img> has loaded with a non-zero natural size;
+//   * nothing a reader would miss: no element inside the content column (article.bd-article) reaches
+//     past its right edge, and no code block, printed output or table hides part of itself
+//     (scrollWidth > clientWidth);
+//   * every figure (an image in a notebook cell's output) is shown at least 600 CSS px wide, is
+//     sharp (an SVG, or a PNG whose natural width is at least 1.5x its shown width), and its text is
+//     not shrunk out of reach: its own width in inches (an SVG's width attribute; a PNG's natural
+//     pixels over the dpi of its pHYs chunk) is at most 1.33x its shown width (CSS px / 96), so
+//     10 pt labels show at 7.5 pt or more.
 // A full-page screenshot of each page goes to DIR (default: <html dir>/../screenshots).
 // A page with a problem is looked at once more: it fails only if the second look sees a problem
 // too (a page that passes the second time is printed as FLAKY, with what the first look saw).
@@ -94,10 +102,30 @@ async function checkPage(rel) {
     }
     const imgs = [...document.images];
     await Promise.all(imgs.map((i) => (i.complete ? null : new Promise((r) => { i.onload = i.onerror = r; }))));
+    const art = document.querySelector("article.bd-article");
+    const sticking = [], hidden = [], figures = [];
+    if (art) {
+      const right = art.getBoundingClientRect().right;
+      const describe = (e) => `${e.tagName.toLowerCase()}${e.className && typeof e.className === "string"
+        ? "." + e.className.trim().split(/\s+/).join(".") : ""} "${(e.textContent || "").trim().slice(0, 40)}"`;
+      for (const e of art.querySelectorAll("*")) {
+        const r = e.getBoundingClientRect();
+        if (r.width > 0 && r.right > right + 1 && !sticking.some((s) => s.el.contains(e)))
+          sticking.push({ el: e, text: `${describe(e)} reaches ${Math.round(r.right - right)} px past the column` });
+      }
+      for (const e of art.querySelectorAll("pre, table, div.cell_output, div.output")) {
+        if (e.scrollWidth > e.clientWidth + 1)
+          hidden.push(`${describe(e)} hides ${e.scrollWidth - e.clientWidth} px (scrollWidth ${e.scrollWidth} > ` +
+                      `clientWidth ${e.clientWidth})`);
+      }
+      for (const i of art.querySelectorAll("div.cell_output img"))
+        figures.push({ src: i.getAttribute("src"), shown: i.getBoundingClientRect().width, natural: i.naturalWidth });
+    }
     return {
       math, typeset: document.querySelectorAll("mjx-container").length, mathjax: !!window.MathJax,
       images: imgs.length,
       broken: imgs.filter((i) => !(i.naturalWidth > 0 && i.naturalHeight > 0)).map((i) => i.getAttribute("src")),
+      sticking: sticking.map((s) => s.text), hidden, figures,
     };
   });
   let check;
@@ -109,11 +137,51 @@ async function checkPage(rel) {
   }
   if (check.math && !check.typeset) problems.push(`${check.math} math element(s) but nothing typeset (MathJax loaded: ${check.mathjax})`);
   for (const src of check.broken) problems.push(`image with zero natural size: ${src}`);
+  for (const t of check.sticking) problems.push(`wider than the column: ${t}`);
+  for (const t of check.hidden) problems.push(`cut off: ${t}`);
+  const figures = check.figures.map((f) => ({ ...f, ...figureSize(rel, f.src) }));
+  for (const f of figures) problems.push(...figureProblems(f));
   const shot = path.join(shotDir, rel.replace(/\//g, "__").replace(/\.html$/, ".png"));
   await page.screenshot({ path: shot, fullPage: true });
   await page.close();
   return { page: rel, ok: problems.length === 0, math: check.math, typeset: check.typeset, images: check.images,
-           screenshot: shot, problems };
+           figures, screenshot: shot, problems };
+}
+
+// A figure's own width in inches, from its file: an SVG's width attribute, a PNG's pixels over its pHYs dpi.
+function figureSize(rel, src) {
+  const file = path.join(root, path.dirname(rel), decodeURIComponent(src.split("?")[0]));
+  if (!fs.existsSync(file)) return { inches: null, kind: "missing" };
+  const data = fs.readFileSync(file);
+  if (file.endsWith(".svg")) {
+    const m = /<svg\b[^>]*?\swidth="([\d.]+)(pt|px|in|cm|mm)?"/.exec(data.toString("utf8", 0, 4096));
+    if (!m) return { inches: null, kind: "svg" };
+    const per = { pt: 72, px: 96, in: 1, cm: 2.54, mm: 25.4 }[m[2] || "px"];
+    return { inches: parseFloat(m[1]) / per, kind: "svg" };
+  }
+  if (file.endsWith(".png")) {
+    const width = data.readUInt32BE(16);
+    for (let off = 8; off + 8 <= data.length;) {
+      const len = data.readUInt32BE(off), type = data.toString("ascii", off + 4, off + 8);
+      if (type === "pHYs" && data[off + 16] === 1) return { inches: width / (data.readUInt32BE(off + 8) * 0.0254), kind: "png" };
+      if (type === "IDAT") break;
+      off += 12 + len;
+    }
+    return { inches: null, kind: "png (no pHYs)" };
+  }
+  return { inches: null, kind: path.extname(file) };
+}
+
+function figureProblems(f) {
+  const out = [], name = f.src.split("/").pop();
+  if (f.shown < 600) out.push(`figure ${name} is shown ${Math.round(f.shown)} px wide (at least 600)`);
+  if (f.kind !== "svg" && !(f.natural >= 1.5 * f.shown))
+    out.push(`figure ${name} is blurry: ${f.kind}, ${f.natural} px drawn at ${Math.round(f.shown)} px (needs SVG or 1.5x)`);
+  if (f.inches == null) out.push(`figure ${name}: cannot tell its size in inches (${f.kind})`);
+  else if (f.inches > 1.33 * f.shown / 96)
+    out.push(`figure ${name} is ${f.inches.toFixed(1)} in wide shown at ${(f.shown / 96).toFixed(1)} in: ` +
+             `its text shows at ${Math.round(100 * f.shown / 96 / f.inches)}% of its size (at least 75%)`);
+  return out;
 }
 
 try {
@@ -127,8 +195,9 @@ try {
     }
     results.push(result);
     const note = result.flaky ? "  FLAKY: passed on a second look; the first look saw the problems below" : "";
+    const figs = (result.figures || []).map((f) => `${Math.round(f.shown)} px`).join(", ");
     console.log(`${result.ok ? "ok  " : "FAIL"} ${rel}  (math ${result.math}/${result.typeset} typeset, ` +
-                `${result.images} images)${note}`);
+                `${result.images} images${figs ? `, figures shown at ${figs}` : ""})${note}`);
     for (const p of result.problems.length ? result.problems : result.flaky || []) console.log(`       ${p}`);
   }
 } finally {

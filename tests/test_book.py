@@ -56,6 +56,7 @@ def built_book(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed", "_build"))
     shutil.copytree(ROOT / "_vendor", src / "_vendor")
     shutil.copytree(ROOT / "_ext", src / "_ext")
+    shutil.copytree(ROOT / "_static", src / "_static")
 
     env = {**os.environ, "FAEVAL_RESULTS": str(src / "results")}
     proc = _run([sys.executable, SCRIPTS / "run_notebooks.py", "--profile", "smoke",
@@ -289,3 +290,17 @@ def test_notebook_code_fits_the_content_column():
     assert not long, "\n".join(long)
     proc = _run([sys.executable, "-m", "ruff", "format", "--check", "notebooks"], cwd=ROOT)
     assert proc.returncode == 0, f"run `ruff format notebooks`:\n{proc.stdout}{proc.stderr}"
+
+
+@pytest.mark.book
+def test_every_figure_call_shows_a_sharp_figure(built_book):
+    """Every cell that draws a figure (fe.plots.*_figure) shows it, as SVG (a figure after the first
+    of a kernel was once dropped by matplotlib's rc_context restoring the backend)."""
+    cells = 0
+    for path in sorted((built_book / "book" / "executed").glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "code" and re.search(r"fe\.plots\.\w+_figure\(", cell.source):
+                cells += 1
+                kinds = [k for o in cell.outputs for k in o.get("data", {})]
+                assert "image/svg+xml" in kinds, f"{path.name} cell {i} drew no SVG figure: {kinds}"
+    assert cells >= 10, cells
