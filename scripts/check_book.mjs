@@ -108,9 +108,14 @@ async function checkPage(rel) {
       const right = art.getBoundingClientRect().right;
       const describe = (e) => `${e.tagName.toLowerCase()}${e.className && typeof e.className === "string"
         ? "." + e.className.trim().split(/\s+/).join(".") : ""} "${(e.textContent || "").trim().slice(0, 40)}"`;
+      const clipped = (e) => {     // inside a box that clips or scrolls: not visibly past the column
+        for (let a = e.parentElement; a && a !== art; a = a.parentElement)
+          if (getComputedStyle(a).overflowX !== "visible") return true;
+        return false;
+      };
       for (const e of art.querySelectorAll("*")) {
         const r = e.getBoundingClientRect();
-        if (r.width > 0 && r.right > right + 1 && !sticking.some((s) => s.el.contains(e)))
+        if (r.width > 0 && r.right > right + 1 && !sticking.some((s) => s.el.contains(e)) && !clipped(e))
           sticking.push({ el: e, text: `${describe(e)} reaches ${Math.round(r.right - right)} px past the column` });
       }
       for (const e of art.querySelectorAll("pre, table, div.cell_output, div.output")) {
@@ -198,7 +203,9 @@ try {
     const figs = (result.figures || []).map((f) => `${Math.round(f.shown)} px`).join(", ");
     console.log(`${result.ok ? "ok  " : "FAIL"} ${rel}  (math ${result.math}/${result.typeset} typeset, ` +
                 `${result.images} images${figs ? `, figures shown at ${figs}` : ""})${note}`);
-    for (const p of result.problems.length ? result.problems : result.flaky || []) console.log(`       ${p}`);
+    const shown = result.problems.length ? result.problems : result.flaky || [];
+    for (const p of shown.slice(0, 15)) console.log(`       ${p}`);
+    if (shown.length > 15) console.log(`       ... and ${shown.length - 15} more (see the JSON summary)`);
   }
 } finally {
   await browser.close();
