@@ -378,7 +378,8 @@ def saving(row, ctx: Context) -> Reason:
     if not firing:
         return d2_horizon(row, ctx)
     t = max(firing)
-    return Reason("horizon", f"DFA first fires at epoch {', '.join(str(v) for v in fired.values())} of {T}: a stop "
+    epochs = ", ".join(f"s{s}: {'never' if v is None else v}" for s, v in fired.items())
+    return Reason("horizon", f"DFA first fires at epoch ({epochs}) of {T}: a stop "
                              f"at epoch {t} can save at most {1 - t / T:.0%} of {T} epochs, and "
                              f"{1 - t / PAPER_EPOCHS:.0%} of the paper's {PAPER_EPOCHS}", "saving bound")
 

@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                 str(nb_src), str(nb_out), parameters=params, kernel_name="python3",
                 cwd=str(nb_src.parent), progress_bar=False, log_output=False,
                 execution_timeout=args.timeout, kernel_manager_class=ipc_kernel_manager(),
+                # every output is in by then: a graceful shutdown that times out interrupts the
+                # kernel, which prints "KeyboardInterrupt caught in kernel" into the build log
+                shutdown_kernel="immediate",
             )
         except Exception as err:  # noqa: BLE001 - report any failure with the notebook's name
             dt = time.perf_counter() - t0
