@@ -249,6 +249,7 @@ def penalty_figure(quality, frozen_acc: float | None = None, thresholds: Thresho
     if "null deep Gamma" in q:
         sns.pointplot(data=q, x="lam", y="null deep Gamma", order=lams, ax=axes[2], color="grey", markers="_",
                       linestyles="none", label="fresh-feedback null")
+        axes[2].set_ylabel("")
     if frozen_acc is not None:
         _threshold(axes[3], frozen_acc + th.d3_margin_pp / 100, f"frozen + {th.d3_margin_pp:g} pp")
     _seed_and_paper_legend(fig, axes)
