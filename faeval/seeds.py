@@ -1,7 +1,7 @@
 """Independent random streams: one per purpose, derived from the run seed.
 
 Every random draw of a run comes from a generator of its own, keyed by the run's
-seed and a fixed purpose name (``"model-init"``, ``"feedback"``, ``"batches/3"``,
+seed and a fixed purpose name (``"model-init"``, ``"feedback"``, ``"data-order/3"``,
 ...). Two purposes never share a stream, so for instance the feedback matrices of
 DFA are independent of the model's initial weights (an earlier version drew both
 from ``manual_seed(seed)``, and B_0 correlated -0.35 with ``embed.weight``).
