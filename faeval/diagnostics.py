@@ -35,6 +35,7 @@ __all__ = [
     "median_hidden_norms", "bp_grads", "median_bp_grad_norms", "max_block_growth", "direction_stability",
     "gamma_per_layer", "gamma_of", "GammaResult", "gamma_aggregations", "perturbation_rho", "nudging",
     "parameter_drift", "null_calibration", "snapshot", "Snapshot", "measure", "stability_of", "check_xy",
+    "check_against_model",
     "deep_mean", "layer_mean", "no_credit", "no_credit_layers", "NO_CREDIT",
 ]
 
@@ -223,11 +224,39 @@ def _example_layers(model: nn.Module) -> list[str]:
 
 
 def check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Raise ``ValueError`` for an empty eval set or one whose inputs and labels differ in length."""
+    """Raise ``ValueError`` for an empty eval set, one whose inputs and labels differ in length, one
+    with a non-finite input (the diagnostics would blame the model for it) or non-integer labels."""
     if len(x) == 0:
         raise ValueError("the eval set is empty: pass at least one sample")
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}: they must match")
+    if x.is_floating_point():
+        bad = ~torch.isfinite(x.flatten(1)).all(dim=1)
+        if bad.any():
+            idx = bad.nonzero().flatten()
+            raise ValueError(f"x holds non-finite values (NaN or inf) in {len(idx)} of {len(x)} samples (first: "
+                             f"sample {int(idx[0])}): the diagnostics would report the data's fault as the "
+                             f"model's; clean or drop those samples")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"y has dtype {y.dtype}: pass class indices as integers (e.g. y.long())")
+
+
+def check_against_model(tap: Tap, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise ``ValueError`` when ``x``'s samples do not fit the model or ``y`` holds labels outside its
+    classes (one forward pass of the first sample)."""
+    try:
+        with _eval_mode(tap.model), torch.no_grad():
+            _, logits = tap.states(x[:1])
+    except RuntimeError as e:
+        want = getattr(tap.model, "input_shape", None)
+        hint = f"the model was built for samples of shape {tuple(want)}" if want else "check the model's input"
+        raise ValueError(f"x's samples have shape {tuple(x.shape[1:])}, which the model cannot take ({hint}; "
+                         f"the forward pass said: {str(e).splitlines()[0]})") from None
+    classes = logits.shape[-1]
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= classes:
+        raise ValueError(f"y holds labels from {lo} to {hi}, outside the model's {classes} classes: labels "
+                         f"must be class indices in [0, {classes})")
 
 
 # ---------------------------------------------------------------------------------------

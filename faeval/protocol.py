@@ -367,6 +367,7 @@ class FAProtocol:
         self.verdict_on = tuple(d for d in DIAGNOSTICS if d in verdict_on)
         self.model = model
         self.tap = D.Tap(model, layers=layers, token=token, spatial=spatial)
+        D.check_against_model(self.tap, x_eval, y_eval)
         self.x, self.y = x_eval, y_eval
         self.frozen_baseline_acc = frozen_baseline_acc
         self.headline_acc = headline_acc

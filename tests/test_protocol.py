@@ -575,3 +575,21 @@ def test_report_renders_aligned_tables_in_html_text_and_markdown(xy):
             tables.append(current)
             current = []
     assert len(tables) == 3 and all(len(set(t)) == 1 for t in tables), tables
+
+
+def test_bad_eval_data_is_refused_with_the_problem_and_the_fix(xy):
+    """A NaN pixel is the data's fault, not the model's FAIL(D1+D2); labels and shapes that do not fit the
+    model are named as such (not torch's IndexError / 'mat1 and mat2 shapes cannot be multiplied')."""
+    x, y = xy
+    model = _resmlp()
+    bad = x.clone()
+    bad[3, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite values .* in 1 of \d+ samples \(first: sample 3\).*clean"):
+        FAProtocol(model, bad, y)
+    with pytest.raises(ValueError, match=r"labels from 0 to 13, outside the model's 10 classes"):
+        FAProtocol(model, x, torch.where(y == y[0], torch.tensor(13), y).clamp_min(0))
+    with pytest.raises(ValueError, match=r"shape \(1, 14, 14\), which the model cannot take \(the model was built "
+                                         r"for samples of shape \(1, 28, 28\)"):
+        FAProtocol(model, x[:, :, ::2, ::2], y)
+    with pytest.raises(ValueError, match="pass class indices as integers"):
+        FAProtocol(model, x, y.float())
