@@ -55,6 +55,13 @@ def canonical_config(**config) -> dict:
     too). Every default is filled in. An unknown key raises, listing the valid ones.
     """
     cfg = {k: config.pop(k, v) for k, v in TOP.items()}
+    for key, what in (("dataset", "the dataset's name and its options, e.g. dataset='fashion-mnist', "
+                                  "subset=10000, label_noise=0.4"),
+                      ("arch", "the architecture's name and its options, e.g. arch='resmlp', width=512"),
+                      ("method", "the rule's name and its hyperparameters, e.g. method='dfa', penalty=1e-2")):
+        if not isinstance(cfg[key], str):
+            raise TypeError(f"{key}={type(cfg[key]).__name__} object: a run config names its parts, so that the "
+                            f"store can key the run by them; pass {what}")
     defaults = {"hparams": _hparam_options(cfg["method"]), "model": model_options(cfg["arch"]),
                 "data": dataset_options(cfg["dataset"])}
     parts = {part: dict(config.pop(part, None) or {}) for part in defaults}

@@ -27,6 +27,7 @@ import torch
 from .config import canonical_config, train_size
 from .models import arch_class
 from .store import (
+    DamagedRunError,
     build_run,
     default_device,
     load_data,
@@ -112,10 +113,18 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
         for idx in jobs:
             _run_job([cfgs[i] for i in idx], results, retrain, device, data_root, progress)
     runs: dict[Path, Run] = {}
+    damaged: list[str] = []
     for path in paths:
         if path not in runs:
-            runs[path] = load_run(path, device=device)
+            try:
+                runs[path] = load_run(path, device=device)
+            except DamagedRunError as e:
+                damaged.append(str(e))
+                continue
             runs[path].from_cache = path not in todo
+    if damaged:      # every damaged entry at once, not the first one
+        raise DamagedRunError(f"{len(damaged)} of {len(set(paths))} stored runs cannot be read back:\n  "
+                              + "\n  ".join(damaged))
     return [runs[p] for p in paths]
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -36,7 +37,7 @@ from .models import build_model
 from .protocol import Monitor
 from .train import Run, fit, history_from_json, history_to_json
 
-__all__ = ["experiment", "load_run", "list_runs", "results_dir", "run_dir", "load_data", "build_run",
+__all__ = ["experiment", "load_run", "list_runs", "results_dir", "run_dir", "load_data", "build_run", "DamagedRunError",
            "train_and_store", "store_run", "monitor_for", "default_device"]
 
 
@@ -155,27 +156,50 @@ def _write_run(path: Path, meta: dict, run: Run, replace: bool) -> None:
             shutil.rmtree(tmp)
 
 
+class DamagedRunError(ValueError):
+    """A run directory of the store that cannot be read back (a truncated checkpoint, unreadable JSON)."""
+
+
 def load_run(path: str | os.PathLike, device: str | None = None) -> Run:
-    """Load a stored run: model weights, the rule with its auxiliary state, and the history."""
+    """Load a stored run: model weights, the rule with its auxiliary state, and the history.
+
+    A directory whose files cannot be read back raises :class:`DamagedRunError`, naming the
+    directory and the fix (delete it, or train again with ``retrain=True`` / ``--retrain``).
+    """
     path = Path(path)
     missing = [f for f in ("config.json", "history.json", "checkpoint.pt") if not (path / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a complete faeval run ({', '.join(missing)} missing); "
                                 "delete it and train again")
-    meta = json.loads((path / "config.json").read_text())
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise _damaged(path, "config.json", e) from None
     if meta.get("cache_version") != CACHE_VERSION:
         raise ValueError(f"{path} was stored with cache version {meta.get('cache_version')}, this faeval uses "
                          f"{CACHE_VERSION}: train again (experiment(..., retrain=True))")
     cfg = meta["config"]
     device = device or default_device()
-    ckpt = torch.load(path / "checkpoint.pt", map_location=device, weights_only=True)
-    model = build_model(cfg["arch"], meta["input_shape"], meta["num_classes"], **cfg["model"]).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    method = build_method(cfg["method"], model, seed=cfg["seed"], init_aux=False, **cfg["hparams"])
-    method.load_aux_state(ckpt["aux"])
-    history = history_from_json(json.loads((path / "history.json").read_text()))
+    try:
+        ckpt = torch.load(path / "checkpoint.pt", map_location=device, weights_only=True)
+        model = build_model(cfg["arch"], meta["input_shape"], meta["num_classes"], **cfg["model"]).to(device)
+        model.load_state_dict(ckpt["model"])
+        model.eval()
+        method = build_method(cfg["method"], model, seed=cfg["seed"], init_aux=False, **cfg["hparams"])
+        method.load_aux_state(ckpt["aux"])
+    except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as e:
+        raise _damaged(path, "checkpoint.pt", e) from None
+    try:
+        history = history_from_json(json.loads((path / "history.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _damaged(path, "history.json", e) from None
     return Run(model, method, history, cfg, meta.get("stopped"), path, from_cache=True)
+
+
+def _damaged(path: Path, file: str, err: Exception) -> DamagedRunError:
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return DamagedRunError(f"{path}: the stored run is damaged ({file}: {type(err).__name__}: {first}); delete "
+                           f"that folder, or train it again with retrain=True (python -m faeval train ... --retrain)")
 
 
 def list_runs(results=None) -> list[dict]:

@@ -155,6 +155,35 @@ def test_an_incomplete_directory_is_refused(tmp_path):
         store.experiment(method="bp", results=tmp_path, progress=False, **SMALL)
 
 
+def test_a_damaged_store_entry_is_named_with_the_fix_and_fit_many_lists_every_one(tmp_path):
+    """A truncated checkpoint or unreadable history names its run directory and says how to recover,
+    instead of torch's 'PytorchStreamReader failed reading zip archive'; fit_many reports all of them."""
+    from faeval.schedule import fit_many
+
+    a = store.experiment(method="bp", results=tmp_path, progress=False, **SMALL)
+    b = store.experiment(method="bp", results=tmp_path, progress=False, **{**SMALL, "seed": 1})
+    ckpt = a.path / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:200])                          # truncated
+    (b.path / "history.json").write_text('[{"epoch": 0, "diag"')      # unreadable
+    with pytest.raises(store.DamagedRunError, match=rf"{a.path.name}.*checkpoint.pt.*delete that folder.*retrain=True"):
+        store.experiment(method="bp", results=tmp_path, progress=False, **SMALL)
+    with pytest.raises(store.DamagedRunError, match=r"history.json: JSONDecodeError"):
+        store.load_run(b.path)
+    with pytest.raises(store.DamagedRunError, match=r"2 of 2 stored runs") as err:
+        fit_many([dict(method="bp", **SMALL), dict(method="bp", **{**SMALL, "seed": 1})], results=tmp_path,
+                 progress=False, workers=1)
+    assert a.path.name in str(err.value) and b.path.name in str(err.value)
+    again = store.experiment(method="bp", results=tmp_path, progress=False, retrain=True, **SMALL)
+    assert store.load_run(again.path).history == again.history         # retrain=True repairs the entry
+
+
+def test_a_dataset_object_where_a_name_belongs_is_refused_with_the_fix(synth):
+    with pytest.raises(TypeError, match=r"dataset=Dataset object.*pass the dataset's name and its options"):
+        store.experiment(dataset=synth, method="bp", epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"method=.* object.*pass the rule's name"):
+        config.canonical_config(method=faeval.methods.METHODS["bp"])
+
+
 def test_canonical_config_routes_and_fills_defaults():
     a = config.canonical_config(method="dfa", penalty=1e-2, width=256, subset=100, lr=1)
     b = config.canonical_config(method="dfa", hparams={"penalty": 0.01}, subset=100, lr=1.0)
