@@ -73,10 +73,11 @@ def _runs(args) -> int:
     if not rows:
         print(f"no runs in {results_dir(args.results)}")
         return 0
-    cols = ["method", "arch", "dataset", "seed", "epochs", "test_acc", "max_growth", "g_L", "stopped", "run"]
+    cols = ["method", "arch", "dataset", "seed", "options", "epochs", "test_acc", "max_growth", "g_L", "stopped",
+            "run"]
 
     def fmt(v):
-        return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
+        return f"{v:.4g}" if isinstance(v, float) else ("-" if v in (None, "") else str(v))
     table = [cols] + [[fmt(r[c]) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for row in table:

@@ -202,6 +202,28 @@ def _damaged(path: Path, file: str, err: Exception) -> DamagedRunError:
                            f"that folder, or train it again with retrain=True (python -m faeval train ... --retrain)")
 
 
+def distinguishing_options(cfg: dict) -> str:
+    """The settings of a stored run's config that differ from the defaults of its rule, model and data
+    (besides method, arch, dataset, seed and epochs), e.g. ``"width=512, label_noise=0.4"``: what tells
+    two runs of one rule apart in a listing.
+
+    >>> from faeval.config import canonical_config
+    >>> distinguishing_options(canonical_config(method="dfa", width=512, label_noise=0.4, epochs=3))
+    'width=512, label_noise=0.4'
+    """
+    from .config import canonical_config
+
+    try:
+        base = canonical_config(method=cfg["method"], arch=cfg["arch"], dataset=cfg["dataset"])
+    except (TypeError, ValueError, KeyError):      # e.g. a rule registered in a session that is not this one
+        return "?"
+    out = [f"{k}={v}" for k, v in cfg.items()
+           if k not in ("method", "arch", "dataset", "seed", "epochs", "model", "hparams", "data") and v != base.get(k)]
+    for part in ("model", "hparams", "data"):
+        out += [f"{k}={v}" for k, v in cfg.get(part, {}).items() if v != base[part].get(k)]
+    return ", ".join(out)
+
+
 def list_runs(results=None) -> list[dict]:
     """One summary dict per complete run in the store, oldest first."""
     rows = []
@@ -216,7 +238,8 @@ def list_runs(results=None) -> list[dict]:
         cfg = meta["config"]
         last = hist[-1] if hist else {}
         rows.append({"run": p.name, "method": cfg["method"], "arch": cfg["arch"], "dataset": cfg["dataset"],
-                     "seed": cfg["seed"], "epochs": last.get("epoch"), "test_acc": last.get("test_acc"),
+                     "seed": cfg["seed"], "options": distinguishing_options(cfg), "epochs": last.get("epoch"),
+                     "test_acc": last.get("test_acc"),
                      "max_growth": last.get("diag", {}).get("max_block_growth"),   # the stored JSON of a Snapshot
                      "g_L": last.get("diag", {}).get("g_L"), "stopped": meta.get("stopped"),
                      "created": meta.get("created"), "current": meta.get("cache_version") == CACHE_VERSION})

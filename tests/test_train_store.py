@@ -230,6 +230,8 @@ def test_cli_trains_lists_and_audits(tmp_path):
     assert final["epoch"] == 1 and final["step"] == 2
     runs = _cli("runs", cwd=tmp_path)
     assert runs.returncode == 0 and "dfa" in runs.stdout and "synthetic" in runs.stdout
+    # the listing shows what tells runs of one rule apart: the options that differ from the defaults
+    assert "eval_n=128, depth=2, width=32, penalty=0.01, d=16, n_test=128, n_train=256" in runs.stdout
     listed = json.loads(_cli("runs", "--json", cwd=tmp_path).stdout)
     assert len(listed) == 1 and listed[0]["seed"] == 42
     run_path = Path(tmp_path, "results", listed[0]["run"])
