@@ -431,7 +431,8 @@ class FAProtocol:
 class Monitor:
     """Apply the protocol's thresholds to each epoch's diagnostic snapshot.
 
-    Call it with ``(epoch, record)`` after every epoch, where ``record`` is a
+    In a training loop of your own, call :meth:`update` once per epoch with the model and an
+    eval batch: it measures the snapshot itself. Or call it with ``(epoch, record)``, where ``record`` is a
     :class:`~faeval.diagnostics.Snapshot` (:func:`faeval.diagnostics.snapshot`) or an
     epoch record holding one under the key ``"diag"``. It records the first epoch at which
     D1, D2 and C fire (``first_fired``) and returns True when a diagnostic named in
@@ -475,6 +476,27 @@ class Monitor:
             snap = D.Snapshot.from_dict(snap)
         g_L = snap.g_L if self.d2_batch is None else snap.g_L_at(self.d2_batch)
         return {"D1": snap.max_block_growth, "D2": g_L, "C": snap.stability}
+
+    def update(self, model: nn.Module, x_eval: torch.Tensor, y_eval: torch.Tensor, epoch: int, *,
+               layers: Sequence[str] | None = None, token: str = "cls", spatial: str = "mean") -> bool:
+        """One call per epoch from any training loop: measure the snapshot of ``model`` on
+        ``(x_eval, y_eval)`` (through the same :class:`~faeval.diagnostics.Tap` as
+        :class:`FAProtocol`, so ``layers=`` names the hidden states of a model of your own),
+        record first firings, and return whether to stop. The snapshot is kept as ``last``.
+
+        >>> import faeval
+        >>> model = faeval.build_model("resmlp", (8,), 3, seed=0, width=16, depth=2)
+        >>> monitor = Monitor(stop_on=["D1"])
+        >>> monitor.update(model, torch.randn(64, 8), torch.randint(3, (64,)), epoch=0)
+        False
+        """
+        key = (id(model), tuple(layers) if layers is not None else None, token, spatial)
+        if getattr(self, "_tap_key", None) != key:
+            self._tap, self._tap_key = D.Tap(model, layers=layers, token=token, spatial=spatial), key
+            D.check_xy(x_eval, y_eval)
+            D.check_against_model(self._tap, x_eval, y_eval)
+        self.last = D.snapshot(model, x_eval, y_eval, tap=self._tap)
+        return self(epoch, self.last)
 
     def __call__(self, epoch: int, record) -> bool:
         vals = self._values(record)

@@ -593,3 +593,54 @@ def test_bad_eval_data_is_refused_with_the_problem_and_the_fix(xy):
         FAProtocol(model, x[:, :, ::2, ::2], y)
     with pytest.raises(ValueError, match="pass class indices as integers"):
         FAProtocol(model, x, y.float())
+
+
+class _Res(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d))
+
+    def forward(self, h):
+        return h + self.f(h)
+
+
+class _UserNet(nn.Module):
+    """A residual MLP of a user's own, with its own module names."""
+
+    def __init__(self, d_in=8, d=16, classes=3):
+        super().__init__()
+        self.stem = nn.Linear(d_in, d)
+        self.stages = nn.ModuleList([_Res(d), _Res(d)])
+        self.classifier = nn.Linear(d, classes)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for s in self.stages:
+            h = s(h)
+        return self.classifier(h)
+
+
+def test_monitor_update_stops_a_plain_pytorch_loop_at_the_epoch_d1_fires():
+    torch.manual_seed(0)
+    net = _UserNet()
+    x, y = torch.randn(256, 8), torch.randint(3, (256,))
+    layers = ["stem", "stages.0", "stages.1"]
+    monitor = Monitor(stop_on=["D1"])
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    growth = []
+    for epoch in range(10):                      # the user's own loop
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+        with torch.no_grad():                    # the residual stream is made to blow up, 4x per epoch
+            net.stages[1].f[2].weight.mul_(4.0)
+            net.stages[1].f[2].bias.mul_(4.0)
+        tap = D.Tap(net, layers=layers)
+        growth.append(D.max_block_growth(D.measure(net, x, y, tap=tap)["hidden_norms"]))
+        if monitor.update(net, x, y, epoch, layers=layers):
+            break
+    expected = next(e for e, g in enumerate(growth) if g > 50)
+    assert 0 < expected < 9 and monitor.stopped_at == expected == epoch == monitor.first_fired["D1"]
+    assert monitor.last.max_block_growth == pytest.approx(growth[-1])
+    with pytest.raises(ValueError, match="outside the model's 3 classes"):
+        Monitor().update(_UserNet(), x, y + 5, 0, layers=layers)
