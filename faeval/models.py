@@ -413,6 +413,50 @@ class SmallCNN(LayeredModel):
         return 50.0
 
 
+class _GlobalPool(nn.Module):
+    """The readout's view of a (B, C, H, W) state: the channel means."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mean(dim=(2, 3))
+
+
+@register_arch("resnet")
+class SmallResNet(LayeredModel):
+    """A small ResNet with BatchNorm and no terminal LN (the original artifact's ``small_resnet``).
+
+    Stem: conv 3x3 (stride 2) -> BatchNorm -> ReLU, giving h0 of shape (channels, H/2, W/2).
+    Then ``depth`` basic residual blocks, h_{l+1} = h_l + f_l(h_l) with f_l = conv-BN-ReLU-conv-BN
+    and the identity skip: every block keeps the shape, so no 1x1 projection is needed. The
+    readout is global average pooling and a linear head. The diagnostics read 4-D states as
+    channel means. FA is not defined here (its d x d feedback would be (C H W)^2).
+    """
+
+    residual = True
+    equal_width = False      # states are (C, H, W) feature maps: FA's (CHW)^2 feedback is refused
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int = 10, channels: int = 32,
+                 depth: int = 3) -> None:
+        super().__init__()
+        c, h, w = _needs_image(self.arch, input_shape)
+        if depth < 1:
+            raise ValueError(f"depth={depth}: SmallResNet needs at least one residual block")
+        self.embed = nn.Sequential(nn.Conv2d(c, channels, 3, stride=2, padding=1), nn.BatchNorm2d(channels),
+                                   nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+                          nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels))
+            for _ in range(depth))
+        self.pool = _GlobalPool()
+        self.out_head = nn.Linear(channels, num_classes)
+
+    def reduce_readout(self, h: torch.Tensor) -> torch.Tensor:
+        return self.pool(h)
+
+    @classmethod
+    def step_cost(cls, options: dict) -> float:
+        return 60.0
+
+
 def build_model(arch: str, input_shape: Sequence[int], num_classes: int, seed: int | None = None,
                 **kw) -> LayeredModel:
     """Build a layered model by name (a key of :data:`ARCHS`).

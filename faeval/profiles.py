@@ -176,6 +176,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             "ResMLP d=32, no terminal LN": {"out_ln": False},
             "ViT-Mini": {"arch": "vit", "width": 32, "subset": 256},
             "SmallCNN": {"arch": "cnn", "subset": 256, "channels": [4, 8, 8], "hidden": 16},
+            "SmallResNet": {"arch": "resnet", "subset": 256, "channels": 8},
             "StudentNet (synthetic)": {"arch": "studentnet", "dataset": "synthetic", "width": 32, "d": 32,
                                        "n_train": 512, "n_test": 256},
         }),
@@ -194,13 +195,15 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             "ResMLP d=256, no terminal LN": {"out_ln": False},
             "ViT-Mini": {"arch": "vit", "width": 128, "subset": 10000, "epochs": 4},
             "SmallCNN": {"arch": "cnn", "subset": 5000, "epochs": 4},
+            "SmallResNet": {"arch": "resnet", "subset": 5000, "epochs": 4},
             "StudentNet (synthetic)": {"arch": "studentnet", "dataset": "synthetic", "epochs": 24},
         }),
         deviations=(
             "Fashion-MNIST (28x28x1, flattened to 784) instead of CIFAR-10 (3072), no augmentation",
             "40% of the training labels replaced by random classes (the test set is clean)",
             "8 epochs (3,752 steps) instead of 100; the penalty sweep also 8 instead of 30",
-            "ViT-Mini: a 10,000-image training subset, 4 epochs; SmallCNN: 5,000 images, 4 epochs",
+            "ViT-Mini: a 10,000-image training subset, 4 epochs; SmallCNN and SmallResNet: 5,000 images, "
+            "4 epochs",
         ),
     ),
     Profile(
@@ -216,6 +219,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             "ResMLP d=256, no terminal LN": {"out_ln": False},
             "ViT-Mini": {"arch": "vit", "width": 128},
             "SmallCNN": {"arch": "cnn"},
+            "SmallResNet": {"arch": "resnet"},
             "StudentNet (synthetic)": {"arch": "studentnet", "dataset": "synthetic", "epochs": 80},
         }),
     ),

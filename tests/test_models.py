@@ -5,7 +5,7 @@ import torch
 from faeval.models import ARCHS, build_model
 
 SHAPES = {"fashion": (1, 28, 28), "cifar": (3, 32, 32), "synthetic": (128,)}
-IMAGE_ONLY = {"vit", "cnn"}
+IMAGE_ONLY = {"vit", "cnn", "resnet"}
 
 
 def _cases():
@@ -105,7 +105,7 @@ def test_same_seed_same_weights_and_rng_untouched():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="valid archs: cnn, resmlp, studentnet, vit"):
+    with pytest.raises(ValueError, match="valid archs: cnn, resmlp, resnet, studentnet, vit"):
         build_model("resnet50", (1, 28, 28), 10)
     with pytest.raises(ValueError, match=r"needs image inputs of shape \(channels, height, width\)"):
         build_model("cnn", (784,), 10)
@@ -115,3 +115,28 @@ def test_bad_input():
         build_model("resmlp", (1, 28, 28), 10, widht=3)
     with pytest.raises(ValueError, match="alpha"):
         build_model("studentnet", (128,), 10, alpha=2.0)
+
+
+def test_small_resnet_is_a_residual_bn_net_that_every_rule_but_fa_trains():
+    """SmallResNet: stem conv (stride 2) + BN + ReLU, identity-skip basic blocks, average pool, head."""
+    from faeval.methods import UnsupportedArchError, build_method
+
+    m = build_model("resnet", (3, 32, 32), 10, seed=0, channels=8, depth=3)
+    x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
+    hs, logits = m.states(x)
+    assert [tuple(h.shape[1:]) for h in hs] == [(8, 16, 16)] * 4 and m.residual and not m.has_out_ln
+    assert torch.allclose(hs[1], hs[0] + m.blocks[0](hs[0]))            # h_{l+1} = h_l + f_l(h_l)
+    assert any(isinstance(l, torch.nn.BatchNorm2d) for l in m.blocks[0])
+    assert torch.allclose(logits, m.out_head(hs[-1].mean(dim=(2, 3))))
+    for name, hp in [("bp", {}), ("dfa", {}), ("ep", {}), ("state_bridge", {}), ("credit_bridge", {}),
+                     ("dfa", {"penalty": 1e-2})]:
+        rule = build_method(name, m, seed=0, **hp)
+        before = [p.detach().clone() for p in m.blocks[1].parameters()]
+        m.zero_grad()
+        loss, _ = rule.loss(x, y)
+        loss.backward()
+        assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0
+                                            for p in m.blocks[1].parameters()), name
+        assert all(torch.equal(a, b) for a, b in zip(before, m.blocks[1].parameters()))
+    with pytest.raises(UnsupportedArchError, match="feature maps.*use dfa instead"):
+        build_method("fa", m)

@@ -42,7 +42,7 @@ def test_a_changed_architecture_or_dataset_drops_the_options_it_replaces():
 @pytest.mark.parametrize("kw, names", [
     ({"name": "qick"}, ["paper", "quick", "smoke"]),
     ({"dataset": "mnst"}, ["fashion-mnist", "cifar10"]),
-    ({"arch": "resnet"}, ["resmlp", "vit"]),
+    ({"arch": "resnet18"}, ["resmlp", "resnet", "vit"]),
     ({"methods": ["dfa", "dfaa"]}, ["credit_bridge", "dfa"]),
 ])
 def test_unknown_names_are_refused_with_the_valid_ones(kw, names):

@@ -26,9 +26,9 @@ class FA(FeedbackRule):
     def check_model(self, model):
         if not model.equal_width:
             raise UnsupportedArchError(
-                f"method {self.name!r} is not defined on arch {model.arch!r} (its hidden states change shape between "
-                "stages, so there is no d x d feedback chain); it needs an architecture with equal_width = True "
-                "(use dfa instead)")
+                f"method {self.name!r} is not defined on arch {model.arch!r} (its hidden states are not vectors of "
+                "one width: they change shape between stages, or are feature maps, so there is no d x d feedback "
+                "chain); it needs an architecture with equal_width = True (use dfa instead)")
 
     def feedback_shapes(self):
         return [(self.width, self.width)] * self.model.depth
