@@ -69,8 +69,13 @@ def quickstart(P) -> dict:
 
 @chapter("audit")
 def audit(P) -> dict:
-    """Every audited rule and the frozen-blocks baseline, on every seed: ``{(method, seed): config}``."""
-    return {"runs": {(m, s): P.config(m, s) for m in (*P.methods, "frozen") for s in P.seeds}}
+    """Every audited rule and the frozen-blocks baseline, on every seed: ``{(method, seed): config}``;
+    ``("shallow", seed)`` is the DFA-shallow baseline, DFA on the same model without residual blocks
+    (embedding, terminal LN and head; the embedding learns from its DFA credit, the head from the loss)."""
+    runs = {(m, s): P.config(m, s) for m in (*P.methods, "frozen") for s in P.seeds}
+    if P.base.get("arch", "resmlp") in ("resmlp", "studentnet"):
+        runs.update({("shallow", s): P.config("dfa", s, depth=0) for s in P.seeds})
+    return {"runs": runs}
 
 
 @chapter("temporal")

@@ -400,3 +400,26 @@ def test_dfa_input_credit_trains_block_l_on_the_credit_of_its_input():
     assert all(torch.equal(a, b) for a, b in zip(probe.credit(x, y), build_method("dfa", model, seed=3).credit(x, y)))
     with pytest.raises(ValueError, match="states of one shape"):
         build_method("dfa_input_credit", build_model("cnn", (1, 28, 28), 10, seed=0, channels=(4, 8, 8), hidden=8))
+
+
+def test_the_dfa_shallow_baseline_is_dfa_without_blocks():
+    """The audit's DFA-shallow baseline: DFA on the model without residual blocks, where the embedding
+    learns from its DFA credit a_0 = e B_0 and the head (after the terminal LN) from the loss."""
+    from faeval import build_method, build_model
+    from faeval.experiments import plan
+    from faeval.profiles import get_profile
+
+    P = get_profile("smoke")
+    cfg = plan("audit", P)["runs"]["shallow", P.seeds[0]]
+    assert cfg["method"] == "dfa" and cfg["depth"] == 0
+    model = build_model("resmlp", (12,), 5, seed=0, width=16, depth=0)
+    rule = build_method("dfa", model, seed=0)
+    x, y = torch.randn(32, 12), torch.arange(32) % 5
+    loss, _ = rule.loss(x, y)
+    loss.backward()
+    # the embedding's gradient is that of <h_0, a_0>: a_0 backpropagated through the embedding only
+    h0 = model.embed(x)
+    a0 = rule.credit(x, y)[0]
+    want = torch.autograd.grad((h0 * a0).sum(), model.embed.weight)[0]
+    assert torch.allclose(model.embed.weight.grad, want, atol=1e-6)
+    assert model.out_head.weight.grad.abs().sum() > 0 and model.depth == 0
