@@ -223,7 +223,7 @@ def ledger(results_dir=None):
     """
     import pandas as pd
 
-    from .discrepancies import load_reasons
+    from .discrepancies import KINDS, load_reasons
 
     rows, reasons = [], {}
     for path in sorted(claims_dir(results_dir).glob("*.json")):
@@ -237,6 +237,10 @@ def ledger(results_dir=None):
             why = reasons.get(data["profile"], {}).get((r["notebook"], r["claim"])) if label == "defaults" else None
             if why is not None and r["status"] == NOT_HELD:
                 row.update(reason=why["text"], reason_kind=why["kind"])
+            elif r["status"] == NOT_HELD and ":" in r.get("reason", ""):     # a reason the notebook gave itself
+                kind, text = r["reason"].split(":", 1)
+                if kind in KINDS:
+                    row.update(reason=text.strip(), reason_kind=kind)
             rows.append(row)
     cols = ["notebook", "claim", "paper", "ours", "status", "profile", "reason_kind", "reason", "parameters",
             "default"]

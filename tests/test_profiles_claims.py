@@ -220,3 +220,13 @@ def test_the_calibration_rule_needs_every_seed():
     assert {t["candidate"]: (t["rule holds on"], t["seeds"], t["qualifies"]) for t in table} == {
         "paper": (1, 2, False), "label_noise": (2, 2, True), "width512": (0, 1, False)}
     assert choose(rows[:2])[0] is None
+
+
+def test_the_ledger_reads_a_reason_a_notebook_gave_its_own_claim(tmp_path):
+    claims = C.Claims("08_discrepancies", "smoke")
+    claims.check("x", False, "0", reason="not explained: ruled out a and b")
+    claims.check("y", False, "0", reason="a note that names no kind")
+    claims.save(tmp_path)
+    table = C.ledger(tmp_path).set_index("claim")
+    assert table.loc["x", "reason_kind"] == "not explained" and table.loc["x", "reason"] == "ruled out a and b"
+    assert table.loc["y", "reason_kind"] == "" and table.loc["y", "reason"] == "a note that names no kind"
