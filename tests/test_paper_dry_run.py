@@ -54,7 +54,7 @@ def test_every_kind_of_run_the_paper_profile_plans_trains_on_cifar_files(tmp_pat
         small = _shrunk(cfg)
         kinds.setdefault(config_hash(small), small)
     configs = list(kinds.values())
-    assert {c["arch"] for c in configs} == {"resmlp", "vit", "cnn", "studentnet"}
+    assert {c["arch"] for c in configs} == {"resmlp", "vit", "cnn", "resnet", "studentnet"}
     assert {c["method"] for c in configs} >= {"bp", "frozen", "fa", "dfa", "ep", "state_bridge", "credit_bridge"}
     cifar = [c for c in configs if c["dataset"] == "cifar10"]
     assert cifar and all(c["data"]["augment"] for c in cifar)      # the paper trains with crop and flip
