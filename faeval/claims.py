@@ -30,10 +30,13 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["paper", "Claims", "ledger", "claims_dir", "styled", "describe_parameters", "PAPER_VALUES"]
+__all__ = ["paper", "Claims", "ledger", "claims_dir", "styled", "describe_parameters", "attach_reasons",
+           "PAPER_VALUES", "REASON_KINDS"]
 
 PAPER_VALUES = Path(__file__).with_name("reference") / "paper_values.json"
 HELD, NOT_HELD, NOT_EVALUATED = "held", "not held", "not evaluated"
+#: the kinds of reason a claim that does not hold can have (:mod:`faeval.discrepancies` measures them)
+REASON_KINDS = ("horizon", "data", "measurement convention", "implementation choice", "not explained")
 
 
 @lru_cache(maxsize=1)
@@ -115,10 +118,11 @@ class Claims:
         if held is not None and not isinstance(held, bool):
             held = bool(held)
         ref = paper(paper_key) if paper_key else None
-        row = {"notebook": self.notebook, "profile": self.profile, "claim": claim,
-               "status": NOT_EVALUATED if held is None else HELD if held else NOT_HELD,
+        status = NOT_EVALUATED if held is None else HELD if held else NOT_HELD
+        kind, reason = _reason_kind(status, reason or "")
+        row = {"notebook": self.notebook, "profile": self.profile, "claim": claim, "status": status,
                "ours": ours, "paper": ref["text"] if ref else "", "source": ref["source"] if ref else "",
-               "reason": reason or ""}
+               "reason": reason, "reason_kind": kind}
         self.rows.append(row)
         return row
 
@@ -145,18 +149,9 @@ class Claims:
 
     def save(self, results_dir=None) -> Path:
         """Write ``<results_dir>/claims/<filename()>`` atomically; returns its path."""
-        out = claims_dir(results_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / self.filename()
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{self.notebook}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"notebook": self.notebook, "profile": self.profile, "parameters": self.parameters,
-                           "claims": self.rows}, f, indent=1, default=str)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        path = claims_dir(results_dir) / self.filename()
+        _write_json(path, {"notebook": self.notebook, "profile": self.profile, "parameters": self.parameters,
+                           "claims": self.rows})
         return path
 
     def table(self):
@@ -168,7 +163,8 @@ class Claims:
     def __str__(self) -> str:
         lines = [f"Claims of {self.notebook} at the {self.profile!r} profile:"]
         for r in self.rows:
-            extra = f"  [{r['reason']}]" if r["reason"] else ""
+            why = f"{r['reason_kind']}: {r['reason']}" if r.get("reason_kind") else r["reason"]
+            extra = f"  [{why}]" if why else ""
             paper_part = f" | paper: {r['paper']}" if r["paper"] else ""
             lines.append(f"  {r['status'].upper():>13}  {r['claim']}: ours {r['ours']}{paper_part}{extra}")
         return "\n".join(lines)
@@ -189,6 +185,51 @@ def styled(frame):
     if "status" in frame.columns:
         style = style.map(lambda s: STATUS_COLOURS.get(s, ""), subset=["status"])
     return style
+
+
+def _reason_kind(status: str, reason: str) -> tuple[str, str]:
+    """``(kind, text)`` of a not-held claim's reason written as ``"<kind>: <text>"``, else ``("", reason)``."""
+    kind, _, text = reason.partition(":")
+    if status == NOT_HELD and kind in REASON_KINDS:
+        return kind, text.strip()
+    return "", reason
+
+
+def _write_json(path: Path, data) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def attach_reasons(reasons, profile: str, results_dir=None) -> list[Path]:
+    """Write each reason (``{notebook, claim, kind, text}``) into the not-held claim it explains, in the
+    claims files of ``profile`` measured at its defaults; returns the files rewritten."""
+    from .config import CACHE_VERSION
+
+    by_claim = {(r["notebook"], r["claim"]): r for r in reasons}
+    written = []
+    for path in sorted(claims_dir(results_dir).glob("*.json")):
+        data = json.loads(path.read_text())
+        params = data.get("parameters", {})
+        if data.get("profile") != profile or params.get("overrides") or params.get("cache_version") != CACHE_VERSION:
+            continue
+        hit = False
+        for row in data["claims"]:
+            why = by_claim.get((row["notebook"], row["claim"]))
+            if why is not None and row["status"] == NOT_HELD:
+                row.update(reason=why["text"], reason_kind=why["kind"])
+                hit = True
+        if hit:
+            _write_json(path, data)
+            written.append(path)
+    return written
 
 
 def _number(v) -> bool:
@@ -216,32 +257,19 @@ def ledger(results_dir=None):
 
     ``parameters`` describes what each row was measured with (:func:`describe_parameters`);
     ``default`` is True for rows measured at their profile's defaults and the current cache
-    version, the only rows a book's ledger presents as the profile's. A claim at the defaults
-    that does not hold gets the reason the discrepancies appendix measured for it
-    (:mod:`faeval.discrepancies`): ``reason_kind`` is one of its five kinds, ``reason`` says what
-    was measured.
+    version, the only rows a book's ledger presents as the profile's. A claim that does not
+    hold carries its reason: ``reason_kind`` is one of :data:`REASON_KINDS` and ``reason``
+    says what was measured (the discrepancies appendix writes them in: :func:`attach_reasons`).
     """
     import pandas as pd
 
-    from .discrepancies import KINDS, load_reasons
-
-    rows, reasons = [], {}
+    rows = []
     for path in sorted(claims_dir(results_dir).glob("*.json")):
         data = json.loads(path.read_text())
         params = data.get("parameters", {"profile": data.get("profile"), "overrides": {}, "cache_version": None})
         label = describe_parameters(params)
-        if label == "defaults" and data["profile"] not in reasons:
-            reasons[data["profile"]] = load_reasons(data["profile"], results_dir)
-        for r in data["claims"]:
-            row = {**r, "parameters": label, "default": label == "defaults", "reason_kind": ""}
-            why = reasons.get(data["profile"], {}).get((r["notebook"], r["claim"])) if label == "defaults" else None
-            if why is not None and r["status"] == NOT_HELD:
-                row.update(reason=why["text"], reason_kind=why["kind"])
-            elif r["status"] == NOT_HELD and ":" in r.get("reason", ""):     # a reason the notebook gave itself
-                kind, text = r["reason"].split(":", 1)
-                if kind in KINDS:
-                    row.update(reason=text.strip(), reason_kind=kind)
-            rows.append(row)
+        rows += [{"reason_kind": "", **r, "parameters": label, "default": label == "defaults"}
+                 for r in data["claims"]]
     cols = ["notebook", "claim", "paper", "ours", "status", "profile", "reason_kind", "reason", "parameters",
             "default"]
     return pd.DataFrame(rows, columns=cols)

@@ -15,25 +15,22 @@ chapters it refers to, and returns a :class:`Reason` of one of five :data:`KINDS
 * ``not explained``: none of the above was shown; the text says what was ruled out.
 
 The reason's text is built from measured numbers only. :func:`save_reasons` writes
-them beside the claims files, and :func:`faeval.claims.ledger` shows them in the
-``reason`` column of the claims they explain.
+each into the claims file row it explains, and :func:`faeval.claims.ledger` shows it in
+the ``reason_kind`` and ``reason`` columns.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+from .claims import REASON_KINDS
 from .protocol import Monitor, Thresholds
 
-__all__ = ["KINDS", "Reason", "PROBES", "probe", "explain", "save_reasons", "load_reasons", "crossing_epoch",
-           "Context"]
+__all__ = ["KINDS", "Reason", "PROBES", "probe", "explain", "save_reasons", "crossing_epoch", "Context"]
 
-KINDS = ("horizon", "data", "measurement convention", "implementation choice", "not explained")
+KINDS = REASON_KINDS
 PAPER_EPOCHS = 100      # the paper's training horizon (its CIFAR-10 recipe)
 
 
@@ -108,38 +105,12 @@ def explain(rows: Sequence[Mapping], ctx: Context) -> list[dict]:
     return out
 
 
-def _reasons_path(results_dir, profile: str):
-    from .claims import claims_dir
+def save_reasons(reasons: Sequence[Mapping], profile, results_dir=None) -> list:
+    """Write the reasons into the claims they explain, in ``profile``'s claims files at its defaults
+    (:func:`faeval.claims.attach_reasons`); returns the files rewritten."""
+    from .claims import attach_reasons
 
-    return claims_dir(results_dir) / "reasons" / f"{profile}.json"
-
-
-def save_reasons(reasons: Sequence[Mapping], profile, results_dir=None):
-    """Write the reasons of ``profile``'s default claims atomically (``claims/reasons/<profile>.json``)."""
-    path = _reasons_path(results_dir, profile.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".reasons.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"parameters": profile.parameters(), "reasons": list(reasons)}, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
-
-
-def load_reasons(profile: str, results_dir=None) -> dict[tuple[str, str], dict]:
-    """``{(notebook, claim): reason}`` saved for ``profile`` at the current cache version ({} if none)."""
-    from .config import CACHE_VERSION
-
-    path = _reasons_path(results_dir, profile)
-    if not path.exists():
-        return {}
-    data = json.loads(path.read_text())
-    if data["parameters"].get("cache_version") != CACHE_VERSION or data["parameters"].get("overrides"):
-        return {}
-    return {(r["notebook"], r["claim"]): r for r in data["reasons"]}
+    return attach_reasons(reasons, profile.name, results_dir)
 
 
 # ---------------------------------------------------------------------------------------

@@ -230,3 +230,21 @@ def test_the_ledger_reads_a_reason_a_notebook_gave_its_own_claim(tmp_path):
     table = C.ledger(tmp_path).set_index("claim")
     assert table.loc["x", "reason_kind"] == "not explained" and table.loc["x", "reason"] == "ruled out a and b"
     assert table.loc["y", "reason_kind"] == "" and table.loc["y", "reason"] == "a note that names no kind"
+
+
+def test_reasons_are_written_into_the_claims_files_they_explain(tmp_path):
+    """The appendix's reasons live in the claims files (readable without the ledger), only at the defaults."""
+    default = C.Claims("01_audit", get_profile("smoke"))
+    default.check("DFA fires D2", False, "0/2 seeds")
+    default.check("BP passes", True, "2/2 seeds")
+    other = C.Claims("01_audit", get_profile("smoke", seeds=[7]))
+    other.check("DFA fires D2", False, "0/1 seeds")
+    p1, p2 = default.save(tmp_path), other.save(tmp_path)
+    reasons = [{"notebook": "01_audit", "claim": "DFA fires D2", "kind": "horizon", "text": "fires at epoch 20"}]
+    assert C.attach_reasons(reasons, "smoke", tmp_path) == [p1]
+    rows = {r["claim"]: r for r in json.loads(p1.read_text())["claims"]}
+    assert (rows["DFA fires D2"]["reason_kind"], rows["DFA fires D2"]["reason"]) == ("horizon", "fires at epoch 20")
+    assert rows["BP passes"]["reason"] == "" and rows["BP passes"]["reason_kind"] == ""
+    assert json.loads(p2.read_text())["claims"][0]["reason"] == ""          # other parameters: untouched
+    table = C.ledger(tmp_path)
+    assert table[table.default & (table.claim == "DFA fires D2")]["reason_kind"].tolist() == ["horizon"]
