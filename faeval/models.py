@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .names import check_known
 from .seeds import seeded
 
 __all__ = [
@@ -186,9 +187,7 @@ def register_arch(name: str) -> Callable[[type], type]:
 
 def arch_class(name: str) -> type[LayeredModel]:
     """The registered class of architecture ``name``; an unknown name raises, listing the valid ones."""
-    if name not in ARCHS:
-        raise ValueError(f"unknown arch {name!r}; valid archs: {', '.join(sorted(ARCHS))} "
-                         "(or register your own with @faeval.register_arch)")
+    check_known("arch", name, ARCHS, " (or register your own with @faeval.register_arch)")
     return ARCHS[name]
 
 

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .config import rebase
+from .names import check_known
 
 __all__ = ["Profile", "PROFILES", "get_profile"]
 
@@ -226,11 +227,6 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
 ]}
 
 
-def _valid(kind: str, value, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(sorted(valid))}")
-
-
 def get_profile(name: str = "quick", *, dataset: str | None = None, arch: str | None = None,
                 methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                 epochs: int | None = None, device: str | None = None, results_dir: str | None = None,
@@ -246,24 +242,24 @@ def get_profile(name: str = "quick", *, dataset: str | None = None, arch: str | 
     from .methods import METHODS
     from .models import ARCHS
 
-    _valid("profile", name, list(PROFILES))
+    check_known("profile", name, PROFILES)
     p = PROFILES[name]
     given = {"dataset": dataset, "arch": arch, "methods": methods, "seeds": seeds, "epochs": epochs}
     overrides = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in {**given, **base_overrides}.items()
                  if v is not None}
     base = dict(p.base)
     if dataset is not None:
-        _valid("dataset", dataset, list(DATASETS))
+        check_known("dataset", dataset, DATASETS)
         base = {**rebase(base, {"dataset": dataset}), "dataset": dataset}
     if arch is not None:
-        _valid("arch", arch, list(ARCHS))
+        check_known("arch", arch, ARCHS)
         base = {**rebase(base, {"arch": arch}), "arch": arch}
     base.update(base_overrides)
     changes: dict = {"base": base, "device": device, "results": results_dir, "progress": progress,
                      "overrides": overrides}
     if methods is not None:
         for m in methods:
-            _valid("method", m, list(METHODS))
+            check_known("method", m, METHODS)
         changes["methods"] = tuple(methods)
     if seeds is not None:
         if isinstance(seeds, int) or not seeds or not all(isinstance(s, int) for s in seeds):

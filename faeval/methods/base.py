@@ -50,6 +50,7 @@ from torch.func import grad as func_grad
 
 from ..diagnostics import MissingAuxStateError
 from ..models import LayeredModel
+from ..names import check_known
 from ..seeds import generator
 
 __all__ = ["Method", "LocalRule", "FeedbackRule", "METHODS", "register_method", "build_method", "method_hparams",
@@ -99,9 +100,7 @@ def method_hparams(name: str) -> dict[str, object]:
 
 
 def _method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))} "
-                         "(or register your own with @faeval.register_method)")
+    check_known("method", name, METHODS, " (or register your own with @faeval.register_method)")
     return METHODS[name]
 
 
