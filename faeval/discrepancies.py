@@ -189,6 +189,8 @@ def d2_scale(row, ctx: Context) -> Reason:
 
 
 @probe(("01_audit", "02_temporal"), r"DFA fires D2")
+@probe("03_cross_arch", r"With a terminal LN, DFA fires D2")
+@probe("02_temporal", r"accuracy at the stop")       # without a firing there is no stop: the firing's reason
 def d2_horizon(row, ctx: Context) -> Reason:
     """Plain DFA at 3x the horizon: does g_L cross the D2 floor, or does its trend?"""
     run = ctx.probe_runs("long")["dfa"]
@@ -200,11 +202,6 @@ def d2_horizon(row, ctx: Context) -> Reason:
                                                     if f is not None else "; at width 512 it does not fire either"),
                         reason.probe)
     return reason
-
-
-@probe("03_cross_arch", r"With a terminal LN, DFA fires D2")
-def d2_horizon_arch(row, ctx: Context) -> Reason:
-    return d2_horizon(row, ctx)
 
 
 @probe(("01_audit", "02_temporal"), r"DFA fires D1")
@@ -353,12 +350,6 @@ def saving(row, ctx: Context) -> Reason:
     return Reason("horizon", f"DFA first fires at epoch ({epochs}) of {T}: a stop "
                              f"at epoch {t} can save at most {1 - t / T:.0%} of {T} epochs, and "
                              f"{1 - t / PAPER_EPOCHS:.0%} of the paper's {PAPER_EPOCHS}", "saving bound")
-
-
-@probe("02_temporal", r"accuracy at the stop")
-def accuracy_at_stop(row, ctx: Context) -> Reason:
-    """Without a firing there is no stop: the reason is that of the firing."""
-    return d2_horizon(row, ctx)
 
 
 # ---------------------------------------------------------------------------------------
