@@ -17,8 +17,8 @@ computed per run, exactly as ``fit`` computes them.
 * the rule's class gives a reason in ``ungroupable`` (EP relaxes its states with an
   inner autograd loop; the bridges train networks of their own; a rule that does not
   say it can be grouped is not);
-* the rule overrides ``step`` or ``after_step``, which the vectorised step does not
-  run (it runs ``loss`` only), or has parameters of its own.
+* the rule overrides ``step``, ``after_step`` or ``start_training``, which the
+  vectorised step does not run (it runs ``loss`` only), or has parameters of its own.
 
 Within a group: the same architecture and model options, dataset shapes, number of
 batches per epoch, rule class, trainable blocks, learning rates and weight decay.
@@ -54,7 +54,7 @@ def why_not_groupable(method: Method) -> str | None:
                 "updates buffers in place)")
     if cls.ungroupable:
         return f"method {method.name!r}: {cls.ungroupable}"
-    for hook in ("step", "after_step"):
+    for hook in ("step", "after_step", "start_training"):
         if getattr(cls, hook) is not getattr(Method, hook):
             return f"method {method.name!r} overrides {hook}(), which the vectorised step does not run"
     if method.aux_parameters():

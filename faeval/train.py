@@ -136,6 +136,7 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
         return epoch_record(model, method, dataset, (x_eval, y_eval), epoch, step, sums, n_batches, n_seen, seconds)
 
     steps_per_epoch = math.ceil(dataset.n_train / batch_size)
+    method.start_training(epochs * steps_per_epoch)
     bar = progress_bar(epochs * steps_per_epoch, f"{method.name} {model.arch}", progress)
     try:
         history.append(record(0, {}, 0, 0, 0.0))

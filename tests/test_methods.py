@@ -212,7 +212,7 @@ def test_credit_bridge_terminal_matching_learns_the_terminal_gradient():
     g_ = torch.Generator().manual_seed(0)
     m = faeval.build_model("resmlp", (16,), 10, seed=0, width=32, depth=2)
     x, y = torch.randn(128, 16, generator=g_), torch.randint(0, 10, (128,), generator=g_)
-    cb = build_method("credit_bridge", m, seed=0)
+    cb = build_method("credit_bridge", m, seed=0, warmup=0)   # the bridge from the first step
     before = D.gamma_of(cb, m, x, y).mean[-1]
     opt = torch.optim.AdamW(cb.aux_parameters(), lr=1e-3)
     for _ in range(250):
@@ -225,6 +225,59 @@ def test_credit_bridge_terminal_matching_learns_the_terminal_gradient():
     # the EMA target moved towards V, but lags it
     p, t = next(cb.net.parameters()), next(cb.target.parameters())
     assert not torch.equal(p, t)
+
+
+def test_credit_bridge_warmup_lets_dfa_drive_the_blocks_then_hands_over_at_the_right_step():
+    """warmup=0.5 over 2 epochs of 8 steps: DFA's credit (the same B_l as a DFA run of the seed) trains the
+    blocks for exactly the first 8 steps, V's credit from step 9 on; the schedule survives the store."""
+    ds = faeval.load_dataset("synthetic", d=12, n_train=256, n_test=64, seed=0)     # 8 steps of 32 per epoch
+    m = faeval.build_model("resmlp", (12,), 10, seed=0, width=16, depth=3)
+    cb = build_method("credit_bridge", m, seed=1, warmup=0.5)
+    dfa = build_method("dfa", m, seed=1)
+    x, y = ds.x_test[:32], ds.y_test[:32]
+    seen, block_grads_equal = [], []
+    orig = cb.step
+
+    def step(xb, yb):
+        seen.append(cb.warming_up)
+        for rule in (dfa, cb):          # the block gradients each rule would apply at this step
+            m.zero_grad()
+            rule.loss(xb, yb)[0].backward()
+            if rule is dfa:
+                ref = [p.grad.clone() for p in m.blocks.parameters()]
+        block_grads_equal.append(all(torch.equal(a, p.grad) for a, p in zip(ref, m.blocks.parameters())))
+        m.zero_grad()
+        return orig(xb, yb)
+
+    cb.step = step
+    run = faeval.fit(m, cb, ds, 2, seed=0, progress=False, eval_n=64, batch_size=32)
+    assert seen == [True] * 8 + [False] * 8
+    assert block_grads_equal == [True] * 8 + [False] * 8
+    assert cb.steps_done == 16 and cb.warmup_steps == 8 and not cb.warming_up
+    # after the hand-over, credit() (and so Gamma) reads V's gradient, not DFA's
+    assert not torch.equal(cb.credit(x, y)[1], dfa.credit(x, y)[1])
+    assert faeval.methods.method_hparams("credit_bridge")["warmup"] == 0.2 and run.final["epoch"] == 2
+    # without a schedule the rule refuses to train, naming the fix
+    fresh = build_method("credit_bridge", _tiny(d_in=12, classes=10), seed=1)
+    with pytest.raises(ValueError, match=r"warmup > 0 needs the run's length.*start_training"):
+        fresh.step(x, y)
+    with pytest.raises(ValueError, match=r"warmup=1: must be in \[0, 1\)"):
+        build_method("credit_bridge", m, warmup=1)
+
+
+def test_credit_bridge_warmup_is_recorded_in_the_run_and_reloads_after_the_hand_over(tmp_path):
+    from faeval import store
+    from faeval.config import canonical_config
+
+    small = dict(dataset="synthetic", d=12, n_train=256, n_test=64, width=16, depth=2, eval_n=64, batch_size=32)
+    assert canonical_config(method="credit_bridge", **small)["hparams"]["warmup"] == 0.2
+    run = store.experiment(method="credit_bridge", epochs=2, results=tmp_path, progress=False, **small)
+    loaded = store.load_run(run.path)
+    assert (loaded.method.steps_done, loaded.method.warmup_steps) == (16, 3) and not loaded.method.warming_up
+    ds = faeval.load_dataset("synthetic", d=12, n_train=256, n_test=64, seed=0)
+    xe, ye = ds.eval_batch(64)
+    for a, b in zip(run.method.credit(xe, ye), loaded.method.credit(xe, ye)):
+        torch.testing.assert_close(a, b)
 
 
 # -- the penalty ----------------------------------------------------------------------------
@@ -284,6 +337,7 @@ def test_every_rule_steps_on_every_arch_it_supports(name, arch):
             build_method(name, m)
         return
     rule = build_method(name, m, hidden=16) if "bridge" in name else build_method(name, m)
+    rule.start_training(10)                         # the run's length, as fit tells every rule
     stats = rule.step(x, y)
     assert torch.isfinite(stats["loss"])
     trained = rule.parameters()

@@ -21,7 +21,8 @@ A rule is a small class, registered by name (also from a notebook cell):
 * ``method.step(x, y) -> dict`` fills ``.grad`` of the model parameters the rule
   trains (from :meth:`Method.loss`) and of the rule's own networks
   (:meth:`Method.aux_parameters`, from :meth:`Method.aux_loss`); the trainer owns both
-  optimisers and calls :meth:`Method.after_step` after stepping them (EMA targets).
+  optimisers and calls :meth:`Method.after_step` after stepping them (EMA targets),
+  and :meth:`Method.start_training` once before the first step (the run's length).
 * ``method.credit(x, y) -> list[Tensor]``: the credit the rule sends to each hidden
   state h_0..h_L, shaped like the state, on the mean-loss scale (a per-sample
   gradient divided by the batch size, like the BP gradient of a mean loss).
@@ -185,6 +186,10 @@ class Method:
 
     def after_step(self) -> None:
         """Called by the trainer after the optimisers stepped (EMA updates)."""
+
+    def start_training(self, total_steps: int) -> None:
+        """Called by the trainer before the first step with the number of steps it will take
+        (a schedule reads it, such as Credit Bridge's DFA warm-up); by default nothing."""
 
     # -- the rule ----------------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

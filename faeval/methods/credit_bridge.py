@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..seeds import generator
-from .base import check_range, error_signal, register_method, state_shapes
+from .base import check_range, error_signal, gaussian_matrices, load_tensors, register_method, state_shapes
 from .bridges import BridgeRule
 
 
@@ -27,13 +27,22 @@ class CreditBridge(BridgeRule):
     s is e_T (``cond="eT"``) or the per-sample terminal gradient (``cond="deltaL"``).
     The EMA target moves by ``ema`` after each optimiser step. Defaults follow the
     reference CIFAR run (K 4, sigma 0.05, lam 0.1, ema 0.995, weight 1.0).
+
+    Warm-up: for the first ``warmup`` fraction of the run's steps (default 0.2, the
+    paper's best CIFAR configuration) DFA drives the blocks and the embedding,
+    a_l = e_T B_l / B with fixed B_l ~ N(0, 1) from the ``"feedback"`` stream, while V
+    already trains; then V's credit takes over. The trainer tells the rule the run's
+    length (:meth:`start_training`); :meth:`credit`, and so Gamma, reads the credit the
+    blocks receive at that point of the run. ``warmup=0`` is the bridge from the
+    first step.
     """
 
     needs_top_grad = True
 
     def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, trainable_blocks: int | None = None,
                  init_aux: bool = True, K: int = 4, sigma: float = 0.05, lam: float = 0.1, ema: float = 0.995,
-                 term_grad_weight: float = 1.0, hidden: int = 256, layers: int = 3, cond: str = "eT") -> None:
+                 term_grad_weight: float = 1.0, hidden: int = 256, layers: int = 3, cond: str = "eT",
+                 warmup: float = 0.2) -> None:
         super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=trainable_blocks, init_aux=init_aux)
         check_range("K", K, isinstance(K, int) and K >= 1, "an integer >= 1 (noisy successors)")
         check_range("sigma", sigma, sigma >= 0, ">= 0 (successor noise std)")
@@ -41,6 +50,8 @@ class CreditBridge(BridgeRule):
         check_range("ema", ema, 0 <= ema < 1, "in [0, 1) (EMA momentum of the target)")
         check_range("term_grad_weight", term_grad_weight, term_grad_weight >= 0, ">= 0")
         check_range("cond", cond, cond in ("eT", "deltaL"), "'eT' or 'deltaL'")
+        check_range("warmup", warmup, 0 <= warmup < 1, "in [0, 1) (the fraction of the run in which DFA drives "
+                                                       "the blocks)")
         self.K, self.sigma, self.lam, self.ema = K, float(sigma), float(lam), float(ema)
         self.term_grad_weight, self.cond = float(term_grad_weight), cond
         self.shapes = state_shapes(model)
@@ -53,6 +64,27 @@ class CreditBridge(BridgeRule):
             self.target = self._frozen_copy(self.net)
         self.generator = generator(self.seed, "bridge-noise", self._device)
         self._losses = None
+        self.warmup = float(warmup)
+        self.warmup_steps: int | None = None      # set by start_training
+        self.steps_done = 0
+        self.num_classes = model.out_head.out_features
+        self.feedback = None
+        if init_aux and self.warmup > 0:
+            self.feedback = [B.to(self._dtype) for B in gaussian_matrices(
+                self._feedback_shapes(), 1.0, self._device, generator(self.seed, "feedback"))]
+
+    def _feedback_shapes(self):
+        return [(self.num_classes, math.prod(s)) for s in self.shapes]
+
+    def start_training(self, total_steps: int) -> None:
+        """DFA drives the blocks for the first ``round(warmup * total_steps)`` steps from now."""
+        self.warmup_steps = round(self.warmup * total_steps)
+        self.steps_done = 0
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether DFA's credit drives the blocks now (before the first step of a schedule too)."""
+        return self.warmup > 0 and (self.warmup_steps is None or self.steps_done < self.warmup_steps)
 
     @staticmethod
     def _frozen_copy(net):
@@ -62,6 +94,7 @@ class CreditBridge(BridgeRule):
         return t
 
     def after_step(self):
+        self.steps_done += 1
         if self.net is None:
             return
         with torch.no_grad():
@@ -88,6 +121,14 @@ class CreditBridge(BridgeRule):
             v_L = net(hs[L:], [L], times[L:], s)[0]
             grads.append(torch.autograd.grad(v_L.sum(), hs[L], create_graph=train)[0])
         credit = [g.detach() / B for g in grads]
+        if self.warming_up:
+            if train and self.warmup_steps is None:
+                raise ValueError("credit_bridge with warmup > 0 needs the run's length: train it with faeval.fit "
+                                 "or fit_many, or call rule.start_training(total_steps) before the first step in "
+                                 "a loop of your own (or build it with warmup=0)")
+            e = error_signal(logits, y) / B
+            credit = [(e @ Bl).view(B, *sh) for Bl, sh in
+                      zip(self._need("feedback", "warm-up feedback matrices B_l"), self.shapes)]
         if not train:
             return credit
         # losses of V (backpropagated into V's parameters by aux_loss)
@@ -118,8 +159,17 @@ class CreditBridge(BridgeRule):
 
     def aux_state(self):
         net = self._need("net", "value network V_phi")
-        return {"net": self._cpu_state(net), "target": self._cpu_state(self.target)}
+        out = {"net": self._cpu_state(net), "target": self._cpu_state(self.target),
+               "schedule": {"steps_done": self.steps_done, "warmup_steps": self.warmup_steps}}
+        if self.warmup > 0:
+            out["feedback"] = [B.detach().cpu() for B in self._need("feedback", "warm-up feedback matrices B_l")]
+        return out
 
     def load_aux_state(self, state):
         self.net = self._load_net(state, "net", "value network V_phi")
         self.target = self._frozen_copy(self._load_net(state, "target", "EMA target of V_phi"))
+        sched = state.get("schedule") or {}
+        self.steps_done, self.warmup_steps = sched.get("steps_done", 0), sched.get("warmup_steps")
+        if self.warmup > 0:
+            self.feedback = load_tensors(self, state, "feedback", self._feedback_shapes(),
+                                         "warm-up feedback matrices B_l")
