@@ -5,12 +5,13 @@ D3 depth utility), the models it was calibrated on, the learning rules, the
 training loop and run store, and the datasets.
 """
 from .methods import METHODS, Method, build_method, register_method
+from .adapt import Layered, layered
 from .models import ARCHS, LayeredModel, build_model, register_arch
 from .protocol import FAProtocol, Monitor, Report, Thresholds
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHS", "LayeredModel", "build_model", "register_arch", "FAProtocol", "Monitor", "Report", "Thresholds",
+__all__ = ["ARCHS", "LayeredModel", "build_model", "register_arch", "layered", "Layered", "FAProtocol", "Monitor", "Report", "Thresholds",
            "METHODS", "Method", "build_method", "register_method",
            "load_dataset", "Dataset", "DATASETS", "fit", "Run", "experiment", "load_run", "list_runs",
            "get_profile", "PROFILES", "Claims", "paper", "fit_many", "Snapshot"]
@@ -20,7 +21,7 @@ _LAZY = {"load_dataset": "data", "Dataset": "data", "DATASETS": "data", "fit": "
          "fit_many": "schedule", "get_profile": "profiles", "PROFILES": "profiles", "Claims": "claims",
          "paper": "claims", "Snapshot": "diagnostics"}
 _SUBMODULES = ("analysis", "plots", "many", "diagnostics", "pitfalls", "calibration", "store", "profiles", "claims",
-               "data", "train", "config", "schedule", "experiments", "methods", "models", "protocol")
+               "data", "train", "config", "schedule", "experiments", "methods", "models", "protocol", "adapt")
 
 
 def __getattr__(name):  # data, training and the store load lazily: protocol-only users need none of them
