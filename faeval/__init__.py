@@ -4,14 +4,15 @@ The protocol (D1 scale growth, D2 reference validity, C direction stability,
 D3 depth utility), the models it was calibrated on, the learning rules, the
 training loop and run store, and the datasets.
 """
-from .methods import METHODS, Method, build_method, register_method
 from .adapt import Layered, layered
+from .methods import METHODS, Method, build_method, register_method
 from .models import ARCHS, LayeredModel, build_model, register_arch
 from .protocol import FAProtocol, Monitor, Report, Thresholds
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHS", "LayeredModel", "build_model", "register_arch", "layered", "Layered", "FAProtocol", "Monitor", "Report", "Thresholds",
+__all__ = ["ARCHS", "LayeredModel", "build_model", "register_arch", "layered", "Layered",
+           "FAProtocol", "Monitor", "Report", "Thresholds",
            "METHODS", "Method", "build_method", "register_method",
            "load_dataset", "Dataset", "DATASETS", "fit", "Run", "experiment", "load_run", "list_runs",
            "get_profile", "PROFILES", "Claims", "paper", "fit_many", "Snapshot"]
