@@ -2,6 +2,7 @@
 #
 #   make book [PROFILE=smoke|quick|paper]   set up .venv, data and MathJax; execute every
 #                                           notebook; render the book; print its path
+#                                           (SCHEDULER=tcp://host:8786: train on a Dask cluster)
 #   make check-book                         open every built page in headless Chromium
 #   make test [PYTEST_ARGS=...]             set up .venv, data and the browser; run pytest
 #   make bench                              set up .venv and data; run benchmarks/*.py
@@ -18,6 +19,9 @@ SHELL := /bin/bash
 
 PROFILE ?= quick
 PYTEST_ARGS ?=
+# a Dask scheduler's address (e.g. tcp://10.0.0.5:8786): `make book` then trains the runs on that
+# cluster; the run store (FAEVAL_RESULTS) must be a path every worker sees
+SCHEDULER ?=
 PYTHON ?= python3
 VENV ?= .venv
 # torch is installed before the package: a plain `pip install -e .` would fetch the CUDA
@@ -40,7 +44,7 @@ BIN := $(dir $(PY))
 .PHONY: help venv env-check data mathjax browser notebooks book check-book test bench clean distclean
 
 help:
-	@sed -n '2,12s/^# \{0,1\}//p' Makefile
+	@sed -n '2,14s/^# \{0,1\}//p' Makefile
 
 # --- environments ------------------------------------------------------------------------
 
@@ -59,7 +63,7 @@ $(VENV)/.stamp: pyproject.toml
 	  fi; \
 	fi; \
 	"$(VENV)/bin/python" -m pip install $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'; \
-	"$(VENV)/bin/python" -m pip install -e '.[book,test]'; \
+	"$(VENV)/bin/python" -m pip install -e '.[book,test,cluster]'; \
 	echo "venv: ready in $$(( $$(date +%s) - start )) s"
 	@touch $@
 
@@ -111,7 +115,8 @@ $(PLAYWRIGHT_CORE)/package.json:
 notebooks: $(ENV_READY) data
 	@$(PY) scripts/book_toc.py --check
 	@echo "== training the runs the notebooks ask for (profile $(PROFILE); stored runs are reused)"
-	@$(PY) -m faeval prepare --profile $(PROFILE) --results "$${FAEVAL_RESULTS:-$(CURDIR)/results}"
+	@$(PY) -m faeval prepare --profile $(PROFILE) --results "$${FAEVAL_RESULTS:-$(CURDIR)/results}" \
+	  $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 	@$(PY) scripts/run_notebooks.py --profile $(PROFILE)
 
 # MathJax first: a machine without npm fails before the notebooks run, not after

@@ -51,6 +51,7 @@ class Stepper:
     def __init__(self, name, shape, seed=0):
         self.model = build_model("resmlp", shape, 10, seed=seed, width=256, depth=4)
         self.rule = build_method(name, self.model, seed=seed)
+        self.rule.start_training(1)      # a schedule past any warm-up (Credit Bridge's): the steady-state step
         self.opt = torch.optim.AdamW(self.rule.parameters(), lr=1e-3, weight_decay=0.01)
         aux = self.rule.aux_parameters()
         self.opt_fb = torch.optim.AdamW(aux, lr=1e-3, weight_decay=0.01) if aux else None

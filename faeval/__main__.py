@@ -108,14 +108,33 @@ def _prepare(args) -> int:
     from .store import run_dir
 
     logging.basicConfig(level=logging.INFO, format="prepare: %(message)s")
+    _exit_on_sigterm()
     p = get_profile(args.profile)
     configs = p.planned_runs()
     stored = sum(run_dir(c, args.results).is_dir() for c in configs)
     print(f"prepare: profile {p.name!r} asks for {len(configs)} runs; {stored} already in the store", flush=True)
+    executor = None
+    if args.scheduler:
+        from .schedule import dask_executor
+
+        executor = dask_executor(args.scheduler)
+        print(f"prepare: sending the runs to the Dask scheduler at {args.scheduler}", flush=True)
     start = time.perf_counter()
-    fit_many(configs, results=args.results, device=args.device, progress=not args.quiet, workers=args.workers)
+    fit_many(configs, results=args.results, device=args.device, progress=not args.quiet, workers=args.workers,
+             executor=executor)
     print(f"prepare: {len(configs) - stored} runs trained in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a job scheduler stopping the build) ends this process as an exception would, so that
+    ``fit_many`` stops its worker processes first instead of leaving them training."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def main(argv=None) -> int:
@@ -159,6 +178,9 @@ def main(argv=None) -> int:
     pr.add_argument("--profile", default="quick", help="smoke, quick or paper (default quick)")
     pr.add_argument("--workers", type=int, default=None, help="processes (default: one per core on a CPU)")
     pr.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    pr.add_argument("--scheduler", metavar="ADDRESS",
+                    help="send the runs to the Dask scheduler at ADDRESS (e.g. tcp://10.0.0.5:8786); the store "
+                         "(--results) must be a path every worker sees. Needs the 'cluster' extra")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_prepare)
 
@@ -170,9 +192,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, ImportError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from .schedule import RunFailedError
+
+        if not isinstance(e, RunFailedError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 :func:`fit_many` is the one entry point. Runs that differ only in seed or penalty
 weight can train together as one vectorised model (:mod:`faeval.many`, the default
-on a GPU); on a CPU the rest are spread over one-thread worker processes. Every job
-trains its runs and writes them into the run store (:mod:`faeval.store`); the
-results are then loaded from there, in the order asked for.
+on a GPU); on a CPU the rest are spread over one-thread worker processes, and with
+``executor=`` they go to any :class:`concurrent.futures.Executor`, such as a Dask
+cluster's (:func:`dask_executor`). Every job trains its runs and writes them into the
+run store (:mod:`faeval.store`); the results are then loaded from there, in the order
+asked for. A job that fails is reported with its config once every other job has
+finished and stored its runs (:class:`RunFailedError`).
 
 >>> import tempfile
 >>> runs = fit_many([dict(method="bp", epochs=1, seed=s, dataset="synthetic", width=16, depth=2,
@@ -18,8 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future, as_completed
 from pathlib import Path
 
 import torch
@@ -30,6 +35,7 @@ from .store import (
     DamagedRunError,
     build_run,
     default_device,
+    distinguishing_options,
     load_data,
     load_run,
     monitor_for,
@@ -42,7 +48,26 @@ from .train import Run, progress_bar
 
 log = logging.getLogger("faeval")
 
-__all__ = ["fit_many", "group_key", "group_runs", "default_workers"]
+__all__ = ["fit_many", "group_key", "group_runs", "default_workers", "dask_executor", "RunFailedError"]
+
+
+class RunFailedError(RuntimeError):
+    """Some of ``fit_many``'s jobs raised; the others finished and are stored. ``failures`` holds
+    ``(config, exception)`` for every run of a failed job."""
+
+    def __init__(self, failures: list[tuple[dict, BaseException]], total: int) -> None:
+        self.failures = failures
+        lines = [f"{describe(cfg)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                 for cfg, e in failures]
+        super().__init__(f"{len(failures)} of {total} runs failed (the others are stored):\n  " + "\n  ".join(lines))
+
+
+def describe(cfg: dict) -> str:
+    """A run config in one line: rule, architecture, data, seed, epochs and the options that differ from
+    the defaults."""
+    opts = distinguishing_options(cfg)
+    return (f"{cfg['method']} on {cfg['arch']}, {cfg['dataset']}, seed {cfg['seed']}, {cfg['epochs']} epochs"
+            + (f" ({opts})" if opts else ""))
 
 
 #: the config keys that may differ within a vectorised group (besides the data a seed draws)
@@ -60,7 +85,7 @@ def group_key(cfg: dict) -> str:
 
 def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False, progress: bool = True,
              device: str | None = None, data_root: str | None = None, group: bool | None = None,
-             workers: int | None = None) -> list[Run]:
+             workers: int | None = None, executor: Executor | None = None) -> list[Run]:
     """Train (or load) every run of ``configs``; runs that differ only in seed or penalty train together.
 
     Stored runs are loaded. With ``group=True`` (the default on a GPU) the rest are
@@ -81,6 +106,17 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     trains in this process. Processes start by default only in Jupyter, ``python -c`` and
     ``python -m faeval``: a script passes ``workers=N`` itself, and must then guard its top
     level with ``if __name__ == "__main__":`` (Python re-imports it in every worker).
+    Worker processes stop within a second when this process ends, by a signal or an
+    exception, and an interrupted run leaves no entry in the store.
+
+    ``executor``: any :class:`concurrent.futures.Executor` takes the jobs instead, e.g. a
+    Dask cluster's (:func:`dask_executor`, or ``distributed.Client(...).get_executor()``).
+    The store (``results``) must then be a path every worker sees (a shared file system);
+    each worker trains on its own default device unless ``device`` is given, and grouping is
+    off unless ``group=True``. Two workers that train the same run leave one complete entry.
+
+    A job that raises does not stop the others: once they have finished and stored their
+    runs, :class:`RunFailedError` names every failed run's config and error.
     Returns the runs in the order of ``configs``.
     """
     from .many import why_not_groupable
@@ -91,27 +127,33 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     for i, path in enumerate(paths):
         if path not in todo and (retrain or not path.is_dir()):
             todo[path] = i
+    job_device = device if executor is not None else None   # workers elsewhere pick their own by default
     device = device or default_device()
-    group = device != "cpu" if group is None else group
+    group = (device != "cpu" and executor is None) if group is None else group
     keys: dict[int, str | None] = {}
     verdicts: dict[str, str | None] = {}           # runs of one group key share the answer: one build per key
     for i in todo.values():
         key = group_key(cfgs[i])
         if group and key not in verdicts:
-            verdicts[key] = why_not_groupable(build_run(cfgs[i], device, data_root)[1])
+            verdicts[key] = why_not_groupable(build_run(cfgs[i], "cpu" if executor else device, data_root)[1])
         why = verdicts[key] if group else "grouping is off (group=False)"
         keys[i] = None if why else key
         if why and group and len(todo) > 1:
             log.info("training %s seed %s on its own: %s", cfgs[i]["method"], cfgs[i]["seed"], why)
     jobs = sorted(group_runs(keys), key=lambda idx: -sum(_cost(cfgs[i]) for i in idx))
-    if workers is None:      # processes cost seconds to start: only worth it for more than a few seconds of work
-        small = sum(_cost(cfgs[i]) for idx in jobs for i in idx) < _WORTH_PROCESSES
-        workers = default_workers(len(jobs)) if device == "cpu" and not small and _spawn_is_safe() else 1
-    if workers > 1 and len(jobs) > 1:
-        _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers, progress)
+    if executor is not None:
+        root = str(results_dir(results).resolve())
+        _run_jobs(lambda idx: executor.submit(_run_job, [cfgs[i] for i in idx], root, retrain, job_device,
+                                              data_root, False), jobs, cfgs, "runs (executor)", progress)
     else:
-        for idx in jobs:
-            _run_job([cfgs[i] for i in idx], results, retrain, device, data_root, progress)
+        if workers is None:      # processes cost seconds to start: only worth it for more than a few seconds of work
+            small = sum(_cost(cfgs[i]) for idx in jobs for i in idx) < _WORTH_PROCESSES
+            workers = default_workers(len(jobs)) if device == "cpu" and not small and _spawn_is_safe() else 1
+        if workers > 1 and len(jobs) > 1:
+            _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers, progress)
+        else:
+            _run_jobs(lambda idx: _done(_run_job, [cfgs[i] for i in idx], results, retrain, device, data_root,
+                                        progress), jobs, cfgs, None, progress)
     runs: dict[Path, Run] = {}
     damaged: list[str] = []
     for path in paths:
@@ -159,15 +201,21 @@ def _cost(cfg: dict) -> float:
     return cfg["epochs"] * train_size(cfg) * _STEP_COST.get(cfg["method"], 1.0) * scale
 
 
-def _run_job(cfgs: list[dict], results, retrain: bool, device: str, data_root, progress: bool,
+def _run_job(cfgs: list[dict], results, retrain: bool, device: str | None, data_root, progress: bool,
              threads: int | None = None) -> list[str]:
-    """Train one job (a single run, or a group as one vectorised model) and store its runs."""
+    """Train one job (a single run, or a group as one vectorised model) and store its runs. A run
+    that another process stored meanwhile is kept, not trained again (unless ``retrain``)."""
     from .many import fit_group, fit_group_splitting
 
     if threads:
         torch.set_num_threads(threads)
+    device = device or default_device()
+    stored = [str(run_dir(c, results)) for c in cfgs if not retrain and run_dir(c, results).is_dir()]
+    cfgs = [c for c in cfgs if retrain or not run_dir(c, results).is_dir()]
+    if not cfgs:
+        return stored
     if len(cfgs) == 1:
-        return [str(train_and_store(cfgs[0], results, retrain, device, data_root, progress).path)]
+        return stored + [str(train_and_store(cfgs[0], results, retrain, device, data_root, progress).path)]
     start = time.perf_counter()
     c0 = cfgs[0]
     log.info("training %d %s runs together (seeds %s, penalties %s)", len(cfgs), c0["method"],
@@ -185,36 +233,105 @@ def _run_job(cfgs: list[dict], results, retrain: bool, device: str, data_root, p
 
     trained = fit_group_splitting(build, list(range(len(cfgs))), train)
     seconds = (time.perf_counter() - start) / len(cfgs)
-    return [str(store_run(run, cfgs[i], load_data(cfgs[i], device, data_root), device, seconds,
-                       run_dir(cfgs[i], results), retrain, trained_with=len(trained)).path)
-            for i, run in trained.items()]
+    return stored + [str(store_run(run, cfgs[i], load_data(cfgs[i], device, data_root), device, seconds,
+                                   run_dir(cfgs[i], results), retrain, trained_with=len(trained)).path)
+                     for i, run in trained.items()]
 
 
-def _worker_init(threads: int, level: int) -> None:
+def _done(fn: Callable, *args) -> Future:
+    """``fn(*args)`` run now, as a finished future (the in-process path shares the executors' bookkeeping)."""
+    fut: Future = Future()
+    try:
+        fut.set_result(fn(*args))
+    except Exception as e:        # a KeyboardInterrupt stops everything; an error stops only its job
+        fut.set_exception(e)
+    return fut
+
+
+def _run_jobs(submit: Callable[[list[int]], Future], jobs: list[list[int]], cfgs: list[dict], desc: str | None,
+              progress: bool) -> None:
+    """Submit every job, wait for all of them, then raise :class:`RunFailedError` for those that failed."""
+    bar = progress_bar(sum(map(len, jobs)), desc or "runs", progress and desc is not None, unit="run")
+    failures: list[tuple[dict, BaseException]] = []
+    try:
+        futures = {submit(idx): idx for idx in jobs}
+        for fut in as_completed(futures):
+            err = fut.exception()
+            if err is not None:
+                failures += [(cfgs[i], err) for i in futures[fut]]
+                log.error("failed: %s: %s: %s", "; ".join(describe(cfgs[i]) for i in futures[fut]),
+                          type(err).__name__, err)
+            bar.update(len(futures[fut]))
+    finally:
+        bar.close()
+    if failures:
+        raise RunFailedError(failures, sum(map(len, jobs))) from failures[0][1]
+
+
+def _worker_init(threads: int, level: int, parent: int) -> None:
     torch.set_num_threads(threads)
     logging.getLogger("faeval").setLevel(level)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="faeval-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """End this worker process once its parent is gone (killed, or ended without stopping its workers):
+    an orphaned worker would otherwise train on, unseen. A run it was training leaves no store entry."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(70)
 
 
 def _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers: int, progress: bool) -> None:
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, torch.get_num_threads() // workers)
     root = str(results_dir(results).resolve())
     log.info("training %d job(s) (%d runs) in %d processes of %d thread(s)", len(jobs), sum(map(len, jobs)),
              workers, threads)
-    bar = progress_bar(sum(map(len, jobs)), f"runs ({workers} processes)", progress, unit="run")
-    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads, log.getEffectiveLevel(), os.getpid()))
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(threads, log.getEffectiveLevel())) as pool:
-            futures = {pool.submit(_run_job, [cfgs[i] for i in idx], root, retrain, device, data_root, False,
-                                   threads): idx for idx in jobs}
-            for fut in as_completed(futures):
-                fut.result()                   # a failed job raises here, naming its error
-                bar.update(len(futures[fut]))
-    finally:
-        bar.close()
+        _run_jobs(lambda idx: pool.submit(_run_job, [cfgs[i] for i in idx], root, retrain, device, data_root, False,
+                                          threads), jobs, cfgs, f"runs ({workers} processes)", progress)
+    except BaseException:       # an interrupt, a signal turned into SystemExit, a failed job: no worker trains on
+        _stop_workers(pool)
+        raise
+    pool.shutdown()
+
+
+def _stop_workers(pool) -> None:
+    """Cancel a process pool's pending jobs and end its workers now (their runs in progress are lost, not stored)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=5)
+
+
+def dask_executor(address: str, timeout: float = 10.0) -> Executor:
+    """The executor of a running Dask scheduler at ``address`` (e.g. ``"tcp://10.0.0.5:8786"``), for
+    ``fit_many(..., executor=...)``.
+
+    Needs the ``cluster`` extra (``pip install -e '.[cluster]'``: ``dask[distributed]``). An address
+    that does not answer within ``timeout`` seconds raises ``ConnectionError`` naming it.
+    """
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ImportError("a Dask scheduler needs the 'cluster' extra: pip install -e '.[cluster]' (it installs "
+                          "dask[distributed])") from None
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as e:
+        raise ConnectionError(f"no Dask scheduler answered at {address!r} within {timeout:g} s ({type(e).__name__}: "
+                              f"{e}); start one (`dask scheduler`, then `dask worker ADDRESS`) or check the "
+                              "address") from None
+    return client.get_executor()
 
 
 def group_runs(keys: Mapping[int, str | None]) -> list[list[int]]:
