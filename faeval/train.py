@@ -35,8 +35,8 @@ from . import diagnostics as D
 from .methods import Method, build_method
 from .models import LayeredModel
 
-__all__ = ["fit", "Run", "evaluate", "adamw", "AdamW", "epoch_record", "stop_reason", "non_finite", "progress_bar",
-           "check_fit_args", "history_to_json", "history_from_json"]
+__all__ = ["fit", "Run", "evaluate", "adamw", "AdamW", "fused_kernel_ok", "epoch_record", "stop_reason", "non_finite",
+           "progress_bar", "check_fit_args", "history_to_json", "history_from_json"]
 
 
 @dataclass
@@ -231,9 +231,69 @@ class AdamW:
                                 grad_scale=None, found_inf=None)
 
 
-def adamw(params, lr: float, weight_decay: float) -> AdamW:
-    """The optimiser of every training loop here: :class:`AdamW` (fused)."""
-    return AdamW(params, lr=lr, weight_decay=weight_decay)
+def adamw(params, lr: float, weight_decay: float):
+    """The optimiser of every training loop here: :class:`AdamW` (torch's fused kernel, called directly).
+
+    That kernel, ``torch._fused_adamw_``, is private: its signature or behaviour may change in a
+    torch release. The first use on a device type therefore checks it against AdamW's update
+    written out (``torch.optim.AdamW``'s documented algorithm, in float64) on a tiny tensor
+    (:func:`fused_kernel_ok`; the tests compare with ``torch.optim.AdamW`` itself, whose first
+    use imports ``torch._dynamo``, seconds in every fresh worker process); where the check fails,
+    ``torch.optim.AdamW(fused=True)`` is used, else ``torch.optim.AdamW(foreach=True)``. The
+    choice is logged once (logger ``"faeval"``).
+    """
+    params = list(params)
+    device = params[0].device if params else torch.device("cpu")
+    if fused_kernel_ok(device.type):
+        return AdamW(params, lr=lr, weight_decay=weight_decay)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
+_KERNEL_OK: dict[str, bool] = {}
+
+
+def fused_kernel_ok(device_type: str = "cpu") -> bool:
+    """Whether :class:`AdamW`'s direct call of ``torch._fused_adamw_`` works on this torch and device type and
+    gives AdamW's update (checked once per process: 3 steps on a 3x4 tensor against :func:`_adamw_reference`)."""
+    if device_type not in _KERNEL_OK:
+        import logging
+
+        g = torch.Generator().manual_seed(0)            # a fixed probe, not one of a run's random streams
+        init, grads = torch.randn(3, 4, generator=g), [torch.randn(3, 4, generator=g) for _ in range(3)]
+        want = _adamw_reference(init.double(), [x.double() for x in grads], lr=0.1, weight_decay=0.01)
+        try:
+            p = init.clone().to(device_type).requires_grad_()
+            opt = AdamW([p], lr=0.1, weight_decay=0.01)
+            for grad in grads:
+                p.grad = grad.to(device_type)
+                opt.step()
+            got = p.detach().cpu().double()
+            ok = bool(torch.allclose(got, want, rtol=1e-5, atol=1e-6))
+            why = "" if ok else f"its update differs from AdamW's by {(got - want).abs().max().item():.3g}"
+        except (RuntimeError, TypeError, AttributeError) as e:       # the private op changed or is absent
+            ok, why = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        _KERNEL_OK[device_type] = ok
+        if not ok:
+            logging.getLogger("faeval").warning(
+                "AdamW on %s: torch._fused_adamw_ fails its check on torch %s (%s); using torch.optim.AdamW("
+                "fused=True), or foreach=True where fused is unavailable", device_type, torch.__version__, why)
+    return _KERNEL_OK[device_type]
+
+
+def _adamw_reference(p: torch.Tensor, grads: list[torch.Tensor], lr: float, weight_decay: float,
+                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.Tensor:
+    """``p`` after one AdamW step per gradient, as ``torch.optim.AdamW`` documents it (decoupled weight decay,
+    bias-corrected moments)."""
+    b1, b2 = betas
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    for t, g in enumerate(grads, 1):
+        p = p * (1 - lr * weight_decay)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        p = p - lr / (1 - b1 ** t) * m / ((v / (1 - b2 ** t)).sqrt() + eps)
+    return p
 
 
 def check_fit_args(epochs, batch_size, lr, lr_fb, weight_decay, eval_n) -> None:

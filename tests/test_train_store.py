@@ -308,3 +308,50 @@ def test_adamw_takes_a_gradient_in_another_memory_layout_as_the_same_gradient():
     assert torch.equal(after["view"], after["copy"])
     torch.testing.assert_close(after["view"], after["reference"], rtol=1e-6, atol=1e-7)
     assert (after["view"] - start).abs().max() > 0.05
+
+
+def test_adamw_checks_the_private_fused_kernel_and_falls_back_to_torch_optim(monkeypatch, caplog):
+    """On the installed torch the direct kernel call passes its check and is used; a kernel whose signature
+    changed (it raises) or whose update is wrong makes adamw() use torch.optim.AdamW, logged once."""
+    from faeval import train
+
+    p = torch.zeros(3, requires_grad=True)
+    assert train.fused_kernel_ok("cpu") and isinstance(train.adamw([p], 1e-3, 0.01), train.AdamW)
+    # the check's written-out AdamW is torch.optim.AdamW's update on the installed torch
+    g = torch.Generator().manual_seed(1)
+    init, *grads = (torch.randn(5, 2, generator=g, dtype=torch.float64) for _ in range(5))
+    q = init.clone().requires_grad_()
+    ref = torch.optim.AdamW([q], lr=0.05, weight_decay=0.1, foreach=False, fused=False)
+    for grad in grads:
+        q.grad = grad
+        ref.step()
+    torch.testing.assert_close(train._adamw_reference(init, grads, lr=0.05, weight_decay=0.1), q.detach(),
+                               rtol=1e-12, atol=1e-14)
+
+    def changed(*args, **kwargs):
+        raise TypeError("_fused_adamw_() got an unexpected keyword argument 'beta1'")
+
+    def wrong(params, grads, *args, **kwargs):       # runs, but moves nothing
+        return None
+
+    for kernel, why in ((changed, "TypeError: _fused_adamw_() got an unexpected keyword"),
+                        (wrong, "its update differs from AdamW's by")):
+        monkeypatch.setattr(train, "_KERNEL_OK", {})
+        monkeypatch.setattr(torch, "_fused_adamw_", kernel)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="faeval"):
+            opt = train.adamw([p], 1e-3, 0.01)
+            train.adamw([p], 1e-3, 0.01)
+        assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"]
+        warned = [r.getMessage() for r in caplog.records if "fails its check" in r.getMessage()]
+        assert len(warned) == 1 and why in warned[0], warned           # logged once, not per optimiser
+    monkeypatch.undo()
+    # and the fallback trains: faeval.fit with it gives the same run as torch.optim.AdamW's reference, to rounding
+    ds = faeval.load_dataset("synthetic", d=16, n_train=256, n_test=64, seed=0)
+    runs = []
+    for ok in (True, False):
+        monkeypatch.setattr(train, "_KERNEL_OK", {"cpu": ok})
+        runs.append(fit(_model(), "bp", ds, 2, seed=0, progress=False, eval_n=64))
+    assert runs[0].test_acc == runs[1].test_acc
+    for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
