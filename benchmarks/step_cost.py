@@ -87,6 +87,39 @@ class CountFlops(TorchDispatchMode):
         return out
 
 
+class RecordMatmuls(TorchDispatchMode):
+    """Record every matrix multiply of a step (op, argument shapes and strides) to replay them alone."""
+
+    OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.OPS:
+            spec = [(tuple(a.shape), a.stride()) if torch.is_tensor(a) else a for a in args]
+            self.calls.append((func, spec, kwargs, flop_registry[func._overloadpacket](*args, **kwargs,
+                                                                                      out_val=None)))
+        return func(*args, **kwargs)
+
+
+def replay_matmuls(calls):
+    """A function running the recorded matmuls on fresh tensors of the same shapes and strides; its FLOPs."""
+    g = torch.Generator().manual_seed(0)
+    prepared = []
+    for func, spec, kwargs, _ in calls:
+        args = [torch.empty_strided(a[0], a[1]).normal_(generator=g) if isinstance(a, tuple) and a and
+                isinstance(a[0], tuple) else a for a in spec]
+        prepared.append((func, args, kwargs))
+
+    def run():
+        for func, args, kwargs in prepared:
+            func(*args, **kwargs)
+    return run, sum(c[3] for c in calls)
+
+
 def matmul_peak_gflops(n: int = 2048) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     return 2 * n ** 3 / best_of(lambda: a @ b, repeat=5, warmup=True) / 1e9
@@ -131,6 +164,34 @@ def main() -> None:
         gf = flops[n] / 1e9
         print(f"{n:14s} {1e3 * per_step[n]:8.2f} {ratio:6.2f}  {text + ' ' + verdict:24s} {gf:10.3f} "
               f"{gf / per_step[n]:8.1f} {100 * gf / per_step[n] / peak:5.0f}%")
+
+    # the BP step against the matmul peak at its own shapes: the same matmuls, replayed alone
+    with RecordMatmuls() as rec:
+        steppers["bp"].step(*batches[0])
+    run_mm, mm_flops = replay_matmuls(rec.calls)
+    mm_time = best_of(run_mm, repeat=20, warmup=True)
+    shape_peak = mm_flops / mm_time / 1e9
+    bp_rate = flops["bp"] / 1e9 / per_step["bp"]
+    print(f"\nBP step against the matmul peak at its own shapes ({len(rec.calls)} matmuls, {mm_flops / 1e9:.3f} "
+          f"GFLOP, replayed alone: {1e3 * mm_time:.2f} ms, {shape_peak:.0f} GFLOP/s): the step reaches "
+          f"{bp_rate:.0f} GFLOP/s, {100 * bp_rate / shape_peak:.0f}% (target >= 60%); the matmuls are "
+          f"{100 * mm_time / per_step['bp']:.0f}% of the step's time")
+
+    # changes, each measured side by side with the path it replaced (round-robin, same batches)
+    print("\nchanges, new vs old path, in this run:")
+    ep_old = Stepper("ep", shape)
+    ep_old.rule.skip_free_energy = False
+    pair = {"new": steppers["ep"], "old": ep_old}
+    t = {k: [] for k in pair}
+    for _ in range(args.repeats):
+        for k, s in pair.items():
+            start = time.perf_counter()
+            for xb, yb in batches:
+                s.step(xb, yb)
+            t[k].append((time.perf_counter() - start) / len(batches))
+    new, old = statistics.median(t["new"]), statistics.median(t["old"])
+    print(f"  EP, first relaxation step reads only the nudge (same numbers): {1e3 * new:.2f} vs {1e3 * old:.2f} "
+          f"ms/step, {old / new:.2f}x")
 
     x_eval, y_eval = x_test[:1280], y_test[:1280]
     steps_per_epoch = -(-len(x_train) // 128)

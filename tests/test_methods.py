@@ -477,3 +477,24 @@ def test_the_dfa_shallow_baseline_is_dfa_without_blocks():
     want = torch.autograd.grad((h0 * a0).sum(), model.embed.weight)[0]
     assert torch.allclose(model.embed.weight.grad, want, atol=1e-6)
     assert model.out_head.weight.grad.abs().sum() > 0 and model.depth == 0
+
+
+@pytest.mark.parametrize("arch", ["resmlp", "vit", "cnn"])
+def test_ep_first_relaxation_step_reads_only_the_nudge_with_the_same_numbers(arch):
+    """At the free states the energy's gradient is exactly zero, so EP skips that pass through the blocks:
+    the update and the credit are bit for bit those of the full first step (a batch-norm model in training
+    mode takes the full pass, which also moves its running statistics)."""
+    shape = {"resmlp": (12,), "vit": (1, 8, 8), "cnn": (1, 8, 8)}[arch]
+    kw = {"cnn": {"channels": (4, 8, 8), "hidden": 16}}.get(arch, {"width": 16})
+    out = {}
+    for skip in (True, False):
+        m = faeval.build_model(arch, shape, 5, seed=0, **kw)
+        x, y = _xy(n=32, shape=shape)
+        ep = build_method("ep", m, seed=0)
+        ep.skip_free_energy = skip
+        loss, stats = ep.loss(x, y)
+        loss.backward()
+        out[skip] = ([p.grad for p in m.parameters()], ep.credit(x, y), stats["relax_ratio"],
+                     [b.clone() for b in m.buffers()])
+    for a, b in zip(*(out[k][0] + out[k][1] + [out[k][2]] + out[k][3] for k in (True, False))):
+        assert torch.equal(a, b)

@@ -7,6 +7,10 @@ import torch.nn.functional as F
 from .base import LocalRule, check_range, register_method
 
 
+def _has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 @register_method("ep")
 class EP(LocalRule):
     """Credit from the contrast between a free and a nudged phase on the hidden states.
@@ -33,6 +37,8 @@ class EP(LocalRule):
     """
 
     ungroupable = "it relaxes its states with torch.autograd.grad in an inner loop, which cannot be vectorised"
+    #: the first relaxation step reads only the nudge (the energy's gradient is zero at the free states)
+    skip_free_energy = True
 
     def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, trainable_blocks: int | None = None,
                  init_aux: bool = True, beta: float = 0.1, steps: int = 10, step_size: float = 0.2) -> None:
@@ -49,16 +55,27 @@ class EP(LocalRule):
         return sum(0.5 * (states[l + 1] - m.block_forward(l, states[l])).pow(2).sum() for l in range(upto))
 
     def nudged_states(self, states: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
-        """h_1..h_L after the nudged phase, starting from the free states."""
+        """h_1..h_L after the nudged phase, starting from the free states.
+
+        At the first step the states are the free ones, where every energy term and its gradient
+        are exactly zero: only the nudge's gradient at h_L is computed then (one pass through the
+        blocks fewer, same numbers). A model with batch norm in training mode takes the full first
+        pass, as each pass through it also moves its running statistics.
+        """
         h0 = states[0].detach()
         hn = [h.detach() for h in states[1:]]
         norms = []
+        skip_first = self.skip_free_energy and not (self.model.training and _has_batchnorm(self.model))
         with torch.enable_grad():
             for k in range(self.steps):
                 hn = [h.requires_grad_() for h in hn]
-                total = self.energy([h0, *hn]) + self.beta * F.cross_entropy(
-                    self.model.readout(hn[-1]), y, reduction="sum")
-                grads = torch.autograd.grad(total, hn)
+                if k == 0 and skip_first:
+                    nudge = self.beta * F.cross_entropy(self.model.readout(hn[-1]), y, reduction="sum")
+                    grads = [torch.zeros_like(h) for h in hn[:-1]] + [torch.autograd.grad(nudge, hn[-1])[0]]
+                else:
+                    total = self.energy([h0, *hn]) + self.beta * F.cross_entropy(
+                        self.model.readout(hn[-1]), y, reduction="sum")
+                    grads = torch.autograd.grad(total, hn)
                 if k in (0, self.steps - 1):
                     norms.append(torch.sqrt(sum(g.pow(2).sum() for g in grads)).detach())
                 hn = [(h - self.step_size * g).detach() for h, g in zip(hn, grads)]
