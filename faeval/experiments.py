@@ -22,6 +22,10 @@ from collections.abc import Callable
 
 from .calibration import CANDIDATES
 from .calibration import plan as calibration_plan
+from .calibration import run_config as calibration_run_config
+
+#: the calibration candidates that change the task (not the model): their DFA runs 3x longer are probes
+CANDIDATE_TASKS = ("label_noise", "synthetic", "augment")
 
 __all__ = ["EXPERIMENTS", "chapter", "plan", "planned_runs"]
 
@@ -130,8 +134,12 @@ def discrepancies(P) -> dict:
     DFA at ``horizon_factor`` x the horizon (with and without the terminal LN, and without it under
     augmentation); random targets as fixed labels per sample and 3x longer; the other credit
     pairing on ``pairing_seeds`` seeds; FA and frozen on clean labels and BP with one trainable
-    block; SmallCNN without batch norm and 2x longer; the EP beta x steps sweep on a subset."""
+    block; SmallCNN without batch norm and 2x longer; the EP beta x steps sweep on a subset; DFA on
+    the calibration's candidate tasks at ``horizon_factor`` x its horizon; and the shallow baseline
+    trained by BP instead of DFA, every seed."""
     size, s0 = P.sizes["discrepancies"], P.seeds[0]
+    sub = {"subset": P.base["subset"]} if P.base.get("subset") else {}
+    cal_steps = size["horizon_factor"] * P.sizes["calibration"]["steps"]
     long_e = size["horizon_factor"] * P.epochs
     assay_e = P.sizes["fa_vs_dfa"]["assay_epochs"]
     cnn = next(o for label, o in P.sizes["cross_arch"]["archs"].items() if o.get("arch") == "cnn")
@@ -155,4 +163,8 @@ def discrepancies(P) -> dict:
                 "long": P.config("dfa", s0, **{**cnn, "epochs": 2 * cnn_e})},
         "ep_sweep": {(b, k): P.config("ep", s0, beta=b, steps=k, **ep_data) for b in ep["betas"] for k in ep["steps"]},
         "ep_reference": {m: P.config(m, s0, **ep_data) for m in ("frozen", "bp")},
+        "long_candidates": {c: calibration_run_config(c, "dfa", steps=cal_steps, seed=s0, **sub)
+                            for c in CANDIDATE_TASKS},
+        "shallow_bp": ({s: P.config("bp", s, depth=0) for s in P.seeds}
+                       if P.base.get("arch", "resmlp") in ("resmlp", "studentnet") else {}),
     }

@@ -14,13 +14,14 @@ cell. The runs each chapter trains are declared once, in :mod:`faeval.experiment
 
 * ``smoke``: seconds per notebook on 2 CPU cores, for tests and CI. It proves the
   code path, not the science.
-* ``quick``: Fashion-MNIST, the default. Its sizes come from the calibration in
-  ``notebooks/07_calibration.ipynb`` (``benchmarks/calibrate_quick.py``): with the
-  paper's exact recipe DFA's residual stream grows too slowly on Fashion-MNIST for
-  D1/D2 to fire on a CPU budget, so the quick profile replaces 40% of the training
-  labels at random, which keeps the error signal large as CIFAR-10 does. Every
-  deviation from the paper's recipe is listed in :attr:`Profile.deviations` and on
-  the book's assumptions page.
+* ``quick``: Fashion-MNIST with the paper's recipe, the default, sized for a 2-core
+  CPU. The calibration appendix (``notebooks/07_calibration.ipynb``) adopts a change
+  of the recipe (label noise, augmentation, another task, ...) only where DFA fires
+  D1 or D2 within the horizon on every seed while BP passes; on three seeds no
+  candidate qualifies, so the quick profile changes nothing but the data set and the
+  sizes. Where a finding of the paper does not show at this horizon, the chapters say
+  so and the discrepancies appendix measures why. Every deviation from the paper's
+  recipe is listed in :attr:`Profile.deviations` and on the book's assumptions page.
 * ``paper``: the paper's settings (CIFAR-10 with crop/flip augmentation, 100
   epochs, seeds 42/123/456, 30 epochs for the penalty sweep). Meant for a GPU.
 """
@@ -185,8 +186,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     ),
     Profile(
         name="quick",
-        description="Fashion-MNIST with 40% label noise, sized for a 2-core CPU (see the calibration appendix)",
-        base={"dataset": "fashion-mnist", "label_noise": 0.4, "arch": "resmlp", "width": 256, "depth": 4,
+        description="Fashion-MNIST with the paper's recipe, sized for a 2-core CPU (see the calibration appendix)",
+        base={"dataset": "fashion-mnist", "arch": "resmlp", "width": 256, "depth": 4,
               **_RECIPE, "eval_n": 1280},
         seeds=(42, 123, 456), epochs=8, methods=_AUDIT,
         sizes=_sizes(penalty_epochs=8, lambdas=_LAMBDAS, depths=(2, 4, 8), assay_epochs=3, calibration_steps=3752,
@@ -201,7 +202,6 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
         }),
         deviations=(
             "Fashion-MNIST (28x28x1, flattened to 784) instead of CIFAR-10 (3072), no augmentation",
-            "40% of the training labels replaced by random classes (the test set is clean)",
             "8 epochs (3,752 steps) instead of 100; the penalty sweep also 8 instead of 30",
             "ViT-Mini: a 10,000-image training subset, 4 epochs; SmallCNN and SmallResNet: 5,000 images, "
             "4 epochs",
