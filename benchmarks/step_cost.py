@@ -120,6 +120,19 @@ def replay_matmuls(calls):
     return run, sum(c[3] for c in calls)
 
 
+def round_robin(steppers: dict, batches, repeats: int) -> dict[str, float]:
+    """Median seconds per step of each stepper, timed in turn (each repeat times every one once, so that
+    machine drift hits all alike)."""
+    times = {n: [] for n in steppers}
+    for _ in range(repeats):
+        for n, s in steppers.items():
+            t = time.perf_counter()
+            for xb, yb in batches:
+                s.step(xb, yb)
+            times[n].append((time.perf_counter() - t) / len(batches))
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
 def matmul_peak_gflops(n: int = 2048) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     return 2 * n ** 3 / best_of(lambda: a @ b, repeat=5, warmup=True) / 1e9
@@ -146,14 +159,7 @@ def main() -> None:
         with CountFlops() as fc:
             s.step(*batches[0])
         flops[n] = fc.total
-    times = {n: [] for n in RULES}
-    for _ in range(args.repeats):
-        for n, s in steppers.items():
-            t = time.perf_counter()
-            for xb, yb in batches:
-                s.step(xb, yb)
-            times[n].append((time.perf_counter() - t) / len(batches))
-    per_step = {n: statistics.median(v) for n, v in times.items()}
+    per_step = round_robin(steppers, batches, args.repeats)
 
     print(f"\n{'rule':14s} {'ms/step':>8s} {'x BP':>6s}  {'target':24s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
           f"{'% peak':>6s}")
@@ -181,15 +187,8 @@ def main() -> None:
     print("\nchanges, new vs old path, in this run:")
     ep_old = Stepper("ep", shape)
     ep_old.rule.skip_free_energy = False
-    pair = {"new": steppers["ep"], "old": ep_old}
-    t = {k: [] for k in pair}
-    for _ in range(args.repeats):
-        for k, s in pair.items():
-            start = time.perf_counter()
-            for xb, yb in batches:
-                s.step(xb, yb)
-            t[k].append((time.perf_counter() - start) / len(batches))
-    new, old = statistics.median(t["new"]), statistics.median(t["old"])
+    t = round_robin({"new": steppers["ep"], "old": ep_old}, batches, args.repeats)
+    new, old = t["new"], t["old"]
     print(f"  EP, first relaxation step reads only the nudge (same numbers): {1e3 * new:.2f} vs {1e3 * old:.2f} "
           f"ms/step, {old / new:.2f}x")
 
