@@ -416,6 +416,35 @@ def saving(row, ctx: Context) -> Reason:
                              f"{1 - t / PAPER_EPOCHS:.0%} of the paper's {PAPER_EPOCHS}", "saving bound")
 
 
+@probe("01_audit", r"EP passes the protocol")
+def ep_setting(row, ctx: Context) -> Reason:
+    """EP fails the protocol: does another beta x relaxation-steps setting of the sweep clear the frozen
+    baseline (D3), where BP at the sweep's size does?"""
+    from .methods import method_hparams
+
+    bar = Thresholds().d3_margin_pp
+    table = ep_sweep_table(ctx)
+    ref = ctx.probe_runs("ep_reference")
+    bp_margin = 100 * (ref["bp"].test_acc - ref["frozen"].test_acc)
+    best = table.loc[table["margin_pp"].idxmax()]
+    hp = method_hparams("ep")
+    size = ctx.P.sizes["discrepancies"]["ep_sweep"]
+    where = f"on {size['subset']} images for {size['epochs']} epochs"
+    ours = table[(table["beta"] == hp["beta"]) & (table["steps"] == hp["steps"])]
+    ours_text = f"; ours (beta {hp['beta']:g}, {hp['steps']} steps) {ours['margin_pp'].iloc[0]:+.1f} pp" \
+        if len(ours) else ""
+    best_text = (f"beta {best['beta']:g} with {int(best['steps'])} steps does best, {best['margin_pp']:+.1f} pp "
+                 f"over the frozen baseline{ours_text}")
+    if best["margin_pp"] >= bar and bp_margin >= bar:
+        return Reason("implementation choice", f"EP's verdict ({row.get('ours', '')}) depends on its setting: "
+                                               f"{where}, {best_text} (BP {bp_margin:+.1f} pp)", "EP setting")
+    if bp_margin < bar:
+        return Reason("not explained", f"the EP sweep cannot tell its settings apart on D3: {where} BP itself gains "
+                                       f"only {bp_margin:+.1f} pp over the frozen baseline ({best_text})", "EP setting")
+    return Reason("not explained", f"ruled out EP's setting {where}: the best, {best_text}, is under the "
+                                   f"{bar:g} pp D3 asks for, where BP gains {bp_margin:+.1f} pp", "EP setting")
+
+
 # ---------------------------------------------------------------------------------------
 # the EP sweep
 # ---------------------------------------------------------------------------------------
