@@ -313,7 +313,7 @@ def _stop_workers(pool) -> None:
         p.join(timeout=5)
 
 
-def dask_executor(address: str, timeout: float = 10.0) -> Executor:
+def dask_executor(address: str, timeout: float = 5.0) -> Executor:
     """The executor of a running Dask scheduler at ``address`` (e.g. ``"tcp://10.0.0.5:8786"``), for
     ``fit_many(..., executor=...)``.
 
