@@ -152,6 +152,15 @@ def test_an_unreachable_scheduler_is_named_within_seconds():
     assert time.perf_counter() - start < 10
 
 
+def test_prepare_with_an_unreachable_scheduler_says_so_and_trains_nothing(tmp_path):
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "faeval", "prepare", "--profile", "smoke", "--quiet", "--results",
+                        str(tmp_path), "--scheduler", "tcp://127.0.0.1:9"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "error: no Dask scheduler answered at 'tcp://127.0.0.1:9' within 5 s" in r.stderr
+    assert time.perf_counter() - start < 60 and list(tmp_path.iterdir()) == []
+
+
 def test_without_dask_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)          # import distributed -> ImportError
     with pytest.raises(ImportError, match=r"pip install -e '\.\[cluster\]'"):
