@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..seeds import generator
 from .base import check_range, error_signal, gaussian_matrices, load_tensors, register_method, state_shapes
 from .bridges import BridgeRule
+from .dfa import direct_feedback
 
 
 @register_method("credit_bridge")
@@ -126,9 +127,7 @@ class CreditBridge(BridgeRule):
                 raise ValueError("credit_bridge with warmup > 0 needs the run's length: train it with faeval.fit "
                                  "or fit_many, or call rule.start_training(total_steps) before the first step in "
                                  "a loop of your own (or build it with warmup=0)")
-            e = error_signal(logits, y) / B
-            credit = [(e @ Bl).view(B, *sh) for Bl, sh in
-                      zip(self._need("feedback", "warm-up feedback matrices B_l"), self.shapes)]
+            credit = direct_feedback(self._need("feedback", "warm-up feedback matrices B_l"), self.shapes, logits, y)
         if not train:
             return credit
         # losses of V (backpropagated into V's parameters by aux_loss)

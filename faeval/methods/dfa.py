@@ -28,8 +28,13 @@ class DFA(FeedbackRule):
         return [(self.num_classes, math.prod(s)) for s in self.shapes]
 
     def credit_from(self, feedback, states, logits, y, top_grad):
-        e = error_signal(logits, y) / len(y)
-        return [(e @ B).view(len(y), *s) for B, s in zip(feedback, self.shapes)]
+        return direct_feedback(feedback, self.shapes, logits, y)
+
+
+def direct_feedback(feedback, shapes, logits, y):
+    """DFA's credit a_l = e_T B_l / B for states of per-sample ``shapes`` (also Credit Bridge's warm-up)."""
+    e = error_signal(logits, y) / len(y)
+    return [(e @ B).view(len(y), *s) for B, s in zip(feedback, shapes)]
 
 
 @register_method("dfa_input_credit")
