@@ -445,6 +445,61 @@ def ep_setting(row, ctx: Context) -> Reason:
                                    f"{bar:g} pp D3 asks for, where BP gains {bp_margin:+.1f} pp", "EP setting")
 
 
+def _dfa_fires_d1_somewhere(ctx: Context) -> bool:
+    runs = ctx.runs("audit")["runs"]
+    return any(_first(runs["dfa", s], "D1") is not None for s in ctx.P.seeds)
+
+
+@probe("05_fa_vs_dfa", r"FA is more accurate than DFA")
+def dfa_accuracy(row, ctx: Context) -> Reason:
+    """The paper's DFA loses its accuracy with its scale failure (D1); where DFA fires D1 on no seed here,
+    the claim's reason is that of the D1 claim."""
+    if _dfa_fires_d1_somewhere(ctx):
+        return Reason("not explained", "DFA fires D1 here too, and no probe of this appendix tells why FA is not "
+                                       "more accurate", "none")
+    d1 = d1_horizon(row, ctx)
+    return Reason(d1.kind, f"the paper's DFA loses its accuracy as its residual stream blows up, and here DFA fires "
+                           f"D1 on no seed, for this reason: {d1.text}", d1.probe)
+
+
+@probe("04_penalty", r"D3 verdict changes across the lambda sweep")
+def penalty_d3(row, ctx: Context) -> Reason:
+    """The paper's penalty lifts DFA over the frozen baseline by stopping its scale failure; without that failure
+    at lambda=0 there is little for the penalty to lift."""
+    runs = ctx.runs("penalty")
+    frozen = {s: r.test_acc for s, r in runs["frozen"].items()}
+    by_lam: dict[float, list[float]] = {}
+    for (lam, s), r in runs["sweep"].items():
+        by_lam.setdefault(lam, []).append(100 * (r.test_acc - frozen[s]))
+    means = {lam: sum(v) / len(v) for lam, v in sorted(by_lam.items())}
+    bar = Thresholds().d3_margin_pp
+    margins = ", ".join(f"{lam:g}: {m:+.1f} pp" for lam, m in means.items())
+    if _dfa_fires_d1_somewhere(ctx) or max(means.values()) >= bar:
+        return Reason("not explained", f"the mean margins over the frozen baseline ({margins}) and DFA's D1 do not "
+                                       f"tell why the verdict does not change", "penalty sweep")
+    d1 = d1_horizon(row, ctx)
+    return Reason(d1.kind, f"every lambda leaves DFA under the {bar:g} pp bar ({margins}); the paper's penalty lifts "
+                           f"DFA by stopping its scale failure, and here DFA fires D1 on no seed, for this reason: "
+                           f"{d1.text}", d1.probe)
+
+
+@probe("07_calibration", r"BP passes on every candidate and seed")
+def bp_on_candidates(row, ctx: Context) -> Reason:
+    """On which candidate tasks BP fails, and whether it passes on all the others."""
+    from .calibration import CANDIDATES, summarise_all
+
+    rows = summarise_all(ctx.runs("calibration")["runs"])
+    bad = {r["candidate"] for r in rows if r.get("bp_fires")}
+    fails = "; ".join(f"{r['candidate']} s{r['seed']}: {'+'.join(r['bp_fires'])} (BP {r['bp_acc']:.3f}, frozen "
+                      f"{r['frozen_acc']:.3f})" for r in rows if r.get("bp_fires"))
+    ok = [c for c in CANDIDATES if c not in bad and any(r["candidate"] == c for r in rows)]
+    if len(bad) == 1:
+        (c,) = bad
+        return Reason("data", f"BP passes on every seed of every other candidate ({', '.join(ok)}); it fails only "
+                              f"on {CANDIDATES[c].label.split(') ', 1)[-1]}: {fails}", "the candidates' tasks")
+    return Reason("not explained", f"BP fails on several candidates: {fails}", "the candidates' tasks")
+
+
 # ---------------------------------------------------------------------------------------
 # the EP sweep
 # ---------------------------------------------------------------------------------------
