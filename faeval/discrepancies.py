@@ -445,6 +445,20 @@ def ep_setting(row, ctx: Context) -> Reason:
                                    f"{bar:g} pp D3 asks for, where BP gains {bp_margin:+.1f} pp", "EP setting")
 
 
+@probe("01_audit", r"walks back state_bridge")
+def state_bridge_horizon(row, ctx: Context) -> Reason:
+    """State Bridge at 3x the horizon: does a diagnostic fire, or does its trend cross a threshold?"""
+    run = ctx.probe_runs("long")["state_bridge"]
+    name = f"State Bridge (seed {run.config['seed']})"
+    reasons = [_horizon_reason(run, d, ctx.P.epochs, name) for d in ("D1", "D2")]
+    found = [r for r in reasons if r.kind == "horizon"]
+    if found:
+        return found[0]
+    return Reason("not explained", "; ".join(r.text for r in reasons) + f"; its accuracy is {run.test_acc:.3f} "
+                                                                        f"after {run.history[-1]['epoch']} epochs",
+                  "longer training")
+
+
 def _dfa_fires_d1_somewhere(ctx: Context) -> bool:
     runs = ctx.runs("audit")["runs"]
     return any(_first(runs["dfa", s], "D1") is not None for s in ctx.P.seeds)

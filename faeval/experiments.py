@@ -131,7 +131,7 @@ def calibration(P) -> dict:
 @chapter("discrepancies")
 def discrepancies(P) -> dict:
     """The probes of the discrepancies appendix (:mod:`faeval.discrepancies`), first seed unless stated:
-    DFA at ``horizon_factor`` x the horizon (with and without the terminal LN, and without it under
+    DFA and State Bridge at ``horizon_factor`` x the horizon (with and without the terminal LN, and without it under
     augmentation); random targets as fixed labels per sample and 3x longer; the other credit
     pairing on ``pairing_seeds`` seeds; FA and frozen on clean labels and BP with one trainable
     block; SmallCNN without batch norm and 2x longer; the EP beta x steps sweep on a subset; DFA on
@@ -147,7 +147,7 @@ def discrepancies(P) -> dict:
     ep = size["ep_sweep"]
     ep_data = {"subset": ep["subset"], "epochs": ep["epochs"]}
     return {
-        "long": {"dfa": P.config("dfa", s0, epochs=long_e)},
+        "long": {m: P.config(m, s0, epochs=long_e) for m in ("dfa", "state_bridge")},
         "no_ln": {"long": P.config("dfa", s0, epochs=long_e, out_ln=False),
                   "augment": P.config("dfa", s0, out_ln=False, augment=True)},
         "random_targets": {**{("fixed", m): P.config(m, s0, epochs=assay_e, label_noise=1.0)

@@ -131,6 +131,7 @@ def test_small_resnet_is_a_residual_bn_net_that_every_rule_but_fa_trains():
     for name, hp in [("bp", {}), ("dfa", {}), ("ep", {}), ("state_bridge", {}), ("credit_bridge", {}),
                      ("dfa", {"penalty": 1e-2})]:
         rule = build_method(name, m, seed=0, **hp)
+        rule.start_training(10)                         # the run's length, as fit tells every rule
         before = [p.detach().clone() for p in m.blocks[1].parameters()]
         m.zero_grad()
         loss, _ = rule.loss(x, y)
