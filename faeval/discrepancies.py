@@ -222,9 +222,15 @@ def d1_horizon(row, ctx: Context) -> Reason:
                                    f"D1 on some seeds only ({seen})", "longer training, other tasks")
 
 
+def _task(candidate: str) -> str:
+    """A calibration candidate's label without its "(c) " prefix."""
+    from .calibration import CANDIDATES
+
+    return CANDIDATES[candidate].label.split(") ", 1)[-1]
+
+
 def _d1_on_other_tasks(ctx: Context) -> list[dict]:
     """Per calibration candidate that changes the task: on how many seeds DFA fires D1 within the horizon."""
-    from .calibration import CANDIDATES
     from .experiments import CANDIDATE_TASKS
 
     runs = ctx.runs("calibration")["runs"]
@@ -232,7 +238,7 @@ def _d1_on_other_tasks(ctx: Context) -> list[dict]:
     for c in CANDIDATE_TASKS:
         fired = {s: _first(r, "D1") for (name, s, m), r in runs.items() if name == c and m == "dfa"}
         hits = {s: e for s, e in fired.items() if e is not None}
-        out.append({"candidate": c, "label": CANDIDATES[c].label.split(") ", 1)[-1], "seeds": len(fired),
+        out.append({"candidate": c, "label": _task(c), "seeds": len(fired),
                     "fired": len(hits), "where": f" ({', '.join(f's{s} epoch {e}' for s, e in hits.items())})"
                     if hits else ""})
     return out
@@ -510,7 +516,7 @@ def bp_on_candidates(row, ctx: Context) -> Reason:
     if len(bad) == 1:
         (c,) = bad
         return Reason("data", f"BP passes on every seed of every other candidate ({', '.join(ok)}); it fails only "
-                              f"on {CANDIDATES[c].label.split(') ', 1)[-1]}: {fails}", "the candidates' tasks")
+                              f"on {_task(c)}: {fails}", "the candidates' tasks")
     return Reason("not explained", f"BP fails on several candidates: {fails}", "the candidates' tasks")
 
 
