@@ -49,22 +49,10 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from .diagnostics import submodules
 from .models import LayeredModel
 
 __all__ = ["layered", "Layered"]
-
-
-class _Chain(nn.Module):
-    """Modules applied one after another (parameters are the modules', not copies)."""
-
-    def __init__(self, parts: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(parts)
-
-    def forward(self, h):
-        for p in self.parts:
-            h = p(h)
-        return h
 
 
 class _Branch(nn.Module):
@@ -113,7 +101,7 @@ class Layered(LayeredModel):
         if isinstance(blocks, str) or not blocks:
             raise ValueError("blocks= names the block modules in order, e.g. blocks=['res1', 'res2']")
         parts = _resolve(module, {"embed": embed, "blocks": blocks, "readout": readout})
-        self.embed = parts["embed"][0] if len(parts["embed"]) == 1 else _Chain(parts["embed"])
+        self.embed = parts["embed"][0] if len(parts["embed"]) == 1 else nn.Sequential(*parts["embed"])
         self.residual = bool(residual)
         self._skip_in_block = self.residual and skip == "block"
         self.blocks = nn.ModuleList(_Branch(b) if self._skip_in_block else b for b in parts["blocks"])
@@ -121,7 +109,7 @@ class Layered(LayeredModel):
         if not isinstance(getattr(head, "out_features", None), int):
             raise TypeError(f"the last readout module, {_names(readout)[-1]!r}, is a {type(head).__name__}; it must "
                             "be the classifier (an nn.Linear, whose out_features are the classes)")
-        self.out_ln = (ln[0] if len(ln) == 1 else _Chain(ln)) if ln else None
+        self.out_ln = (ln[0] if len(ln) == 1 else nn.Sequential(*ln)) if ln else None
         self.out_head = head
         self._pool = pool
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -195,16 +183,10 @@ def _names(spec: str | Sequence[str]) -> list[str]:
 
 
 def _resolve(module: nn.Module, specs: dict[str, str | Sequence[str]]) -> dict[str, list[nn.Module]]:
-    named = dict(module.named_modules())
-    out, unknown = {}, []
-    for part, spec in specs.items():
-        names = _names(spec)
-        if not names:
+    """Each part's sub-modules of ``module`` (an unknown name raises, listing the names there are)."""
+    names = {part: _names(spec) for part, spec in specs.items()}
+    for part, ns in names.items():
+        if not ns:
             raise ValueError(f"{part}= names no module")
-        unknown += [n for n in names if n not in named or not n]
-        out[part] = [named.get(n) for n in names]
-    if unknown:
-        valid = ", ".join(repr(n) for n in named if n)
-        raise ValueError(f"no sub-module named {', '.join(map(repr, unknown))} in {type(module).__name__}; its "
-                         f"module names are: {valid}")
-    return out
+    found = iter(submodules(module, [n for ns in names.values() for n in ns], root_ok=False))
+    return {part: [next(found) for _ in ns] for part, ns in names.items()}

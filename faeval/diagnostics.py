@@ -148,13 +148,7 @@ class Tap:
         else:
             if len(layers) < 1:
                 raise ValueError("layers= must name at least one sub-module")
-            named = dict(model.named_modules())
-            unknown = [n for n in layers if n not in named]
-            if unknown:
-                valid = ", ".join(repr(n) for n in named if n)
-                raise ValueError(f"no sub-module named {', '.join(map(repr, unknown))} in "
-                                 f"{type(model).__name__}; its module names are: {valid}")
-            self.modules = [named[n] for n in layers]
+            self.modules = submodules(model, layers)
             n = len(layers)
         self.layer_names = list(layers) if layers is not None else [f"h{l}" for l in range(n)]
         self._checked = not isinstance(self.layered, _ReturnHiddenModel)
@@ -202,6 +196,18 @@ class Tap:
             return self.model(x)
         finally:
             handle.remove()
+
+
+def submodules(model: nn.Module, names: Sequence[str], *, root_ok: bool = True) -> list[nn.Module]:
+    """The sub-modules of ``model`` with these (dotted) names, in order; an unknown name raises, listing the
+    names there are (``root_ok=False`` also refuses ``""``, the model itself)."""
+    named = dict(model.named_modules())
+    unknown = [n for n in names if n not in named or (not n and not root_ok)]
+    if unknown:
+        valid = ", ".join(repr(n) for n in named if n)
+        raise ValueError(f"no sub-module named {', '.join(map(repr, unknown))} in {type(model).__name__}; its "
+                         f"module names are: {valid}")
+    return [named[n] for n in names]
 
 
 def _accepts_return_hidden(model: nn.Module) -> bool:
