@@ -21,7 +21,7 @@ computed per run, exactly as ``fit`` computes them.
   vectorised step does not run (it runs ``loss`` only), or has parameters of its own.
 
 Within a group: the same architecture and model options, dataset shapes, number of
-batches per epoch, rule class, trainable blocks, learning rates and weight decay.
+batches per epoch, rule class, trainable blocks, learning rates (``head_lr`` included) and weight decay.
 Seeds, penalty weights and seeded data (label noise, subsets) may differ. A group
 larger than the device's memory allows is split in halves and retried (the reason
 is logged); :func:`faeval.schedule.fit_many` trains what cannot be grouped one by
@@ -106,6 +106,13 @@ def _trainable_names(method: Method) -> list[str]:
     return [n for n, p in method.model.named_parameters() if id(p) in ids]
 
 
+def _stacked_groups(method: Method, stacked: dict[str, torch.Tensor], lr: float) -> list[dict]:
+    """The rule's optimiser groups (:meth:`~Method.param_groups`: out_head at ``lr * head_lr``) over the
+    group's stacked parameters, matched by name."""
+    name = {id(p): n for n, p in method.model.named_parameters()}
+    return [{"params": [stacked[name[id(p)]] for p in g["params"]], "lr": g["lr"]} for g in method.param_groups(lr)]
+
+
 def _per_run_state(method: Method) -> dict:
     """The rule's tensors (and lists of tensors, and generators) besides its model: the state its
     :meth:`~Method.loss` might read, which a group must stack or refuse."""
@@ -140,13 +147,13 @@ def _check_group(methods: Sequence[Method], datasets, batch_size: int) -> None:
     for m, ds in zip(methods, datasets):
         same = (type(m) is type(first) and m.model.arch == first.model.arch
                 and [tuple(p.shape) for p in m.model.parameters()] == [tuple(p.shape) for p in first.model.parameters()]
-                and m.trainable_blocks == first.trainable_blocks
+                and m.trainable_blocks == first.trainable_blocks and m.head_lr == first.head_lr
                 and ds.input_shape == datasets[0].input_shape
                 and math.ceil(ds.n_train / batch_size) == math.ceil(datasets[0].n_train / batch_size)
                 and len(ds.x_train) % batch_size == len(datasets[0].x_train) % batch_size)
         if not same:
             raise ValueError(f"cannot group: run {m!r} on {ds.name!r} differs from {first!r} in rule, architecture, "
-                             "shapes, trainable blocks or batches per epoch")
+                             "shapes, trainable blocks, head_lr or batches per epoch")
 
 
 def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: Sequence, epochs: int,
@@ -192,7 +199,7 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
     trained = list(train_p.values())
     for p in trained:
         p.requires_grad_(True)
-    opt = adamw(trained, lr=lr, weight_decay=weight_decay)
+    opt = adamw(_stacked_groups(methods[0], train_p, lr), lr=lr, weight_decay=weight_decay)
 
     evals = [ds.eval_batch(min(eval_n, ds.n_test)) for ds in datasets]
     histories: list[list[dict]] = [[] for _ in range(R)]

@@ -236,7 +236,7 @@ def _dfa_trained(seed: int, steps: int = 100, lr: float = 1e-2, n: int = 256, d_
     x = centers[y] + torch.randn(n, d_in, generator=g_)
     model = build_model("resmlp", (d_in,), classes, seed=seed, width=width, depth=depth, out_ln=False)
     rule = build_method("dfa", model, seed=seed)
-    opt = adamw(rule.parameters(), lr=lr, weight_decay=0.0)
+    opt = adamw(rule.param_groups(lr), lr=lr, weight_decay=0.0)
     for _ in range(steps):
         opt.zero_grad()
         rule.step(x, y)

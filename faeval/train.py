@@ -124,7 +124,7 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
     if dataset.x_train.device != device:
         dataset = dataset.to(device)
     x_eval, y_eval = dataset.eval_batch(min(eval_n, dataset.n_test))
-    opt = adamw(method.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = adamw(method.param_groups(lr), lr=lr, weight_decay=weight_decay)
     aux = method.aux_parameters()
     opt_fb = adamw(aux, lr=lr_fb, weight_decay=weight_decay) if aux else None
 
@@ -196,11 +196,17 @@ class AdamW:
     transposed view, as ``torch.autograd.grad`` can return) is copied into the parameter's
     layout first. The fused kernel reads gradients in the parameter's memory order, and in
     torch 2.13 ``torch.optim.AdamW(fused=True)`` applies such a gradient transposed.
+
+    ``params`` is a list of parameters, or of groups ``{"params": [...], "lr": x}`` as
+    ``torch.optim`` takes them (a group without ``"lr"`` uses ``lr``).
     """
 
     def __init__(self, params, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
-        self.params = list(params)
+        self.params, self._lrs = [], []
+        for group in param_groups(params, lr):
+            self.params += group["params"]
+            self._lrs += [float(group["lr"])] * len(group["params"])
         self.lr, self.weight_decay, self.betas, self.eps = float(lr), float(weight_decay), betas, float(eps)
         self._state: list[tuple[torch.Tensor, ...] | None] = [None] * len(self.params)
 
@@ -220,19 +226,29 @@ class AdamW:
             g = p.grad
             if g.stride() != p.stride():    # the fused kernel reads a gradient in its parameter's memory order
                 g = torch.empty_like(p).copy_(g)
-            lists = groups.setdefault((p.device, p.dtype), ([], [], [], [], []))
+            lists = groups.setdefault((p.device, p.dtype, self._lrs[i]), ([], [], [], [], []))
             for lst, t in zip(lists, (p, g, *self._state[i])):
                 lst.append(t)
         b1, b2 = self.betas
-        for ps, grads, exp_avgs, exp_avg_sqs, steps in groups.values():
+        for (_, _, lr), (ps, grads, exp_avgs, exp_avg_sqs, steps) in groups.items():
             torch._foreach_add_(steps, 1)
-            torch._fused_adamw_(ps, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=self.lr, beta1=b1,
+            torch._fused_adamw_(ps, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=lr, beta1=b1,
                                 beta2=b2, weight_decay=self.weight_decay, eps=self.eps, maximize=False,
                                 grad_scale=None, found_inf=None)
 
 
+def param_groups(params, lr: float) -> list[dict]:
+    """``params`` (parameters, or groups ``{"params", "lr"}``) as a list of groups, each with its ``lr``."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        return [{**g, "params": list(g["params"]), "lr": g.get("lr", lr)} for g in params]
+    return [{"params": params, "lr": lr}]
+
+
 def adamw(params, lr: float, weight_decay: float):
     """The optimiser of every training loop here: :class:`AdamW` (torch's fused kernel, called directly).
+
+    ``params``: parameters, or groups ``{"params": [...], "lr": x}`` (:meth:`Method.param_groups`).
 
     That kernel, ``torch._fused_adamw_``, is private: its signature or behaviour may change in a
     torch release. The first use on a device type therefore checks it against AdamW's update
@@ -242,8 +258,9 @@ def adamw(params, lr: float, weight_decay: float):
     ``torch.optim.AdamW(fused=True)`` is used, else ``torch.optim.AdamW(foreach=True)``. The
     choice is logged once (logger ``"faeval"``).
     """
-    params = list(params)
-    device = params[0].device if params else torch.device("cpu")
+    params = param_groups(params, lr)
+    first = next((p for g in params for p in g["params"]), None)
+    device = first.device if first is not None else torch.device("cpu")
     if fused_kernel_ok(device.type):
         return AdamW(params, lr=lr, weight_decay=weight_decay)
     try:

@@ -35,6 +35,9 @@ A rule is a small class, registered by name (also from a notebook cell):
 Conventions shared by all local rules (the book's assumptions page, "Learning rules"):
 e_T = (softmax - onehot) / B; block l minimises <f_l(sg h_l), sg a_{l+1}>, the
 embedding <h_0, sg a_0>, and out_ln + out_head train on the true cross-entropy.
+``head_lr=k`` trains out_head at k times the run's learning rate (default 1; 0 keeps it at
+its initialisation, the regime in which the paper's scale failure shows: the book's
+assumptions page, "How the output head trains").
 ``penalty=lambda`` adds lambda * mean_i ||f_l(h_l)_i||^2 for every trained block (and
 to BP's loss). ``trainable_blocks=k`` trains only the last k blocks (the depth ladder;
 every rule but ``frozen``, which trains none); the embedding and the readout always train.
@@ -108,8 +111,8 @@ def _method_class(name: str) -> type[Method]:
 def build_method(name: str, model: nn.Module, **hparams) -> Method:
     """Build the learning rule ``name`` for ``model``.
 
-    Every rule takes ``seed`` (its random draws), ``penalty`` and ``init_aux``, and every
-    rule but ``frozen`` takes ``trainable_blocks``; :func:`method_hparams` lists a rule's
+    Every rule takes ``seed`` (its random draws), ``penalty``, ``head_lr`` and ``init_aux``, and
+    every rule but ``frozen`` takes ``trainable_blocks``; :func:`method_hparams` lists a rule's
     hyperparameters. An unknown hyperparameter or one out of range raises, naming the
     valid ones.
     """
@@ -147,12 +150,15 @@ class Method:
     ungroupable: str | None = "it does not declare that it can be grouped (ungroupable = None on its class)"
 
     def __init__(self, model: nn.Module, *, seed: int = 0, penalty: float = 0.0,
-                 trainable_blocks: int | None = None, init_aux: bool = True) -> None:
+                 trainable_blocks: int | None = None, init_aux: bool = True, head_lr: float = 1.0) -> None:
         if not isinstance(model, LayeredModel):
             raise TypeError(f"learning rules train faeval layered models (faeval.build_model); got "
                             f"{type(model).__name__}. To judge a model of your own, use FAProtocol(..., layers=[...]).")
         self.check_model(model)
         check_range("penalty", penalty, penalty >= 0, ">= 0 (the weight of ||f_l(h_l)||^2)")
+        check_range("head_lr", head_lr, isinstance(head_lr, (int, float)) and not isinstance(head_lr, bool)
+                    and 0 <= head_lr < float("inf"),
+                    "a number >= 0 (out_head's learning rate as a multiple of lr; 0 keeps it at its initialisation)")
         if penalty > 0 and not model.residual:
             raise UnsupportedArchError(f"penalty={penalty}: the penalty is on the residual branch f_l(h_l), and arch "
                                        f"{model.arch!r} has no residual branch")
@@ -165,6 +171,7 @@ class Method:
         self.penalty = float(penalty)
         self.trainable_blocks = L if trainable_blocks is None else int(trainable_blocks)
         self.init_aux = bool(init_aux)
+        self.head_lr = float(head_lr)
 
     def check_model(self, model: LayeredModel) -> None:
         """Raise :class:`UnsupportedArchError` if the rule is not defined on ``model`` (default: every model)."""
@@ -175,10 +182,24 @@ class Method:
         return l >= self.model.depth - self.trainable_blocks
 
     def parameters(self) -> list[nn.Parameter]:
-        """Model parameters this rule trains: embedding, trained blocks, out_ln, out_head."""
+        """Model parameters this rule trains: embedding, trained blocks, out_ln, and out_head unless
+        ``head_lr`` is 0."""
         m = self.model
         frozen = {id(p) for l, b in enumerate(m.blocks) if not self.block_trains(l) for p in b.parameters()}
+        if self.head_lr == 0:
+            frozen.update(id(p) for p in m.out_head.parameters())
         return [p for p in m.parameters() if id(p) not in frozen]
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """:meth:`parameters` as optimiser groups ``{"params", "lr"}``: out_head at ``lr * head_lr``,
+        the rest at ``lr`` (one group when ``head_lr`` is 1)."""
+        head = {id(p) for p in self.model.out_head.parameters()}
+        params = self.parameters()
+        if self.head_lr == 1:
+            return [{"params": params, "lr": lr}]
+        groups = [{"params": [p for p in params if id(p) not in head], "lr": lr},
+                  {"params": [p for p in params if id(p) in head], "lr": lr * self.head_lr}]
+        return [g for g in groups if g["params"]]
 
     def aux_parameters(self) -> list[nn.Parameter]:
         """Parameters of the rule's own networks (bridges), trained at ``lr_fb``."""
@@ -252,8 +273,9 @@ class Method:
         return self.penalty * torch.stack(terms).sum() if terms else None
 
     def __repr__(self) -> str:
+        head = f", head_lr={self.head_lr:g}" if self.head_lr != 1 else ""
         return (f"{type(self).__name__}(name={self.name!r}, arch={self.model.arch!r}, penalty={self.penalty}, "
-                f"trainable_blocks={self.trainable_blocks}/{self.model.depth})")
+                f"trainable_blocks={self.trainable_blocks}/{self.model.depth}{head})")
 
 
 def ce_stats(ce: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

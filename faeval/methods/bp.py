@@ -36,5 +36,6 @@ class BP(Method):
 class Frozen(BP):
     """The D3 baseline: blocks frozen at init; embedding, out_ln and out_head trained with BP."""
 
-    def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, init_aux: bool = True) -> None:
-        super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=0, init_aux=init_aux)
+    def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, init_aux: bool = True,
+                 head_lr: float = 1.0) -> None:
+        super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=0, init_aux=init_aux, head_lr=head_lr)

@@ -40,11 +40,10 @@ class CreditBridge(BridgeRule):
 
     needs_top_grad = True
 
-    def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, trainable_blocks: int | None = None,
-                 init_aux: bool = True, K: int = 4, sigma: float = 0.05, lam: float = 0.1, ema: float = 0.995,
+    def __init__(self, model, *, K: int = 4, sigma: float = 0.05, lam: float = 0.1, ema: float = 0.995,
                  term_grad_weight: float = 1.0, hidden: int = 256, layers: int = 3, cond: str = "eT",
-                 warmup: float = 0.2) -> None:
-        super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=trainable_blocks, init_aux=init_aux)
+                 warmup: float = 0.2, **common) -> None:
+        super().__init__(model, **common)
         check_range("K", K, isinstance(K, int) and K >= 1, "an integer >= 1 (noisy successors)")
         check_range("sigma", sigma, sigma >= 0, ">= 0 (successor noise std)")
         check_range("lam", lam, lam > 0, "> 0 (soft-min temperature)")
@@ -60,7 +59,7 @@ class CreditBridge(BridgeRule):
         self._setup_bridge(in_dims=[math.prod(s) for s in self.shapes], out_dim=1, cond_dim=cond_dim,
                            hidden=hidden, layers=layers)
         self.target = None
-        if init_aux:
+        if self.init_aux:
             self.net = self._new_net()
             self.target = self._frozen_copy(self.net)
         self.generator = generator(self.seed, "bridge-noise", self._device)
@@ -70,7 +69,7 @@ class CreditBridge(BridgeRule):
         self.steps_done = 0
         self.num_classes = model.out_head.out_features
         self.feedback = None
-        if init_aux and self.warmup > 0:
+        if self.init_aux and self.warmup > 0:
             self.feedback = [B.to(self._dtype) for B in gaussian_matrices(
                 self._feedback_shapes(), 1.0, self._device, generator(self.seed, "feedback"))]
 

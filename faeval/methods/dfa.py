@@ -17,9 +17,8 @@ class DFA(FeedbackRule):
 
     feedback_std = 1.0
 
-    def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, trainable_blocks: int | None = None,
-                 init_aux: bool = True) -> None:
-        super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=trainable_blocks, init_aux=init_aux)
+    def __init__(self, model, **common) -> None:
+        super().__init__(model, **common)
         self.shapes = state_shapes(model)
         self.num_classes = model.out_head.out_features
         self._init_feedback()

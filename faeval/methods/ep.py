@@ -40,9 +40,8 @@ class EP(LocalRule):
     #: the first relaxation step reads only the nudge (the energy's gradient is zero at the free states)
     skip_free_energy = True
 
-    def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, trainable_blocks: int | None = None,
-                 init_aux: bool = True, beta: float = 0.1, steps: int = 10, step_size: float = 0.2) -> None:
-        super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=trainable_blocks, init_aux=init_aux)
+    def __init__(self, model, *, beta: float = 0.1, steps: int = 10, step_size: float = 0.2, **common) -> None:
+        super().__init__(model, **common)
         check_range("beta", beta, beta > 0, "> 0 (the nudging strength)")
         check_range("steps", steps, isinstance(steps, int) and steps >= 1, "an integer >= 1 (nudged-phase steps)")
         check_range("step_size", step_size, step_size > 0, "> 0 (the nudged-phase step size)")

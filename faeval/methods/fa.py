@@ -16,9 +16,8 @@ class FA(FeedbackRule):
 
     needs_top_grad = True
 
-    def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, trainable_blocks: int | None = None,
-                 init_aux: bool = True) -> None:
-        super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=trainable_blocks, init_aux=init_aux)
+    def __init__(self, model, **common) -> None:
+        super().__init__(model, **common)
         self.width = state_shapes(model)[0][-1]
         self.feedback_std = self.width ** -0.5
         self._init_feedback()

@@ -27,17 +27,16 @@ class StateBridge(BridgeRule):
 
     needs_top_grad = True
 
-    def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, trainable_blocks: int | None = None,
-                 init_aux: bool = True, hidden: int = 256, layers: int = 3, cond: str = "eT",
-                 predictor: Predictor | None = None) -> None:
-        super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=trainable_blocks, init_aux=init_aux)
+    def __init__(self, model, *, hidden: int = 256, layers: int = 3, cond: str = "eT",
+                 predictor: Predictor | None = None, **common) -> None:
+        super().__init__(model, **common)
         check_range("cond", cond, cond in ("eT", "none"), "'eT' or 'none'")
         self.shapes = state_shapes(model)
         self.cond = cond
         self.predictor = predictor
         self._setup_bridge(in_dims=[math.prod(s) for s in self.shapes[:-1]], out_dim=math.prod(self.shapes[-1]),
                            cond_dim=model.out_head.out_features if cond == "eT" else 0, hidden=hidden, layers=layers)
-        self.net = self._new_net() if (init_aux and predictor is None) else None
+        self.net = self._new_net() if (self.init_aux and predictor is None) else None
         self._bridge_loss = None
 
     def _predict(self, hs: list[torch.Tensor], s: torch.Tensor) -> list[torch.Tensor]:
