@@ -12,6 +12,10 @@ such, never dropped. A claim about every seed is checked per seed
 (:meth:`Claims.per_seed`) and states how many of the seeds it held on, with the
 spread of the measured values.
 
+Where a chapter measures its claims in both regimes of the output head (:mod:`faeval.head`), each
+row records its ``regime`` and whether it is ``judged``: the judged regime's claims are the
+book's, the other regime's are listed beside them, labelled (:attr:`Claims.regime`).
+
 A claims file records the parameters it was measured with (profile, every
 override of it, cache version: ``Profile.parameters()``). A notebook re-run with
 other parameters writes ``<notebook>@<hash>.json`` beside the default file instead of
@@ -70,9 +74,11 @@ class Claims:
     [('BP passes on every seed', 'held', 'trustworthy')]
     """
 
-    def __init__(self, notebook: str, profile) -> None:
+    def __init__(self, notebook: str, profile, judged: str | None = None) -> None:
         """``profile``: the :class:`~faeval.profiles.Profile` the notebook ran (its parameters are
-        recorded), or a profile name (then recorded as that profile's defaults)."""
+        recorded), or a profile name (then recorded as that profile's defaults). ``judged``: the
+        head regime whose claims are the book's (:func:`faeval.head.decide`); set :attr:`regime`
+        before checking the claims of each regime."""
         from .config import CACHE_VERSION
 
         self.notebook = notebook
@@ -82,6 +88,9 @@ class Claims:
         else:
             self.profile, self.parameters = profile.name, profile.parameters()
         self.rows: list[dict] = []
+        self.judged = judged
+        #: the head regime the next claims are measured in (None: the chapter has no regimes)
+        self.regime: str | None = None
 
     @property
     def default(self) -> bool:
@@ -122,7 +131,8 @@ class Claims:
         kind, reason = _reason_kind(status, reason or "")
         row = {"notebook": self.notebook, "profile": self.profile, "claim": claim, "status": status,
                "ours": ours, "paper": ref["text"] if ref else "", "source": ref["source"] if ref else "",
-               "reason": reason, "reason_kind": kind}
+               "reason": reason, "reason_kind": kind, "regime": self.regime or "",
+               "judged": self.regime is None or self.judged is None or self.regime == self.judged}
         self.rows.append(row)
         return row
 
@@ -158,7 +168,12 @@ class Claims:
         import pandas as pd
 
         cols = ["claim", "status", "ours", "paper", "source", "reason"]
-        return pd.DataFrame(self.rows, columns=["notebook", "profile", *cols])[cols]
+        if any(r["regime"] for r in self.rows):
+            cols = ["regime", *cols]
+        frame = pd.DataFrame(self.rows, columns=["notebook", "profile", "judged", *cols])
+        if "regime" in cols:
+            frame["regime"] = [f"{r} ({'judged' if j else 'not judged'})" for r, j in zip(frame.regime, frame.judged)]
+        return frame[cols]
 
     def __str__(self) -> str:
         lines = [f"Claims of {self.notebook} at the {self.profile!r} profile:"]
@@ -166,12 +181,16 @@ class Claims:
             why = f"{r['reason_kind']}: {r['reason']}" if r.get("reason_kind") else r["reason"]
             extra = f"  [{why}]" if why else ""
             paper_part = f" | paper: {r['paper']}" if r["paper"] else ""
-            lines.append(f"  {r['status'].upper():>13}  {r['claim']}: ours {r['ours']}{paper_part}{extra}")
+            regime = f"[{r['regime']}{'' if r['judged'] else ', not judged'}] " if r["regime"] else ""
+            lines.append(f"  {r['status'].upper():>13}  {regime}{r['claim']}: ours {r['ours']}{paper_part}{extra}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        """The chapter's closing table: each claim, the paper's value, ours, and whether it held."""
-        return styled(self.table()[["claim", "paper", "ours", "status"]]).to_html()
+        """The chapter's closing table: each claim, the paper's value, ours, and whether it held (with the
+        head regime it was measured in, where the chapter has regimes)."""
+        frame = self.table()
+        cols = [c for c in ("regime", "claim", "paper", "ours", "status") if c in frame.columns]
+        return styled(frame[cols]).to_html()
 
 
 STATUS_COLOURS = {HELD: "color: #1a7f37", NOT_HELD: "color: #cf222e", NOT_EVALUATED: "color: #9a6700"}
@@ -213,7 +232,7 @@ def attach_reasons(reasons, profile: str, results_dir=None) -> list[Path]:
     claims files of ``profile`` measured at its defaults; returns the files rewritten."""
     from .config import CACHE_VERSION
 
-    by_claim = {(r["notebook"], r["claim"]): r for r in reasons}
+    by_claim = {(r["notebook"], r["claim"]): r for r in reasons}     # reasons explain the judged claims
     written = []
     for path in sorted(claims_dir(results_dir).glob("*.json")):
         data = json.loads(path.read_text())
@@ -223,7 +242,7 @@ def attach_reasons(reasons, profile: str, results_dir=None) -> list[Path]:
         hit = False
         for row in data["claims"]:
             why = by_claim.get((row["notebook"], row["claim"]))
-            if why is not None and row["status"] == NOT_HELD:
+            if why is not None and row["status"] == NOT_HELD and row.get("judged", True):
                 row.update(reason=why["text"], reason_kind=why["kind"])
                 hit = True
         if hit:
@@ -260,6 +279,8 @@ def ledger(results_dir=None):
     version, the only rows a book's ledger presents as the profile's. A claim that does not
     hold carries its reason: ``reason_kind`` is one of :data:`REASON_KINDS` and ``reason``
     says what was measured (the discrepancies appendix writes them in: :func:`attach_reasons`).
+    ``regime`` names the head regime a row was measured in (empty where its chapter has none), and
+    ``judged`` is False for the rows of the regime the book's claims are not judged in.
     """
     import pandas as pd
 
@@ -268,8 +289,8 @@ def ledger(results_dir=None):
         data = json.loads(path.read_text())
         params = data.get("parameters", {"profile": data.get("profile"), "overrides": {}, "cache_version": None})
         label = describe_parameters(params)
-        rows += [{"reason_kind": "", **r, "parameters": label, "default": label == "defaults"}
-                 for r in data["claims"]]
-    cols = ["notebook", "claim", "paper", "ours", "status", "profile", "reason_kind", "reason", "parameters",
-            "default"]
+        rows += [{"reason_kind": "", "regime": "", "judged": True, **r, "parameters": label,
+                  "default": label == "defaults"} for r in data["claims"]]
+    cols = ["notebook", "claim", "paper", "ours", "status", "profile", "reason_kind", "reason", "regime", "judged",
+            "parameters", "default"]
     return pd.DataFrame(rows, columns=cols)

@@ -14,6 +14,12 @@ chapters it refers to, and returns a :class:`Reason` of one of five :data:`KINDS
   it changes the outcome;
 * ``not explained``: none of the above was shown; the text says what was ruled out.
 
+Where a chapter measures its claims in both regimes of the output head (:mod:`faeval.head`), only
+the judged regime's claims are explained, and the first probe is the head itself
+(:func:`head_probe`): where the other regime's same claim holds, the reason is the head
+(``implementation choice``), with both regimes' numbers; where it does not, the reason says so
+and goes on to the claim's own probe.
+
 The reason's text is built from measured numbers only. :func:`save_reasons` writes
 each into the claims file row it explains, and :func:`faeval.claims.ledger` shows it in
 the ``reason_kind`` and ``reason`` columns.
@@ -25,10 +31,11 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+from . import head
 from .claims import REASON_KINDS
 from .protocol import Monitor, Thresholds
 
-__all__ = ["KINDS", "Reason", "PROBES", "probe", "explain", "save_reasons", "crossing_epoch", "Context"]
+__all__ = ["KINDS", "Reason", "PROBES", "probe", "explain", "head_probe", "save_reasons", "crossing_epoch", "Context"]
 
 KINDS = REASON_KINDS
 PAPER_EPOCHS = 100      # the paper's training horizon (its CIFAR-10 recipe)
@@ -51,11 +58,13 @@ class Reason:
 
 
 class Context:
-    """What a probe can read: the profile, the runs of any chapter (loaded once), the claim rows."""
+    """What a probe can read: the profile, the runs of any chapter (loaded once), the claim rows of
+    both head regimes, and ``regime``, the one the claims are judged in."""
 
-    def __init__(self, profile, claims=None) -> None:
+    def __init__(self, profile, claims=None, regime: str = head.DEFAULT) -> None:
         self.P = profile
         self.claims = claims            # the ledger's rows at the profile's defaults (a DataFrame), or None
+        self.regime = regime
         self._runs: dict[str, dict] = {}
 
     def runs(self, chapter: str) -> dict:
@@ -63,15 +72,32 @@ class Context:
             self._runs[chapter] = self.P.experiment(chapter)
         return self._runs[chapter]
 
+    def judged_runs(self, chapter: str, part: str) -> dict:
+        """Part ``part`` of a chapter's runs in the judged head regime (:func:`faeval.head.regime_view`)."""
+        return head.regime_view(self.runs(chapter), part)[self.regime]
+
     def probe_runs(self, part: str) -> dict:
         return self.runs("discrepancies")[part]
 
+    def _judged(self):
+        c = self.claims
+        return c if c is None or "judged" not in c.columns else c[c.judged.astype(bool)]
+
     def claim_held(self, notebook: str, pattern: str) -> bool | None:
-        """Whether the (first) claim of ``notebook`` matching ``pattern`` held; None if there is none."""
-        if self.claims is None:
+        """Whether the (first) judged claim of ``notebook`` matching ``pattern`` held; None if there is none."""
+        claims = self._judged()
+        if claims is None:
             return None
-        rows = self.claims[(self.claims.notebook == notebook) & self.claims.claim.str.contains(pattern, regex=True)]
+        rows = claims[(claims.notebook == notebook) & claims.claim.str.contains(pattern, regex=True)]
         return None if rows.empty else bool(rows.iloc[0]["status"] == "held")
+
+    def other_regime(self, row: Mapping) -> dict | None:
+        """The same claim measured in the other head regime (its row), or None."""
+        c = self.claims
+        if c is None or "judged" not in c.columns:
+            return None
+        same = c[(c.notebook == row["notebook"]) & (c.claim == row["claim"]) & ~c.judged.astype(bool)]
+        return None if same.empty else same.iloc[0].to_dict()
 
 
 #: (notebook, regular expression on the claim's text, probe) in the order they are tried
@@ -88,21 +114,43 @@ def probe(notebook: str, pattern: str) -> Callable[[Callable], Callable]:
 
 
 def explain(rows: Sequence[Mapping], ctx: Context) -> list[dict]:
-    """A reason for every claim row that does not hold: ``{notebook, claim, kind, text, probe}``."""
+    """A reason for every judged claim row that does not hold: ``{notebook, claim, kind, text, probe}``."""
     out = []
     for row in rows:
-        if row["status"] != "not held":
+        if row["status"] != "not held" or not row.get("judged", True):
             continue
-        reason = None
-        for nb, pattern, fn in PROBES:
-            if row["notebook"] == nb and re.search(pattern, row["claim"]):
-                reason = fn(row, ctx)
-                break
+        reason = head_probe(row, ctx)
         if reason is None:
-            reason = Reason("not explained", "no probe of this appendix addresses this claim, so no cause was "
-                                             "tested or ruled out", "none")
+            reason = _own_probe(row, ctx)
+            other = ctx.other_regime(row)
+            if other is not None:
+                runs_note = "; this appendix's probe runs train the head" if ctx.regime != head.DEFAULT else ""
+                reason = Reason(reason.kind, f"with the {other['regime']} it does not hold either ({other['ours']})"
+                                             f"{runs_note}; {reason.text}", f"output head, {reason.probe}")
         out.append({"notebook": row["notebook"], "claim": row["claim"], **asdict(reason)})
     return out
+
+
+def _own_probe(row: Mapping, ctx: Context) -> Reason:
+    for nb, pattern, fn in PROBES:
+        if row["notebook"] == nb and re.search(pattern, row["claim"]):
+            return fn(row, ctx)
+    return Reason("not explained", "no probe of this appendix addresses this claim, so no cause was "
+                                   "tested or ruled out", "none")
+
+
+def head_probe(row: Mapping, ctx: Context) -> Reason | None:
+    """How the output head trains: where the same claim holds in the other head regime, that is the reason
+    (``implementation choice``: the seed leaves the head's training open for ResMLP), with both regimes'
+    numbers; None where it does not hold there either, or the chapter has one regime."""
+    other = ctx.other_regime(row)
+    if other is None or other["status"] != "held":
+        return None
+    h = head.REGIMES
+    return Reason("implementation choice", f"how the output head trains: with the {other['regime']} (head_lr "
+                                           f"{h[other['regime']]:g}) the claim holds ({other['ours']}); with the "
+                                           f"{row['regime']} (head_lr {h[row['regime']]:g}) {row['ours']}",
+                  "output head")
 
 
 def save_reasons(reasons: Sequence[Mapping], profile, results_dir=None) -> list:
@@ -405,7 +453,7 @@ def cnn(row, ctx: Context) -> Reason:
 @probe("02_temporal", r"saves most of the training")
 def saving(row, ctx: Context) -> Reason:
     """The largest saving an early stop can give at this horizon is 1 - t_fire / T."""
-    runs = ctx.runs("temporal")["runs"]
+    runs = ctx.judged_runs("temporal", "runs")
     T = ctx.P.epochs
     fired = {}
     for (m, s), run in runs.items():
@@ -466,7 +514,7 @@ def state_bridge_horizon(row, ctx: Context) -> Reason:
 
 
 def _dfa_fires_d1_somewhere(ctx: Context) -> bool:
-    runs = ctx.runs("audit")["runs"]
+    runs = ctx.judged_runs("audit", "runs")
     return any(_first(runs["dfa", s], "D1") is not None for s in ctx.P.seeds)
 
 
@@ -486,10 +534,9 @@ def dfa_accuracy(row, ctx: Context) -> Reason:
 def penalty_d3(row, ctx: Context) -> Reason:
     """The paper's penalty lifts DFA over the frozen baseline by stopping its scale failure; without that failure
     at lambda=0 there is little for the penalty to lift."""
-    runs = ctx.runs("penalty")
-    frozen = {s: r.test_acc for s, r in runs["frozen"].items()}
+    frozen = {s: r.test_acc for s, r in ctx.runs("penalty")["frozen"].items()}
     by_lam: dict[float, list[float]] = {}
-    for (lam, s), r in runs["sweep"].items():
+    for (lam, s), r in ctx.judged_runs("penalty", "sweep").items():
         by_lam.setdefault(lam, []).append(100 * (r.test_acc - frozen[s]))
     means = {lam: sum(v) / len(v) for lam, v in sorted(by_lam.items())}
     bar = Thresholds().d3_margin_pp

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import head
 from .calibration import CANDIDATES
 from .calibration import plan as calibration_plan
 from .calibration import run_config as calibration_run_config
@@ -75,17 +76,20 @@ def quickstart(P) -> dict:
 def audit(P) -> dict:
     """Every audited rule and the frozen-blocks baseline, on every seed: ``{(method, seed): config}``;
     ``("shallow", seed)`` is the DFA-shallow baseline, DFA on the same model without residual blocks
-    (embedding, terminal LN and head; the embedding learns from its DFA credit, the head from the loss)."""
+    (embedding, terminal LN and head; the embedding learns from its DFA credit, the head from the loss).
+    ``fixed_head_runs``: the local rules again with the head at its initialisation (:mod:`faeval.head`; BP and
+    the baselines keep a trained head), full length: the chapter reads their final verdicts."""
     runs = {(m, s): P.config(m, s) for m in (*P.methods, "frozen") for s in P.seeds}
     if P.base.get("arch", "resmlp") in ("resmlp", "studentnet"):
         runs.update({("shallow", s): P.config("dfa", s, depth=0) for s in P.seeds})
-    return {"runs": runs}
+    return head.with_fixed_head({"runs": runs}, skip=[("shallow", s) for s in P.seeds])
 
 
 @chapter("temporal")
 def temporal(P) -> dict:
-    """BP and DFA on every seed (the audit's runs; their per-epoch histories are replayed)."""
-    return {"runs": {(m, s): P.config(m, s) for m in ("bp", "dfa") for s in P.seeds}}
+    """BP and DFA on every seed, in both head regimes (the audit's runs; their per-epoch histories are
+    replayed)."""
+    return head.with_fixed_head({"runs": {(m, s): P.config(m, s) for m in ("bp", "dfa") for s in P.seeds}})
 
 
 @chapter("cross_arch")
@@ -97,35 +101,39 @@ def cross_arch(P) -> dict:
 
 @chapter("penalty")
 def penalty(P) -> dict:
-    """The DFA lambda sweep, the frozen baseline at the same horizon, and the BP/DFA x lambda 2x2."""
+    """The DFA lambda sweep, the frozen baseline at the same horizon, and the BP/DFA x lambda 2x2; the
+    sweep and the 2x2's DFA runs again with the head fixed (``fixed_head_*``; BP keeps a trained head)."""
     size = P.sizes["penalty"]
     e, lam_on = size["epochs"], size["lam_on"]
-    return {
+    return head.with_fixed_head({
         "sweep": {(lam, s): P.config("dfa", s, epochs=e, penalty=lam) for lam in size["lambdas"] for s in P.seeds},
         "frozen": {s: P.config("frozen", s, epochs=e) for s in P.seeds},
         "two_by_two": {(m, lam, s): P.config(m, s, epochs=e, penalty=lam)
                        for m in ("bp", "dfa") for lam in (0.0, lam_on) for s in P.seeds},
-    }
+    })
 
 
 @chapter("fa_vs_dfa")
 def fa_vs_dfa(P) -> dict:
-    """The audit's BP/FA/DFA/frozen runs, the depth ladder (first seed) and the random-target assay."""
+    """The audit's BP/FA/DFA/frozen runs, the depth ladder (first seed) and the random-target assay, each
+    also with the head fixed (``fixed_head_*``: FA, DFA and EP; BP and frozen keep a trained head)."""
     size, s0 = P.sizes["fa_vs_dfa"], P.seeds[0]
-    return {
+    return head.with_fixed_head({
         "pair": {(m, s): P.config(m, s) for m in ("bp", "fa", "dfa", "frozen") for s in P.seeds},
         "ladder": {(m, L): P.config(m, s0, depth=L) for m in ("frozen", "fa", "dfa") for L in size["depths"]},
         "assay": {m: P.config(m, s0, epochs=size["assay_epochs"], random_targets=True)
                   for m in size["assay_methods"]},
-    }
+    })
 
 
 @chapter("calibration")
 def calibration(P) -> dict:
     """DFA, BP and frozen on every calibration candidate at the profile's horizon, every seed:
-    ``{(candidate, seed, method): config}``."""
+    ``{(candidate, seed, method): config}``; ``head_dose``: DFA on the profile's task (first seed) at each
+    ``head_lr`` of the dose-response (:mod:`faeval.head`)."""
     sub = {"subset": P.base["subset"]} if P.base.get("subset") else {}
-    return {"runs": calibration_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds, **sub)}
+    return {"runs": calibration_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds, **sub),
+            "head_dose": {h: P.config("dfa", P.seeds[0], head_lr=h) for h in P.sizes["calibration"]["head_dose"]}}
 
 
 @chapter("discrepancies")

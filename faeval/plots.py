@@ -26,9 +26,10 @@ PAPER_STYLE = {"marker": "x", "color": "black", "s": 40, "zorder": 5, "label": "
 
 
 def book_figure(fn):
-    """Draw ``fn``'s figure with the book's font sizes (text sizes are fixed when the text is made)."""
+    """Draw ``fn``'s figure with the book's font sizes (text sizes are fixed when the text is made);
+    ``title=`` (every figure takes it) is set above the panels, e.g. the head regime a figure shows."""
     @functools.wraps(fn)
-    def wrapper(*args, **kw):
+    def wrapper(*args, title: str | None = None, **kw):
         import matplotlib.pyplot as plt
 
         # only these keys are set and restored: plt.rc_context would also restore the backend
@@ -36,7 +37,10 @@ def book_figure(fn):
         old = {k: plt.rcParams[k] for k in _RC}
         plt.rcParams.update(_RC)
         try:
-            return fn(*args, **kw)
+            fig = fn(*args, **kw)
+            if title:
+                fig.suptitle(title, y=1.0, va="bottom", fontweight="bold")
+            return fig
         finally:
             plt.rcParams.update(old)
     return wrapper
@@ -64,7 +68,7 @@ def history_frame(runs: Mapping):
 
     ``runs`` maps a label (or a tuple whose first item is the label) to a Run.
 
-    Columns: label, method and seed (from the run's config), epoch, step, seconds
+    Columns: label, method, seed and head_lr (from the run's config), epoch, step, seconds
     (cumulative training time), h_L, g_L, g_L_1024 (g_L read at the gradient scale of
     batches of 1,024, the paper's per-epoch logs: :meth:`~faeval.diagnostics.Snapshot.g_L_at`),
     growth, stability, test_acc, deep_gamma (:attr:`~faeval.diagnostics.Snapshot.deep_gamma`), stopped.
@@ -79,6 +83,7 @@ def history_frame(runs: Mapping):
             d = rec["diag"]
             total += rec["seconds"]
             rows.append({"label": label, "method": run.config.get("method"), "seed": run.config.get("seed"),
+                         "head_lr": run.config.get("hparams", {}).get("head_lr", 1.0),
                          "epoch": rec["epoch"], "step": rec["step"], "seconds": total, "h_L": d.h_L, "g_L": d.g_L,
                          "g_L_1024": d.g_L_at(PAPER_LOG_BATCH), "growth": d.max_block_growth,
                          "stability": d.stability, "test_acc": rec["test_acc"],
