@@ -22,7 +22,8 @@ _LAZY = {"load_dataset": "data", "Dataset": "data", "DATASETS": "data", "fit": "
          "fit_many": "schedule", "get_profile": "profiles", "PROFILES": "profiles", "Claims": "claims",
          "paper": "claims", "Snapshot": "diagnostics"}
 _SUBMODULES = ("analysis", "plots", "many", "diagnostics", "pitfalls", "calibration", "store", "profiles", "claims",
-               "data", "train", "config", "schedule", "experiments", "methods", "models", "protocol", "adapt")
+               "data", "train", "config", "schedule", "experiments", "methods", "models", "protocol", "adapt",
+               "head")
 
 
 def __getattr__(name):  # data, training and the store load lazily: protocol-only users need none of them

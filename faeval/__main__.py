@@ -19,6 +19,7 @@ _OPTIONS = [
     ("--eval-n", "eval_n", int, "test samples in the per-epoch diagnostic snapshot (default 1280)"),
     ("--penalty", "penalty", float, "residual-branch penalty lambda (default 0)"),
     ("--trainable-blocks", "trainable_blocks", int, "train only the last k blocks (depth ladder)"),
+    ("--head-lr", "head_lr", float, "out_head's learning rate as a multiple of --lr; 0 keeps it fixed (default 1)"),
     ("--beta", "beta", float, "EP nudging strength (default 0.1)"),
     ("--K", "K", int, "credit bridge: noisy successors (default 4)"),
     ("--width", "width", int, "model width d"),

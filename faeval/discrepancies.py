@@ -122,7 +122,7 @@ def explain(rows: Sequence[Mapping], ctx: Context) -> list[dict]:
         reason = head_probe(row, ctx)
         if reason is None:
             reason = _own_probe(row, ctx)
-            other = ctx.other_regime(row)
+            other = ctx.other_regime(row) if ctx is not None else None
             if other is not None:
                 runs_note = "; this appendix's probe runs train the head" if ctx.regime != head.DEFAULT else ""
                 reason = Reason(reason.kind, f"with the {other['regime']} it does not hold either ({other['ours']})"
@@ -143,7 +143,7 @@ def head_probe(row: Mapping, ctx: Context) -> Reason | None:
     """How the output head trains: where the same claim holds in the other head regime, that is the reason
     (``implementation choice``: the seed leaves the head's training open for ResMLP), with both regimes'
     numbers; None where it does not hold there either, or the chapter has one regime."""
-    other = ctx.other_regime(row)
+    other = ctx.other_regime(row) if ctx is not None else None
     if other is None or other["status"] != "held":
         return None
     h = head.REGIMES

@@ -40,3 +40,32 @@ def test_every_registered_probe_names_a_chapter_notebook():
 
     notebooks = {p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")}
     assert {nb for nb, _, _ in X.PROBES} <= notebooks
+
+
+def test_the_head_probe_names_the_head_where_the_other_regime_holds_and_only_judged_claims_are_explained(
+        monkeypatch):
+    import pandas as pd
+
+    from faeval.profiles import get_profile
+
+    monkeypatch.setattr(X, "PROBES", [])
+    X.probe("01_audit", r"fires D1")(lambda row, ctx: X.Reason("not explained", "ruled out the horizon"))
+    def row(claim, regime, judged, status, ours):
+        return {"notebook": "01_audit", "claim": claim, "regime": regime, "judged": judged, "status": status,
+                "ours": ours}
+    rows = [row("DFA fires D2 on every seed", "head trained", True, "not held", "0/3 seeds (g_L 3e-06)"),
+            row("DFA fires D2 on every seed", "head fixed", False, "held", "3/3 seeds (g_L 9e-08)"),
+            row("DFA fires D1 on every seed", "head trained", True, "not held", "0/3 seeds"),
+            row("DFA fires D1 on every seed", "head fixed", False, "not held", "1/3 seeds"),
+            row("FA is more accurate than DFA", "head fixed", False, "not held", "FA 0.8 vs DFA 0.9")]
+    ctx = X.Context(get_profile("smoke"), pd.DataFrame(rows), regime="head trained")
+    out = X.explain(rows, ctx)
+    assert [r["claim"] for r in out] == ["DFA fires D2 on every seed", "DFA fires D1 on every seed"]
+    d2, d1 = out
+    assert d2["kind"] == "implementation choice" and d2["probe"] == "output head"
+    assert "head fixed (head_lr 0) the claim holds (3/3 seeds (g_L 9e-08))" in d2["text"]
+    assert "0/3 seeds (g_L 3e-06)" in d2["text"]
+    # the other regime does not hold either: the claim's own probe gives the reason, after what the head gave
+    assert d1["kind"] == "not explained"
+    assert d1["text"] == "with the head fixed it does not hold either (1/3 seeds); ruled out the horizon"
+    assert ctx.claim_held("01_audit", "fires D2") is False       # the judged row, not the other regime's

@@ -123,3 +123,55 @@ def test_a_layered_model_keeps_its_own_head_fixed():
     fit(model, fe.build_method("dfa", model, seed=0, head_lr=0), data, 1, 0, progress=False, eval_n=64)
     assert torch.equal(head, net.head.weight)
     assert not torch.equal(stem, net.stem.weight)
+
+
+# -- the two regimes in the book ------------------------------------------------------------
+def test_every_local_rule_of_the_quick_audit_has_a_fixed_head_twin_and_the_references_have_none():
+    P = fe.get_profile("quick")
+    plan = P.plan("audit")
+    assert set(plan["fixed_head_runs"]) == {(m, s) for m in P.methods if m != "bp" for s in P.seeds}
+    for key, cfg in plan["fixed_head_runs"].items():
+        assert {**cfg, "head_lr": 1.0} == {**plan["runs"][key], "head_lr": 1.0} and cfg["head_lr"] == 0.0
+    views = fe.head.by_regime({("bp", 1): "bp run", ("dfa", 1): "dfa run"}, {("dfa", 1): "fixed dfa run"})
+    assert views == {"head trained": {("bp", 1): "bp run", ("dfa", 1): "dfa run"},
+                     "head fixed": {("bp", 1): "bp run", ("dfa", 1): "fixed dfa run"}}
+    # every chapter that shows both regimes plans them; the dose-response spans trained to fixed
+    for chapter in ("temporal", "penalty", "fa_vs_dfa"):
+        assert any(part.startswith(fe.head.FIXED) for part in P.plan(chapter)), chapter
+    assert sorted(P.plan("calibration")["head_dose"]) == [0.0, 0.01, 0.1, 1.0]
+
+
+def _fake_run(acc, growth=2.0, g_L=1e-4, h_L=10.0, gamma=(0.0, 0.0, 0.0), history=None):
+    from types import SimpleNamespace
+
+    snap = SimpleNamespace(max_block_growth=growth, g_L=g_L, h_L=h_L, gamma=list(gamma))
+    return SimpleNamespace(test_acc=acc, history=history or [{"epoch": 3, "diag": snap}])
+
+
+def _regime(dfa_paper_like: bool, seeds=(1, 2)):
+    """The runs the signatures read, either like the paper's DFA or like a healthy one."""
+    if dfa_paper_like:
+        dfa = {s: _fake_run(0.30, growth=700, g_L=4e-9, gamma=(0.42, 0.01, -0.01)) for s in seeds}
+        assay = {"dfa": _fake_run(0.1, h_L=2e4), "ep": _fake_run(0.1, h_L=500)}
+    else:
+        dfa = {s: _fake_run(0.80, gamma=(0.9, 0.8, 0.7)) for s in seeds}
+        assay = {"dfa": _fake_run(0.1, h_L=90), "ep": _fake_run(0.1, h_L=50)}
+    return {"dfa": dfa, "fa": {s: _fake_run(0.5) for s in seeds}, "frozen": {s: _fake_run(0.35) for s in seeds},
+            "assay": assay}
+
+
+@pytest.mark.parametrize("fixed_like_paper, trained_like_paper, judged", [
+    (True, False, "head fixed"), (False, True, "head trained"), (False, False, "head trained")])
+def test_the_rule_judges_the_regime_that_matches_more_signatures_and_a_tie_keeps_the_default(
+        monkeypatch, fixed_like_paper, trained_like_paper, judged):
+    runs = {"head trained": _regime(trained_like_paper), "head fixed": _regime(fixed_like_paper)}
+    monkeypatch.setattr(fe.head, "_regime_runs", lambda P: runs)
+    monkeypatch.setattr(fe.head, "_DECISIONS", {})
+    decision = fe.head.decide(fe.get_profile("smoke"))
+    assert decision.judged == judged and decision.order == [judged, decision.other]
+    # the paper-like fake matches all seven signatures, the healthy one none
+    assert decision.counts == {"head trained": 7 if trained_like_paper else 0,
+                               "head fixed": 7 if fixed_like_paper else 0}, decision.table
+    assert ("tie" in decision.why()) == (fixed_like_paper == trained_like_paper)
+    assert decision.table[-1] == {"signature": "signatures matched", "paper": "7 of 7",
+                                  **{r: f"{n} of 7" for r, n in decision.counts.items()}}

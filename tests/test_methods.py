@@ -370,7 +370,8 @@ def test_out_of_range_hyperparameters_name_the_range(name, kw, msg):
 
 
 def test_unknown_hyperparameter_lists_the_valid_ones():
-    with pytest.raises(TypeError, match=r"unknown hyperparameter\(s\) 'betta'; valid: beta, head_lr, init_aux, penalty"):
+    with pytest.raises(TypeError,
+                       match=r"unknown hyperparameter\(s\) 'betta'; valid: beta, head_lr, init_aux, penalty"):
         build_method("ep", _tiny(), betta=0.1)
 
 

@@ -255,3 +255,24 @@ def test_reasons_are_written_into_the_claims_files_they_explain(tmp_path):
     assert json.loads(p2.read_text())["claims"][0]["reason"] == ""          # other parameters: untouched
     table = C.ledger(tmp_path)
     assert table[table.default & (table.claim == "DFA fires D2")]["reason_kind"].tolist() == ["horizon"]
+
+
+def test_claims_of_two_head_regimes_record_which_is_judged_and_reasons_reach_only_the_judged(tmp_path):
+    from faeval.claims import Claims, attach_reasons, ledger
+
+    claims = Claims("01_audit", "smoke", judged="head fixed")
+    for regime, held in (("head fixed", False), ("head trained", False)):
+        claims.regime = regime
+        claims.check("DFA fires D2 on every seed", held, f"ours in {regime}")
+    claims.regime = None
+    claims.check("A random-init model passes", True, "PASS")
+    assert [(r["regime"], r["judged"]) for r in claims.rows] == [("head fixed", True), ("head trained", False),
+                                                                ("", True)]
+    assert list(claims.table()["regime"][:2]) == ["head fixed (judged)", "head trained (not judged)"]
+    assert "[head trained, not judged] DFA fires D2" in str(claims)
+    claims.save(tmp_path)
+    attach_reasons([{"notebook": "01_audit", "claim": "DFA fires D2 on every seed", "kind": "horizon",
+                     "text": "fires later"}], "smoke", tmp_path)
+    table = ledger(tmp_path)
+    assert list(table.judged) == [True, False, True]
+    assert list(table.reason_kind) == ["horizon", "", ""]
