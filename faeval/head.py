@@ -1,7 +1,7 @@
 """How the output head trains: the two regimes the book shows, and the rule that picks the one its claims are judged in.
 
 The seed documents say the output head is "always trained with the loss" for the CNN only; for
-ResMLP that reading was an inference (``SPEC.md`` 3.2). Every rule takes ``head_lr``, out_head's
+ResMLP that reading was an inference (the book's assumptions page). Every rule takes ``head_lr``, out_head's
 learning rate as a multiple of ``lr`` (:class:`faeval.methods.Method`), and the book runs the
 local rules in two regimes:
 
