@@ -119,10 +119,10 @@ def explain(rows: Sequence[Mapping], ctx: Context) -> list[dict]:
     for row in rows:
         if row["status"] != "not held" or not row.get("judged", True):
             continue
-        reason = head_probe(row, ctx)
+        other = ctx.other_regime(row) if ctx is not None else None
+        reason = _head_reason(row, other)
         if reason is None:
             reason = _own_probe(row, ctx)
-            other = ctx.other_regime(row) if ctx is not None else None
             if other is not None:
                 runs_note = "; this appendix's probe runs train the head" if ctx.regime != head.DEFAULT else ""
                 reason = Reason(reason.kind, f"with the {other['regime']} it does not hold either ({other['ours']})"
@@ -143,7 +143,11 @@ def head_probe(row: Mapping, ctx: Context) -> Reason | None:
     """How the output head trains: where the same claim holds in the other head regime, that is the reason
     (``implementation choice``: the seed leaves the head's training open for ResMLP), with both regimes'
     numbers; None where it does not hold there either, or the chapter has one regime."""
-    other = ctx.other_regime(row) if ctx is not None else None
+    return _head_reason(row, ctx.other_regime(row) if ctx is not None else None)
+
+
+def _head_reason(row: Mapping, other: Mapping | None) -> Reason | None:
+    """:func:`head_probe`'s reason, given the claim's row in the other regime (``other``, or None)."""
     if other is None or other["status"] != "held":
         return None
     h = head.REGIMES

@@ -166,6 +166,10 @@ class Decision:
         """The judged regime first."""
         return [self.judged, self.other]
 
+    def label(self, regime: str) -> str:
+        """``regime`` with whether the claims are judged in it, e.g. ``"head fixed (judged)"`` (figure titles)."""
+        return f"{regime} ({'judged' if regime == self.judged else 'not judged'})"
+
     def why(self) -> str:
         """One sentence: what the rule picked and why."""
         c = self.counts

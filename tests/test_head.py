@@ -169,6 +169,7 @@ def test_the_rule_judges_the_regime_that_matches_more_signatures_and_a_tie_keeps
     monkeypatch.setattr(fe.head, "_DECISIONS", {})
     decision = fe.head.decide(fe.get_profile("smoke"))
     assert decision.judged == judged and decision.order == [judged, decision.other]
+    assert decision.label(judged) == f"{judged} (judged)" and decision.label(decision.other).endswith("(not judged)")
     # the paper-like fake matches all seven signatures, the healthy one none
     assert decision.counts == {"head trained": 7 if trained_like_paper else 0,
                                "head fixed": 7 if fixed_like_paper else 0}, decision.table
