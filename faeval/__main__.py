@@ -75,7 +75,7 @@ def _runs(args) -> int:
         print(f"no runs in {results_dir(args.results)}")
         return 0
     cols = ["method", "arch", "dataset", "seed", "options", "epochs", "test_acc", "max_growth", "g_L", "stopped",
-            "run"]
+            "user_code", "run"]
 
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else ("-" if v in (None, "") else str(v))
@@ -158,7 +158,9 @@ def main(argv=None) -> int:
     tr.add_argument("--json", action="store_true", help="print the final history record as JSON")
     tr.set_defaults(func=_train)
 
-    ls = sub.add_parser("runs", help="list the runs in the store", description="List the runs in the store.")
+    ls = sub.add_parser("runs", help="list the runs in the store",
+                        description="List the runs in the store. user_code: the fingerprint of the code of a "
+                                    "rule or architecture defined outside faeval that trained the run.")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=_runs)
 

@@ -29,9 +29,10 @@ What the parts mean:
 
 * ``embed``: the module (or modules, in order) from the input to h_0;
 * ``blocks``: one module per block, h_l to h_{l+1}. With ``residual=True`` (the default)
-  each block either adds its own skip, ``h + f(h)`` (``skip="block"``, the default; the
-  rules read the branch as f_l(h) = block(h) - h), or is the branch alone and the
-  module's forward adds the skip (``skip="model"``);
+  each block either adds its own skip, ``h + f(h)`` (``skip="block"``; the rules read the
+  branch as f_l(h) = block(h) - h), or is the branch alone and the module's forward adds
+  the skip (``skip="model"``). Left out, both are tried and the one that reproduces the
+  module's forward is used (``model.skip`` says which);
 * ``readout``: the modules from h_L to the logits, the last an ``nn.Linear`` (its
   ``out_features`` are the classes); the ones before it play the terminal LayerNorm;
 * ``pool``: a function the forward applies to h_L before the readout modules
@@ -39,8 +40,9 @@ What the parts mean:
 
 The constructor checks on a batch that these parts compose into the module's own
 forward (same logits), and refuses the model with the difference and the fix when they
-do not. For the run store, register a subclass whose constructor builds your module
-(``@faeval.register_arch``; see :class:`Layered`).
+do not (under either skip convention, when ``skip`` is left out). For the run store,
+register a subclass whose constructor builds your module (``@faeval.register_arch``; see
+:class:`Layered`).
 """
 from __future__ import annotations
 
@@ -53,6 +55,10 @@ from .diagnostics import submodules
 from .models import LayeredModel
 
 __all__ = ["layered", "Layered"]
+
+
+class _Mismatch(Exception):
+    """The parts do not reproduce the module's forward (the reason; the constructor words the error)."""
 
 
 class _Branch(nn.Module):
@@ -91,11 +97,11 @@ class Layered(LayeredModel):
 
     def __init__(self, module: nn.Module, *, embed: str | Sequence[str], blocks: Sequence[str],
                  readout: str | Sequence[str], input_shape: Sequence[int], residual: bool = True,
-                 skip: str = "block", pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 skip: str | None = None, pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
             raise TypeError(f"layered() adapts an nn.Module; got {type(module).__name__}")
-        if skip not in ("block", "model"):
+        if skip not in ("block", "model", None):
             raise ValueError(f"skip={skip!r}: must be 'block' (each block returns h + f(h)) or 'model' (each "
                              "block returns f(h) and the module's forward adds h)")
         if isinstance(blocks, str) or not blocks:
@@ -103,8 +109,6 @@ class Layered(LayeredModel):
         parts = _resolve(module, {"embed": embed, "blocks": blocks, "readout": readout})
         self.embed = parts["embed"][0] if len(parts["embed"]) == 1 else nn.Sequential(*parts["embed"])
         self.residual = bool(residual)
-        self._skip_in_block = self.residual and skip == "block"
-        self.blocks = nn.ModuleList(_Branch(b) if self._skip_in_block else b for b in parts["blocks"])
         *ln, head = parts["readout"]
         if not isinstance(getattr(head, "out_features", None), int):
             raise TypeError(f"the last readout module, {_names(readout)[-1]!r}, is a {type(head).__name__}; it must "
@@ -115,7 +119,19 @@ class Layered(LayeredModel):
         self.input_shape = tuple(int(s) for s in input_shape)
         if type(self).arch == "layered":          # not a registered subclass: say whose model it is
             self.arch = f"layered({type(module).__name__})"
-        shapes = self._check_against(module)
+        tried = {}
+        for convention in ([skip] if skip or not self.residual else ["block", "model"]):
+            self.skip = convention
+            self._skip_in_block = self.residual and self.skip == "block"
+            self.blocks = nn.ModuleList(_Branch(b) if self._skip_in_block else b for b in parts["blocks"])
+            try:
+                shapes = self._check_against(module)
+                break
+            except _Mismatch as e:
+                tried[self.skip] = str(e)
+        else:
+            what = "; ".join(f"with skip={k!r}, {v}" if len(tried) > 1 else v for k, v in tried.items())
+            raise ValueError(self._mismatch(module, what)) from None
         self.equal_width = len(set(shapes)) == 1
 
     def block_forward(self, l: int, h: torch.Tensor) -> torch.Tensor:
@@ -145,17 +161,15 @@ class Layered(LayeredModel):
                 try:
                     hs, got = self.states(x)
                 except RuntimeError as e:
-                    raise ValueError(self._mismatch(module, f"running the parts failed: {str(e).splitlines()[0]}")
-                                     ) from None
+                    raise _Mismatch(f"running the parts failed: {str(e).splitlines()[0]}") from None
         finally:
             module.train(was)
         if not torch.is_tensor(want) or want.shape != got.shape:
             shape = tuple(want.shape) if torch.is_tensor(want) else type(want).__name__
-            raise ValueError(self._mismatch(module, f"the parts give logits of shape {tuple(got.shape)}, the "
-                                                    f"module's forward {shape}"))
+            raise _Mismatch(f"the parts give logits of shape {tuple(got.shape)}, the module's forward {shape}")
         diff = (got - want).abs().max().item()
         if not diff <= 1e-5 * (1 + want.abs().max().item()):
-            raise ValueError(self._mismatch(module, f"their logits differ from the module's own by up to {diff:.3g}"))
+            raise _Mismatch(f"their logits differ from the module's own by up to {diff:.3g}")
         return [tuple(h.shape[1:]) for h in hs]
 
     def _mismatch(self, module: nn.Module, what: str) -> str:
@@ -166,11 +180,12 @@ class Layered(LayeredModel):
 
 
 def layered(module: nn.Module, *, embed: str | Sequence[str], blocks: Sequence[str], readout: str | Sequence[str],
-            input_shape: Sequence[int], residual: bool = True, skip: str = "block",
+            input_shape: Sequence[int], residual: bool = True, skip: str | None = None,
             pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Layered:
     """``module`` as a layered model whose parts are its sub-modules of the given names (see :mod:`faeval.adapt`).
 
-    ``input_shape`` is one sample's shape. Raises ``ValueError`` when a name is not a
+    ``input_shape`` is one sample's shape. ``skip`` left out: the skip convention that
+    reproduces the forward (``model.skip``). Raises ``ValueError`` when a name is not a
     sub-module (listing the names there are) or the parts do not compose into the module's
     own forward on a batch.
     """

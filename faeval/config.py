@@ -5,7 +5,9 @@ A run is described by a flat dict such as ``{"method": "dfa", "epochs": 8, "widt
 setting, or an option of the rule, the architecture or the dataset), fills in every
 default and refuses unknown keys, so that ``width=256`` and leaving the width out are
 the same run. :func:`config_hash` hashes the canonical config together with
-:data:`CACHE_VERSION`.
+:data:`CACHE_VERSION`. A rule or architecture defined outside faeval adds ``code``, the
+fingerprint of its code (:mod:`faeval.usercode`), so an edited class trains anew; the
+package's own carry none.
 
 >>> cfg = canonical_config(method="dfa", epochs=2, width=64)
 >>> cfg["method"], cfg["model"]["width"], cfg["model"]["depth"], cfg["hparams"]["penalty"]
@@ -21,8 +23,9 @@ from collections.abc import Mapping
 
 from .data import dataset_options
 from .data import train_size as _dataset_train_size
-from .methods import method_hparams
+from .methods import method_class, method_hparams
 from .models import arch_class
+from .usercode import code_key
 
 __all__ = ["CACHE_VERSION", "TOP", "canonical_config", "config_hash", "model_options", "rebase", "train_size"]
 
@@ -53,7 +56,11 @@ def canonical_config(**config) -> dict:
     Flat keys are routed by name: a hyperparameter of the rule goes to ``hparams``,
     a model option to ``model``, a dataset option to ``data`` (nested dicts work
     too). Every default is filled in. An unknown key raises, listing the valid ones.
+    Where the rule or the architecture is user code, ``code`` holds the fingerprint of
+    the registered class's code now (a ``code`` entry passed in is replaced: the key
+    names the code that trains the run).
     """
+    config.pop("code", None)
     cfg = {k: config.pop(k, v) for k, v in TOP.items()}
     for key, what in (("dataset", "the dataset's name and its options, e.g. dataset='fashion-mnist', "
                                   "subset=10000, label_noise=0.4"),
@@ -85,6 +92,9 @@ def canonical_config(**config) -> dict:
     for part, dflt in defaults.items():
         cfg[part] = {k: _like(dflt[k], v) for k, v in {**dflt, **parts[part]}.items()}
     cfg.update({k: _like(TOP[k], cfg[k]) for k in TOP})
+    code = code_key(method_class(cfg["method"]), arch_class(cfg["arch"]))
+    if code:
+        cfg["code"] = code
     json.dumps(cfg)   # raises for a value that cannot be keyed (e.g. a function)
     return cfg
 

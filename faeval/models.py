@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from .names import check_known
 from .seeds import seeded
+from .usercode import warn_if_changed
 
 __all__ = [
     "ARCHS", "LayeredModel", "ResMLP", "ViTMini", "SmallCNN", "StudentNet",
@@ -171,7 +172,9 @@ def register_arch(name: str) -> Callable[[type], type]:
 
     The class's constructor takes ``(input_shape, num_classes, **options)``; its keyword
     options with defaults become run-config keys. Re-registering a name replaces the
-    earlier class (so a notebook cell can be re-run).
+    earlier class (so a notebook cell can be re-run); where the code changed, a
+    :class:`~faeval.usercode.RegisteredAgainWarning` says so. An architecture defined outside
+    faeval is keyed in the run store by its code too (:mod:`faeval.usercode`).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"an architecture name must be a non-empty string, got {name!r}")
@@ -180,6 +183,7 @@ def register_arch(name: str) -> Callable[[type], type]:
         if not (isinstance(cls, type) and issubclass(cls, LayeredModel)):
             raise TypeError(f"@register_arch({name!r}) decorates a subclass of faeval.LayeredModel, not {cls!r}")
         cls.arch = name
+        warn_if_changed("arch", name, ARCHS.get(name), cls)
         ARCHS[name] = cls
         return cls
     return deco

@@ -45,6 +45,7 @@ from .store import (
     train_and_store,
 )
 from .train import Run, progress_bar
+from .usercode import install, ship
 
 log = logging.getLogger("faeval")
 
@@ -141,19 +142,22 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
         if why and group and len(todo) > 1:
             log.info("training %s seed %s on its own: %s", cfgs[i]["method"], cfgs[i]["seed"], why)
     jobs = sorted(group_runs(keys), key=lambda idx: -sum(_cost(cfgs[i]) for i in idx))
+    if workers is None and executor is None:   # processes cost seconds to start: only worth it for more than a few
+        small = sum(_cost(cfgs[i]) for idx in jobs for i in idx) < _WORTH_PROCESSES     # seconds of work
+        workers = default_workers(len(jobs)) if device == "cpu" and not small and _spawn_is_safe() else 1
+    elsewhere = executor is not None or (workers > 1 and len(jobs) > 1)
+    code, here = _ship_user_code(jobs, cfgs) if elsewhere else ({}, jobs)   # user-defined rules travel with their jobs
+    jobs = [idx for idx in jobs if tuple(idx) in code]
     if executor is not None:
         root = str(results_dir(results).resolve())
         _run_jobs(lambda idx: executor.submit(_run_job, [cfgs[i] for i in idx], root, retrain, job_device,
-                                              data_root, False), jobs, cfgs, "runs (executor)", progress)
-    else:
-        if workers is None:      # processes cost seconds to start: only worth it for more than a few seconds of work
-            small = sum(_cost(cfgs[i]) for idx in jobs for i in idx) < _WORTH_PROCESSES
-            workers = default_workers(len(jobs)) if device == "cpu" and not small and _spawn_is_safe() else 1
-        if workers > 1 and len(jobs) > 1:
-            _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers, progress)
-        else:
-            _run_jobs(lambda idx: _done(_run_job, [cfgs[i] for i in idx], results, retrain, device, data_root,
-                                        progress), jobs, cfgs, None, progress)
+                                              data_root, False, code=code[tuple(idx)]), jobs, cfgs,
+                  "runs (executor)", progress)
+    elif jobs:
+        _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers, progress, code)
+    if here:
+        _run_jobs(lambda idx: _done(_run_job, [cfgs[i] for i in idx], results, retrain, device, data_root,
+                                    progress), here, cfgs, None, progress)
     runs: dict[Path, Run] = {}
     damaged: list[str] = []
     for path in paths:
@@ -201,12 +205,29 @@ def _cost(cfg: dict) -> float:
     return cfg["epochs"] * train_size(cfg) * _STEP_COST.get(cfg["method"], 1.0) * scale
 
 
+def _ship_user_code(jobs: list[list[int]], cfgs: list[dict]) -> tuple[dict[tuple, bytes | None], list[list[int]]]:
+    """``({job: serialised user classes}, jobs to train here)``: each job's rules and architectures defined
+    outside faeval (:func:`faeval.usercode.ship`), for a worker that imports faeval afresh. A job whose
+    classes cannot be serialised trains in this process instead, and the log says why."""
+    code, here = {}, []
+    for idx in jobs:
+        try:
+            code[tuple(idx)] = ship([cfgs[i] for i in idx])
+        except Exception as e:       # cloudpickle raises many kinds (PicklingError, TypeError, ...)
+            here.append(idx)
+            log.warning("training %s in this process: its code cannot be sent to a worker (%s: %s)",
+                        describe(cfgs[idx[0]]), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    return code, here
+
+
 def _run_job(cfgs: list[dict], results, retrain: bool, device: str | None, data_root, progress: bool,
-             threads: int | None = None) -> list[str]:
+             threads: int | None = None, code: bytes | None = None) -> list[str]:
     """Train one job (a single run, or a group as one vectorised model) and store its runs. A run
-    that another process stored meanwhile is kept, not trained again (unless ``retrain``)."""
+    that another process stored meanwhile is kept, not trained again (unless ``retrain``). ``code``:
+    the user classes the job needs (:func:`faeval.usercode.ship`), registered here first."""
     from .many import fit_group, fit_group_splitting
 
+    install(code)
     if threads:
         torch.set_num_threads(threads)
     device = device or default_device()
@@ -283,7 +304,8 @@ def _exit_with_parent(parent: int, every: float = 0.5) -> None:
             os._exit(70)
 
 
-def _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers: int, progress: bool) -> None:
+def _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers: int, progress: bool,
+                           code: Mapping[tuple, bytes | None]) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -295,7 +317,8 @@ def _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, work
                                initializer=_worker_init, initargs=(threads, log.getEffectiveLevel(), os.getpid()))
     try:
         _run_jobs(lambda idx: pool.submit(_run_job, [cfgs[i] for i in idx], root, retrain, device, data_root, False,
-                                          threads), jobs, cfgs, f"runs ({workers} processes)", progress)
+                                          threads, code[tuple(idx)]), jobs, cfgs, f"runs ({workers} processes)",
+                  progress)
     except BaseException:       # an interrupt, a signal turned into SystemExit, a failed job: no worker trains on
         _stop_workers(pool)
         raise

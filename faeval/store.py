@@ -26,16 +26,18 @@ import pickle
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from .config import CACHE_VERSION, canonical_config, config_hash
 from .data import load_dataset
-from .methods import build_method
-from .models import build_model
+from .methods import build_method, method_class
+from .models import arch_class, build_model
 from .protocol import Monitor
 from .train import Run, fit, history_from_json, history_to_json
+from .usercode import RegisteredAgainWarning, code_key
 
 __all__ = ["experiment", "load_run", "list_runs", "results_dir", "run_dir", "load_data", "build_run", "DamagedRunError",
            "train_and_store", "store_run", "monitor_for", "default_device"]
@@ -179,6 +181,7 @@ def load_run(path: str | os.PathLike, device: str | None = None) -> Run:
         raise ValueError(f"{path} was stored with cache version {meta.get('cache_version')}, this faeval uses "
                          f"{CACHE_VERSION}: train again (experiment(..., retrain=True))")
     cfg = meta["config"]
+    _warn_if_other_code(path, cfg)
     device = device or default_device()
     try:
         ckpt = torch.load(path / "checkpoint.pt", map_location=device, weights_only=True)
@@ -194,6 +197,21 @@ def load_run(path: str | os.PathLike, device: str | None = None) -> Run:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _damaged(path, "history.json", e) from None
     return Run(model, method, history, cfg, meta.get("stopped"), path, from_cache=True)
+
+
+def _warn_if_other_code(path: Path, cfg: dict) -> None:
+    """Warn when the rule or architecture registered now is not the code that trained the stored run: the
+    weights and history are the old code's, the loaded rule (its credit, for Γ) is the new one's."""
+    try:
+        now = code_key(method_class(cfg["method"]), arch_class(cfg["arch"]))
+    except ValueError:
+        return                                   # not registered in this session: building it says so
+    then = cfg.get("code", {})
+    changed = [f"{kind} {cfg[kind]!r}" for kind in ("method", "arch") if now.get(kind) != then.get(kind)]
+    if changed:
+        warnings.warn(f"{path.name}: {' and '.join(changed)} registered now is not the code that trained this "
+                      f"run (fingerprint {then or 'faeval'} -> {now or 'faeval'}); its weights and history are the "
+                      "old code's", RegisteredAgainWarning, stacklevel=3)
 
 
 def _damaged(path: Path, file: str, err: Exception) -> DamagedRunError:
@@ -218,7 +236,8 @@ def distinguishing_options(cfg: dict) -> str:
     except (TypeError, ValueError, KeyError):      # e.g. a rule registered in a session that is not this one
         return "?"
     out = [f"{k}={v}" for k, v in cfg.items()
-           if k not in ("method", "arch", "dataset", "seed", "epochs", "model", "hparams", "data") and v != base.get(k)]
+           if k not in ("method", "arch", "dataset", "seed", "epochs", "model", "hparams", "data", "code")
+           and v != base.get(k)]
     for part in ("model", "hparams", "data"):
         out += [f"{k}={v}" for k, v in cfg.get(part, {}).items() if v != base[part].get(k)]
     return ", ".join(out)
@@ -242,5 +261,6 @@ def list_runs(results=None) -> list[dict]:
                      "test_acc": last.get("test_acc"),
                      "max_growth": last.get("diag", {}).get("max_block_growth"),   # the stored JSON of a Snapshot
                      "g_L": last.get("diag", {}).get("g_L"), "stopped": meta.get("stopped"),
+                     "user_code": ", ".join(f"{k} {v}" for k, v in cfg.get("code", {}).items()),
                      "created": meta.get("created"), "current": meta.get("cache_version") == CACHE_VERSION})
     return sorted(rows, key=lambda r: r["created"] or "")

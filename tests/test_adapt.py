@@ -105,7 +105,8 @@ def test_the_adapter_reads_the_branch_of_a_block_that_adds_its_own_skip():
 def test_parts_that_do_not_compose_into_the_forward_are_refused_with_the_fix():
     net = TheirNet(d_in=12, d=16, classes=5)
     kw = dict(embed="stem", readout=["final_norm", "classifier"], input_shape=(12,))
-    with pytest.raises(ValueError, match=r"does not reproduce the module's forward \(their logits differ"):
+    with pytest.raises(ValueError, match=r"does not reproduce the module's forward \(with skip='block', their "
+                                         r"logits differ .*; with skip='model', their logits differ"):
         faeval.layered(net, blocks=["trunk.1", "trunk.0", "trunk.2"], **kw)         # blocks out of order
     with pytest.raises(ValueError, match=r"skip='model'"):
         faeval.layered(net, blocks=LAYERS[1:], skip="model", **kw)                  # the skip counted twice
@@ -121,6 +122,43 @@ def test_parts_that_do_not_compose_into_the_forward_are_refused_with_the_fix():
         faeval.layered(net, blocks=LAYERS[1:], **{**kw, "input_shape": (13,)})
     with pytest.raises(ValueError, match=r"skip='sum': must be 'block'"):
         faeval.layered(net, blocks=LAYERS[1:], skip="sum", **kw)
+
+
+class BranchNet(nn.Module):
+    """The most common way to write a residual network: the forward adds each block's output to its input."""
+
+    def __init__(self, d_in: int = 12, d: int = 16, classes: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Linear(d_in, d)
+        self.branches = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU()) for _ in range(2))
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, classes)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for f in self.branches:
+            h = h + f(h)
+        return self.head(self.norm(h))
+
+
+def test_left_out_the_skip_convention_is_the_one_that_reproduces_the_forward():
+    kw = dict(embed="stem", readout=["norm", "head"], input_shape=(12,))
+    branch_net = BranchNet()
+    model = faeval.layered(branch_net, blocks=["branches.0", "branches.1"], **kw)
+    assert model.skip == "model"
+    h = torch.randn(3, 16)
+    torch.testing.assert_close(model.blocks[0](h), branch_net.branches[0](h), rtol=0, atol=0)
+    x = torch.randn(3, 12)
+    torch.testing.assert_close(model.states(x)[1], branch_net(x))
+    their = TheirNet(d_in=12, d=16, classes=5)
+    assert faeval.layered(their, embed="stem", blocks=LAYERS[1:], readout=["final_norm", "classifier"],
+                          input_shape=(12,)).skip == "block"
+    # an explicit skip= still wins, and is refused where it does not reproduce the forward
+    with pytest.raises(ValueError, match=r"does not reproduce the module's forward \(their logits differ"):
+        faeval.layered(branch_net, blocks=["branches.0", "branches.1"], skip="block", **kw)
+    # neither convention: the error says what each gave
+    with pytest.raises(ValueError, match=r"\(with skip='block', their logits differ .*; with skip='model', their "
+                                         r"logits differ"):
+        faeval.layered(branch_net, blocks=["branches.1", "branches.0"], **kw)
 
 
 def test_a_registered_adapter_is_keyed_stored_and_reloaded(tmp_path):

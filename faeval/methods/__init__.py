@@ -24,10 +24,11 @@ from .base import (
                    Method,
                    UnsupportedArchError,
                    build_method,
+                   method_class,
                    method_hparams,
                    register_method,
 )
 from .bridges import BridgeNet
 
 __all__ = ["METHODS", "Method", "LocalRule", "FeedbackRule", "UnsupportedArchError", "build_method",
-           "method_hparams", "register_method", "BridgeNet"]
+           "method_class", "method_hparams", "register_method", "BridgeNet"]

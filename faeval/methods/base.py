@@ -56,9 +56,10 @@ from ..diagnostics import MissingAuxStateError
 from ..models import LayeredModel
 from ..names import check_known
 from ..seeds import generator
+from ..usercode import warn_if_changed
 
 __all__ = ["Method", "LocalRule", "FeedbackRule", "METHODS", "register_method", "build_method", "method_hparams",
-           "UnsupportedArchError", "check_range", "error_signal", "ce_stats"]
+           "method_class", "UnsupportedArchError", "check_range", "error_signal", "ce_stats"]
 
 
 class UnsupportedArchError(ValueError):
@@ -71,7 +72,9 @@ METHODS: dict[str, type[Method]] = {}
 def register_method(name: str) -> Callable[[type], type]:
     """Class decorator: make a :class:`Method` subclass available as ``build_method(name, ...)``.
 
-    Re-registering a name replaces the earlier class (so a notebook cell can be re-run).
+    Re-registering a name replaces the earlier class (so a notebook cell can be re-run); where
+    the code changed, a :class:`~faeval.usercode.RegisteredAgainWarning` says so. A rule defined
+    outside faeval is keyed in the run store by its code too (:mod:`faeval.usercode`).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"a method name must be a non-empty string, got {name!r}")
@@ -81,6 +84,7 @@ def register_method(name: str) -> Callable[[type], type]:
             raise TypeError(f"@register_method({name!r}) decorates a subclass of faeval.methods.Method, "
                             f"not {cls!r}")
         cls.name = name
+        warn_if_changed("method", name, METHODS.get(name), cls)
         METHODS[name] = cls
         return cls
     return deco
@@ -88,7 +92,7 @@ def register_method(name: str) -> Callable[[type], type]:
 
 def method_hparams(name: str) -> dict[str, object]:
     """The hyperparameters of a registered rule and their defaults."""
-    cls = _method_class(name)
+    cls = method_class(name)
     out: dict[str, object] = {}
     for klass in cls.__mro__:       # the most derived __init__; its parents' only if it passes **kwargs on
         init = klass.__dict__.get("__init__")
@@ -103,7 +107,8 @@ def method_hparams(name: str) -> dict[str, object]:
     return out
 
 
-def _method_class(name: str) -> type[Method]:
+def method_class(name: str) -> type[Method]:
+    """The registered class of rule ``name``; an unknown name raises, listing the valid ones."""
     check_known("method", name, METHODS, " (or register your own with @faeval.register_method)")
     return METHODS[name]
 
@@ -116,7 +121,7 @@ def build_method(name: str, model: nn.Module, **hparams) -> Method:
     hyperparameters. An unknown hyperparameter or one out of range raises, naming the
     valid ones.
     """
-    cls = _method_class(name)
+    cls = method_class(name)
     valid = method_hparams(name)
     unknown = sorted(set(hparams) - set(valid))
     if unknown:
