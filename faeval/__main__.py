@@ -104,6 +104,7 @@ def _prepare(args) -> int:
     import logging
     import time
 
+    from .experiments import seconds_by_chapter
     from .profiles import get_profile
     from .schedule import fit_many
     from .store import run_dir
@@ -124,6 +125,11 @@ def _prepare(args) -> int:
     fit_many(configs, results=args.results, device=args.device, progress=not args.quiet, workers=args.workers,
              executor=executor)
     print(f"prepare: {len(configs) - stored} runs trained in {time.perf_counter() - start:.0f} s", flush=True)
+    by = seconds_by_chapter(p, args.results)
+    total = sum(s for _, s in by.values()) or 1.0
+    print("prepare: training time by chapter (worker-seconds of its stored runs; a run that several chapters "
+          "plan counts for the first):\n" + "\n".join(f"  {name:14s} {n:4d} runs {s:8.0f} s {100 * s / total:5.1f}%"
+                                                      for name, (n, s) in by.items()), flush=True)
     return 0
 
 

@@ -28,7 +28,7 @@ from .calibration import run_config as calibration_run_config
 #: the calibration candidates that change the task (not the model): their DFA runs 3x longer are probes
 CANDIDATE_TASKS = ("label_noise", "synthetic", "augment")
 
-__all__ = ["EXPERIMENTS", "chapter", "plan", "planned_runs"]
+__all__ = ["EXPERIMENTS", "chapter", "plan", "planned_runs", "seconds_by_chapter"]
 
 #: chapter name -> function(profile) -> {part: {key: config}}
 EXPERIMENTS: dict[str, Callable] = {}
@@ -49,11 +49,12 @@ def plan(name: str, profile) -> dict[str, dict]:
     return EXPERIMENTS[name](profile)
 
 
-def planned_runs(profile) -> list[dict]:
-    """The canonical configs of every declared chapter's runs at ``profile``, deduplicated, in order."""
+def _unique_runs(profile):
+    """``(chapter, canonical config)`` of every declared run at ``profile``, each run once, for the first
+    chapter that plans it."""
     from .config import canonical_config, config_hash
 
-    seen, out = set(), []
+    seen = set()
     for name in EXPERIMENTS:
         for runs in plan(name, profile).values():
             for cfg in runs.values():
@@ -61,7 +62,25 @@ def planned_runs(profile) -> list[dict]:
                 h = config_hash(c)
                 if h not in seen:
                     seen.add(h)
-                    out.append(c)
+                    yield name, c
+
+
+def planned_runs(profile) -> list[dict]:
+    """The canonical configs of every declared chapter's runs at ``profile``, deduplicated, in order."""
+    return [c for _, c in _unique_runs(profile)]
+
+
+def seconds_by_chapter(profile, results=None) -> dict[str, tuple[int, float]]:
+    """``{chapter: (runs, seconds)}``: how many of each chapter's planned runs are in the store and how long they
+    trained (worker-seconds; a run that several chapters plan counts for the first of them)."""
+    from .store import train_seconds
+
+    out = dict.fromkeys(EXPERIMENTS, (0, 0.0))
+    for name, c in _unique_runs(profile):
+        t = train_seconds(c, results)
+        if t is not None:
+            n, secs = out[name]
+            out[name] = (n + 1, secs + t)
     return out
 
 

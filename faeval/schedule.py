@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, Future, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
 
 import torch
@@ -152,7 +152,7 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
         root = str(results_dir(results).resolve())
         _run_jobs(lambda idx: executor.submit(_run_job, [cfgs[i] for i in idx], root, retrain, job_device,
                                               data_root, False, code=code[tuple(idx)]), jobs, cfgs,
-                  "runs (executor)", progress)
+                  "runs (executor)", progress, workers=0)
     elif jobs:
         _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers, progress, code)
     if here:
@@ -270,23 +270,131 @@ def _done(fn: Callable, *args) -> Future:
 
 
 def _run_jobs(submit: Callable[[list[int]], Future], jobs: list[list[int]], cfgs: list[dict], desc: str | None,
-              progress: bool) -> None:
-    """Submit every job, wait for all of them, then raise :class:`RunFailedError` for those that failed."""
-    bar = progress_bar(sum(map(len, jobs)), desc or "runs", progress and desc is not None, unit="run")
+              progress: bool, workers: int = 1) -> None:
+    """Submit every job, wait for all of them, then raise :class:`RunFailedError` for those that failed.
+
+    The progress bar advances by each job's estimated cost (:func:`_cost`), not by its count, and
+    shows the time left as :class:`RemainingTime` estimates it for ``workers`` parallel workers."""
+    costs = [sum(_cost(cfgs[i]) for i in idx) for idx in jobs]
+    eta = RemainingTime(costs, workers)
+    bar = _CostBar(eta, sum(map(len, jobs)), desc or "runs", progress and desc is not None)
     failures: list[tuple[dict, BaseException]] = []
     try:
-        futures = {submit(idx): idx for idx in jobs}
-        for fut in as_completed(futures):
-            err = fut.exception()
-            if err is not None:
-                failures += [(cfgs[i], err) for i in futures[fut]]
-                log.error("failed: %s: %s: %s", "; ".join(describe(cfgs[i]) for i in futures[fut]),
-                          type(err).__name__, err)
-            bar.update(len(futures[fut]))
+        futures = {submit(idx): k for k, idx in enumerate(jobs)}
+        pending, last = set(futures), time.monotonic()
+        while pending:
+            done, pending = wait(pending, timeout=_TICK, return_when=FIRST_COMPLETED)
+            now = time.monotonic()
+            for fut in sorted(done, key=futures.get):
+                k = futures[fut]
+                eta.finished(k, now, since=last)
+                err = fut.exception()
+                if err is not None:
+                    failures += [(cfgs[i], err) for i in jobs[k]]
+                    log.error("failed: %s: %s: %s", "; ".join(describe(cfgs[i]) for i in jobs[k]),
+                              type(err).__name__, err)
+                bar.runs_done += len(jobs[k])
+            for fut in sorted(pending, key=futures.get):      # in the order the workers take them
+                if fut.running():
+                    eta.started(futures[fut], now)
+            bar.show(now)
+            last = now
     finally:
         bar.close()
     if failures:
         raise RunFailedError(failures, sum(map(len, jobs))) from failures[0][1]
+
+
+#: seconds between two refreshes of the progress bar while jobs run
+_TICK = 5.0
+
+
+class RemainingTime:
+    """The time left of many jobs on ``workers`` parallel workers, from each job's estimated cost.
+
+    One worker's speed (cost per second) is learned from the jobs that finished: their costs
+    over the seconds they ran. A running job has done as much as its running time at that
+    speed says (at most 95% of it); the time left replays the rest of the queue, in order,
+    on the workers as they come free, so the tail of a long last job counts in full. Before
+    the first job finishes, or with ``workers=0`` (not known), :meth:`remaining` is ``None``.
+
+    A job counts as running from the first :meth:`started` while fewer than ``workers`` run (a
+    process pool marks one more job running than it runs: the one queued next).
+
+    >>> eta = RemainingTime([40.0, 20.0, 20.0, 20.0], workers=2)
+    >>> eta.started(0, 0.0); eta.started(1, 0.0); eta.finished(1, 10.0); eta.started(2, 10.0)
+    >>> eta.remaining(10.0)        # speed 2/s: job 0 has 10 s left, job 2 10 s, then job 3 10 s
+    20.0
+    """
+
+    def __init__(self, costs: Sequence[float], workers: int) -> None:
+        self.costs, self.workers = list(costs), workers
+        self.start: dict[int, float] = {}
+        self.end: dict[int, float] = {}
+
+    def running(self) -> list[int]:
+        return [k for k in self.start if k not in self.end]
+
+    def started(self, job: int, t: float) -> None:
+        if job not in self.start and len(self.running()) < max(1, self.workers):
+            self.start[job] = t
+
+    def finished(self, job: int, t: float, since: float | None = None) -> None:
+        """Job ``job`` ended at ``t``; one never seen running started at ``since`` (the last look) or ``t``."""
+        self.start.setdefault(job, t if since is None else since)
+        self.end.setdefault(job, t)
+
+    def speed(self) -> float | None:
+        """Cost per second of one worker, from the finished jobs (``None`` before the first)."""
+        secs = sum(self.end[k] - self.start[k] for k in self.end)
+        return sum(self.costs[k] for k in self.end) / secs if self.end and secs > 0 else None
+
+    def done(self, t: float) -> float:
+        """The cost done by time ``t``: the finished jobs' and the running jobs' estimated share."""
+        v = self.speed() or 0.0
+        return (sum(self.costs[k] for k in self.end)
+                + sum(min(v * (t - self.start[k]), 0.95 * self.costs[k]) for k in self.running()))
+
+    def remaining(self, t: float) -> float | None:
+        """Seconds until the last job ends, as the queue replays on the workers (``None``: unknown yet)."""
+        import heapq
+
+        v = self.speed()
+        if v is None or self.workers < 1:
+            return None
+        busy = self.running()
+        free = [max(self.costs[k] / v - (t - self.start[k]), 0.05 * self.costs[k] / v) for k in busy]
+        free += [0.0] * (self.workers - len(free))
+        heapq.heapify(free)
+        for k, c in enumerate(self.costs):
+            if k not in self.end and k not in busy:
+                heapq.heappush(free, heapq.heappop(free) + c / v)
+        return max(free)
+
+
+class _CostBar:
+    """A tqdm bar over the jobs' estimated cost, reading ``k/n runs, elapsed, about T left``."""
+
+    def __init__(self, eta: RemainingTime, runs: int, desc: str, enabled: bool) -> None:
+        self.eta, self.runs, self.runs_done = eta, runs, 0
+        self.t0 = time.monotonic()
+        self.bar = progress_bar(sum(eta.costs), desc, enabled, unit="cost")
+        self.bar.bar_format = "{desc}: {percentage:3.0f}%|{bar}| {postfix}"
+        self.show(self.t0)
+
+    def show(self, now: float) -> None:
+        left = self.eta.remaining(now)
+        self.bar.n = min(self.eta.done(now), self.bar.total)
+        self.bar.set_postfix_str(f"{self.runs_done}/{self.runs} runs, {_clock(now - self.t0)} elapsed"
+                                 + (f", about {_clock(left)} left" if left is not None else ""), refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m:02d}:{s:02d}"
 
 
 def _worker_init(threads: int, level: int, parent: int) -> None:
@@ -318,7 +426,7 @@ def _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, work
     try:
         _run_jobs(lambda idx: pool.submit(_run_job, [cfgs[i] for i in idx], root, retrain, device, data_root, False,
                                           threads, code[tuple(idx)]), jobs, cfgs, f"runs ({workers} processes)",
-                  progress)
+                  progress, workers)
     except BaseException:       # an interrupt, a signal turned into SystemExit, a failed job: no worker trains on
         _stop_workers(pool)
         raise

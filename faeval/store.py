@@ -40,7 +40,7 @@ from .train import Run, fit, history_from_json, history_to_json
 from .usercode import RegisteredAgainWarning, code_key
 
 __all__ = ["experiment", "load_run", "list_runs", "results_dir", "run_dir", "load_data", "build_run", "DamagedRunError",
-           "train_and_store", "store_run", "monitor_for", "default_device"]
+           "train_and_store", "store_run", "monitor_for", "default_device", "train_seconds"]
 
 
 def results_dir(results: str | os.PathLike | None = None) -> Path:
@@ -218,6 +218,12 @@ def _damaged(path: Path, file: str, err: Exception) -> DamagedRunError:
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
     return DamagedRunError(f"{path}: the stored run is damaged ({file}: {type(err).__name__}: {first}); delete "
                            f"that folder, or train it again with retrain=True (python -m faeval train ... --retrain)")
+
+
+def train_seconds(cfg: dict, results=None) -> float | None:
+    """How long the stored run of canonical config ``cfg`` trained (``None``: not in the store)."""
+    meta = run_dir(cfg, results) / "config.json"
+    return json.loads(meta.read_text()).get("train_seconds") if meta.is_file() else None
 
 
 def distinguishing_options(cfg: dict) -> str:
