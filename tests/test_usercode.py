@@ -244,3 +244,21 @@ print("WARNINGS", [str(w.message) for w in caught if issubclass(w.category, faev
     codes = [dict(part.split(" ") for part in r["user_code"].split(", ")) for r in rows]
     assert len({c["method"] for c in codes}) == 2 and len({c["arch"] for c in codes}) == 1   # two versions of the rule
     assert torch.isfinite(torch.tensor([r[1] for r in pool + edited])).all()
+
+
+def test_a_rule_that_cannot_be_sent_to_a_worker_trains_here_and_the_log_says_why(tmp_path, caplog):
+    import threading
+
+    @faeval.register_method("unsendable_test")
+    class Unsendable(DFA):
+        lock = threading.Lock()           # cloudpickle cannot serialise a lock
+
+    try:
+        cfgs = [dict(SMALL, method="unsendable_test", seed=s) for s in (0, 1)]
+        with caplog.at_level("WARNING", logger="faeval"):
+            runs = faeval.fit_many(cfgs, results=tmp_path, workers=2, progress=False)
+        assert [r.from_cache for r in runs] == [False, False]
+        said = [r.getMessage() for r in caplog.records if "cannot be sent to a worker" in r.getMessage()]
+        assert len(said) == 2 and "unsendable_test on resmlp, synthetic, seed 0" in said[0]
+    finally:
+        faeval.METHODS.pop("unsendable_test", None)
