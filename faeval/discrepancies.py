@@ -240,9 +240,30 @@ def d2_scale(row, ctx: Context) -> Reason:
     return d2_horizon(row, ctx)
 
 
+@probe("02_temporal", r"accuracy at the stop")
+def stop_accuracy(row, ctx: Context) -> Reason:
+    """Where DFA fires in the judged regime: the stop's epoch and accuracy against the final accuracy (the
+    paper's DFA was near its final accuracy when it fired). Where it never fires there is no stop, and the
+    firing's reason is the reason."""
+    runs = ctx.judged_runs("audit", "runs")
+    seen = []
+    for s in ctx.P.seeds:
+        run = runs["dfa", s]
+        first = Monitor().replay(run.history)
+        fired = [e for e in (first["D1"], first["D2"]) if e is not None]
+        if fired:
+            acc = {rec["epoch"]: rec["test_acc"] for rec in run.history}
+            seen.append(f"s{s} stops at epoch {min(fired)} of {run.history[-1]['epoch']} with accuracy "
+                        f"{acc[min(fired)]:.3f}, final {run.test_acc:.3f}")
+    if not seen:
+        return d2_horizon(row, ctx)
+    return Reason("not explained", "DFA fires early and keeps learning after the stop (" + "; ".join(seen) + "); the "
+                                   "paper's DFA was within a few points of its final accuracy when it fired",
+                  "accuracy after the stop")
+
+
 @probe(("01_audit", "02_temporal"), r"DFA fires D2")
 @probe("03_cross_arch", r"With a terminal LN, DFA fires D2")
-@probe("02_temporal", r"accuracy at the stop")       # without a firing there is no stop: the firing's reason
 def d2_horizon(row, ctx: Context) -> Reason:
     """Plain DFA at 3x the horizon: does g_L cross the D2 floor, or does its trend?"""
     run = ctx.probe_runs("long")["dfa"]

@@ -69,3 +69,32 @@ def test_the_head_probe_names_the_head_where_the_other_regime_holds_and_only_jud
     assert d1["kind"] == "not explained"
     assert d1["text"] == "with the head fixed it does not hold either (1/3 seeds); ruled out the horizon"
     assert ctx.claim_held("01_audit", "fires D2") is False       # the judged row, not the other regime's
+
+
+def test_where_dfa_fires_the_stop_probe_reports_the_stop_not_a_horizon(monkeypatch):
+    """'DFA's accuracy at the stop' fails when DFA fires early and keeps learning (the head-fixed regime at
+    the quick profile): the reason gives the stop and the accuracies, never 'no firing within the horizon'."""
+    from types import SimpleNamespace
+
+    from faeval.diagnostics import Snapshot
+    from faeval.profiles import get_profile
+
+    def run(growths, accs):
+        return SimpleNamespace(history=[
+            {"epoch": e, "test_acc": a, "diag": Snapshot(hidden_norms=[1.0, g], bp_grad_norms=[1.0, 1e-3],
+                                                        max_block_growth=g, g_L=1e-3, stability=None, loss=1.0,
+                                                        acc=a, aggregate="test")}
+            for e, (g, a) in enumerate(zip(growths, accs))], test_acc=accs[-1])
+
+    P = get_profile("smoke")
+    fires = {("dfa", s): run([1, 227, 727], [0.1, 0.19, 0.47]) for s in P.seeds}
+    ctx = X.Context(P)
+    monkeypatch.setattr(ctx, "judged_runs", lambda chapter, part: fires)
+    reason = X.stop_accuracy({"claim": "DFA's accuracy at the stop is within 5 points"}, ctx)
+    assert reason.kind == "not explained" and reason.probe == "accuracy after the stop"
+    assert "s42 stops at epoch 1 of 2 with accuracy 0.190, final 0.470" in reason.text
+    # without a firing there is no stop: the firing's own probe answers (it reads the long DFA run)
+    quiet = {("dfa", s): run([1, 2, 3], [0.1, 0.5, 0.6]) for s in P.seeds}
+    monkeypatch.setattr(ctx, "judged_runs", lambda chapter, part: quiet)
+    monkeypatch.setattr(X, "d2_horizon", lambda row, ctx: X.Reason("horizon", "the firing's reason", "longer"))
+    assert X.stop_accuracy({}, ctx).text == "the firing's reason"
