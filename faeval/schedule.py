@@ -323,7 +323,7 @@ class RemainingTime:
 
     >>> eta = RemainingTime([40.0, 20.0, 20.0, 20.0], workers=2)
     >>> eta.started(0, 0.0); eta.started(1, 0.0); eta.finished(1, 10.0); eta.started(2, 10.0)
-    >>> eta.remaining(10.0)        # speed 2/s: job 0 has 10 s left, job 2 10 s, then job 3 10 s
+    >>> eta.remaining(10.0)        # 2 a second: job 0 needs 10 more seconds, job 2 needs 10, then job 3
     20.0
     """
 
