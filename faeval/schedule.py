@@ -376,17 +376,18 @@ class _CostBar:
     """A tqdm bar over the jobs' estimated cost, reading ``k/n runs, elapsed, about T left``."""
 
     def __init__(self, eta: RemainingTime, runs: int, desc: str, enabled: bool) -> None:
-        self.eta, self.runs, self.runs_done = eta, runs, 0
+        self.eta, self.runs, self.runs_done, self.desc = eta, runs, 0, desc
         self.t0 = time.monotonic()
-        self.bar = progress_bar(sum(eta.costs), desc, enabled, unit="cost")
-        self.bar.bar_format = "{desc}: {percentage:3.0f}%|{bar}| {postfix}"
+        self.bar = progress_bar(sum(eta.costs), desc, enabled, unit="cost",
+                                bar_format="{desc} {percentage:3.0f}%|{bar}|")
         self.show(self.t0)
 
     def show(self, now: float) -> None:
         left = self.eta.remaining(now)
         self.bar.n = min(self.eta.done(now), self.bar.total)
-        self.bar.set_postfix_str(f"{self.runs_done}/{self.runs} runs, {_clock(now - self.t0)} elapsed"
-                                 + (f", about {_clock(left)} left" if left is not None else ""), refresh=True)
+        self.bar.set_description_str(f"{self.desc}: {self.runs_done}/{self.runs} runs, {_clock(now - self.t0)} "
+                                     "elapsed" + (f", about {_clock(left)} left" if left is not None else ""),
+                                     refresh=True)
 
     def close(self) -> None:
         self.bar.close()

@@ -363,14 +363,15 @@ def non_finite(sums: Mapping) -> str | None:
     return None
 
 
-def progress_bar(total: int, desc: str, enabled: bool, unit: str = "step"):
-    """A tqdm bar; none when ``enabled`` is False or ``$FAEVAL_PROGRESS`` is 0 (as when the book is built)."""
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "step", **kw):
+    """A tqdm bar (``kw``: more of tqdm's options); none when ``enabled`` is False or ``$FAEVAL_PROGRESS`` is 0
+    (as when the book is built)."""
     enabled = enabled and os.environ.get("FAEVAL_PROGRESS", "1") != "0"
     if enabled:
         from tqdm.auto import tqdm
     else:       # tqdm.auto would warn about missing notebook widgets even for a disabled bar
         from tqdm import tqdm
-    return tqdm(total=total, desc=desc, disable=not enabled, unit=unit, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, disable=not enabled, unit=unit, leave=False, dynamic_ncols=True, **kw)
 
 
 def history_to_json(history: list[dict]) -> list[dict]:
