@@ -258,6 +258,16 @@ def test_every_source_notebook_has_a_toc_entry():
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_source_notebook_is_valid_and_its_cells_have_unique_ids(name):
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # a missing cell id is only a warning in today's nbformat
+        nbformat.validate(nb)
+    ids = [c.get("id") for c in nb.cells]
+    assert None not in ids and len(set(ids)) == len(ids), ids
+
+
 # --------------------------------------------------------------------------- the README
 
 
