@@ -215,7 +215,7 @@ def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), r
             _threshold(ax, th.d2_floor, "D2 floor")
         if m == "growth":
             _threshold(ax, th.d1_growth, "D1")
-        ax.set_title(f"{r}: {METRIC_LABELS.get(m, m)}" if len(rows) > 1 else METRIC_LABELS.get(m, m))
+        ax.set_title(f"{r}\n{METRIC_LABELS.get(m, m)}" if len(rows) > 1 else METRIC_LABELS.get(m, m))
         ax.set_ylabel("")
     _legend_below(fig, axes[0], ncol=5, title=hue)
     fig.tight_layout(rect=(0, 0.08 if len(panels) <= 3 else 0.05, 1, 1))
