@@ -27,7 +27,8 @@ from .methods import method_class, method_hparams
 from .models import arch_class
 from .usercode import code_key
 
-__all__ = ["CACHE_VERSION", "TOP", "canonical_config", "config_hash", "model_options", "rebase", "train_size"]
+__all__ = ["CACHE_VERSION", "TOP", "canonical_config", "code_of", "config_hash",
+           "model_options", "rebase", "train_size"]
 
 #: bump when a change to training or to the history format makes stored runs stale
 CACHE_VERSION = 3      # 2: fused AdamW kernel (rounding-level change of every trajectory)
@@ -92,11 +93,17 @@ def canonical_config(**config) -> dict:
     for part, dflt in defaults.items():
         cfg[part] = {k: _like(dflt[k], v) for k, v in {**dflt, **parts[part]}.items()}
     cfg.update({k: _like(TOP[k], cfg[k]) for k in TOP})
-    code = code_key(method_class(cfg["method"]), arch_class(cfg["arch"]))
+    code = code_of(cfg["method"], cfg["arch"])
     if code:
         cfg["code"] = code
     json.dumps(cfg)   # raises for a value that cannot be keyed (e.g. a function)
     return cfg
+
+
+def code_of(method: str, arch: str) -> dict[str, str]:
+    """The ``code`` entry of registered rule ``method`` on architecture ``arch`` (:func:`faeval.usercode.code_key`:
+    empty for faeval's own)."""
+    return code_key(method_class(method), arch_class(arch))
 
 
 def _like(default, value):

@@ -18,6 +18,7 @@ finished and stored its runs (:class:`RunFailedError`).
 """
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from .config import canonical_config, train_size
 from .models import arch_class
@@ -357,8 +359,6 @@ class RemainingTime:
 
     def remaining(self, t: float) -> float | None:
         """Seconds until the last job ends, as the queue replays on the workers (``None``: unknown yet)."""
-        import heapq
-
         v = self.speed()
         if v is None or self.workers < 1:
             return None
@@ -385,17 +385,13 @@ class _CostBar:
     def show(self, now: float) -> None:
         left = self.eta.remaining(now)
         self.bar.n = min(self.eta.done(now), self.bar.total)
-        self.bar.set_description_str(f"{self.desc}: {self.runs_done}/{self.runs} runs, {_clock(now - self.t0)} "
-                                     "elapsed" + (f", about {_clock(left)} left" if left is not None else ""),
+        clock = tqdm.format_interval
+        self.bar.set_description_str(f"{self.desc}: {self.runs_done}/{self.runs} runs, {clock(now - self.t0)} "
+                                     "elapsed" + (f", about {clock(left)} left" if left is not None else ""),
                                      refresh=True)
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m:02d}:{s:02d}"
 
 
 def _worker_init(threads: int, level: int, parent: int) -> None:

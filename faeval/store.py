@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-from .config import CACHE_VERSION, canonical_config, config_hash
+from .config import CACHE_VERSION, canonical_config, code_of, config_hash
 from .data import load_dataset
-from .methods import build_method, method_class
-from .models import arch_class, build_model
+from .methods import build_method
+from .models import build_model
 from .protocol import Monitor
 from .train import Run, fit, history_from_json, history_to_json
-from .usercode import RegisteredAgainWarning, code_key
+from .usercode import RegisteredAgainWarning
 
 __all__ = ["experiment", "load_run", "list_runs", "results_dir", "run_dir", "load_data", "build_run", "DamagedRunError",
            "train_and_store", "store_run", "monitor_for", "default_device", "train_seconds"]
@@ -203,7 +203,7 @@ def _warn_if_other_code(path: Path, cfg: dict) -> None:
     """Warn when the rule or architecture registered now is not the code that trained the stored run: the
     weights and history are the old code's, the loaded rule (its credit, for Γ) is the new one's."""
     try:
-        now = code_key(method_class(cfg["method"]), arch_class(cfg["arch"]))
+        now = code_of(cfg["method"], cfg["arch"])
     except ValueError:
         return                                   # not registered in this session: building it says so
     then = cfg.get("code", {})

@@ -42,6 +42,7 @@ False
 from __future__ import annotations
 
 import hashlib
+import pickle
 import sys
 import types
 import warnings
@@ -186,6 +187,7 @@ def warn_if_changed(kind: str, name: str, old: type | None, new: type) -> None:
 def ship(configs: Iterable[Mapping]) -> bytes | None:
     """The user classes that canonical ``configs`` need, serialised for a worker process
     (``None`` when every rule and architecture is faeval's own)."""
+    # imported here: faeval.methods imports this module
     from .methods.base import METHODS
     from .models import ARCHS
 
@@ -205,8 +207,7 @@ def install(blob: bytes | None) -> None:
     """Register the classes of :func:`ship` in this process (a worker), replacing any of the same name."""
     if blob is None:
         return
-    import pickle
-
+    # imported here: faeval.methods imports this module
     from .methods.base import METHODS
     from .models import ARCHS
 
