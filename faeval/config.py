@@ -7,7 +7,9 @@ default and refuses unknown keys, so that ``width=256`` and leaving the width ou
 the same run. :func:`config_hash` hashes the canonical config together with
 :data:`CACHE_VERSION`. A rule or architecture defined outside faeval adds ``code``, the
 fingerprint of its code (:mod:`faeval.usercode`), so an edited class trains anew; the
-package's own carry none.
+package's own carry none. A run trained with reduced-precision matmuls adds ``precision``
+(:data:`PRECISIONS`); float32, the default, adds nothing, so the keys of every float32 run
+stay as they were.
 
 >>> cfg = canonical_config(method="dfa", epochs=2, width=64)
 >>> cfg["method"], cfg["model"]["width"], cfg["model"]["depth"], cfg["hparams"]["penalty"]
@@ -27,7 +29,7 @@ from .methods import method_class, method_hparams
 from .models import arch_class
 from .usercode import code_key
 
-__all__ = ["CACHE_VERSION", "TOP", "canonical_config", "code_of", "config_hash",
+__all__ = ["CACHE_VERSION", "PRECISIONS", "TOP", "canonical_config", "code_of", "config_hash",
            "model_options", "rebase", "train_size"]
 
 #: bump when a change to training or to the history format makes stored runs stale
@@ -37,6 +39,10 @@ CACHE_VERSION = 3      # 2: fused AdamW kernel (rounding-level change of every t
 #: the top-level settings of every run, with their defaults
 TOP = {"arch": "resmlp", "method": "bp", "dataset": "fashion-mnist", "epochs": 1, "seed": 0, "batch_size": 128,
        "lr": 1e-3, "weight_decay": 0.01, "lr_fb": 1e-3, "eval_n": 1280, "stop_on": []}
+
+#: the precisions a run's training step may use (``precision=``): float32, or the step's matmuls under
+#: ``torch.autocast`` in bfloat16 (weights, optimiser state, diagnostics and the history stay float32/float64)
+PRECISIONS = ("float32", "bfloat16")
 
 #: constructor arguments of a rule that are not part of a run's key
 _NOT_KEYED_METHOD = ("seed", "init_aux", "predictor")
@@ -62,6 +68,10 @@ def canonical_config(**config) -> dict:
     names the code that trains the run).
     """
     config.pop("code", None)
+    precision = config.pop("precision", "float32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: valid precisions are {', '.join(map(repr, PRECISIONS))} "
+                         "(float32, the default, or the training step's matmuls in bfloat16)")
     cfg = {k: config.pop(k, v) for k, v in TOP.items()}
     for key, what in (("dataset", "the dataset's name and its options, e.g. dataset='fashion-mnist', "
                                   "subset=10000, label_noise=0.4"),
@@ -96,6 +106,8 @@ def canonical_config(**config) -> dict:
     code = code_of(cfg["method"], cfg["arch"])
     if code:
         cfg["code"] = code
+    if precision != "float32":
+        cfg["precision"] = precision
     json.dumps(cfg)   # raises for a value that cannot be keyed (e.g. a function)
     return cfg
 

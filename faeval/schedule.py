@@ -138,7 +138,8 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     for i in todo.values():
         key = group_key(cfgs[i])
         if group and key not in verdicts:
-            verdicts[key] = why_not_groupable(build_run(cfgs[i], "cpu" if executor else device, data_root)[1])
+            verdicts[key] = ("the vectorised step has no reduced precision" if "precision" in cfgs[i] else
+                             why_not_groupable(build_run(cfgs[i], "cpu" if executor else device, data_root)[1]))
         why = verdicts[key] if group else "grouping is off (group=False)"
         keys[i] = None if why else key
         if why and group and len(todo) > 1:

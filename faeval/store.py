@@ -99,7 +99,7 @@ def train_and_store(cfg: dict, results, retrain: bool, device: str, data_root, p
     start = time.perf_counter()
     run = fit(model, method, ds, cfg["epochs"], cfg["seed"], batch_size=cfg["batch_size"], lr=cfg["lr"],
               weight_decay=cfg["weight_decay"], lr_fb=cfg["lr_fb"], eval_n=cfg["eval_n"], monitor=monitor_for(cfg),
-              progress=progress, config=cfg)
+              progress=progress, config=cfg, precision=cfg.get("precision", "float32"))
     return store_run(run, cfg, ds, device, time.perf_counter() - start, run_dir(cfg, results), retrain)
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import diagnostics as D
+from .config import PRECISIONS
 from .methods import Method, build_method
 from .models import LayeredModel
 
@@ -105,7 +106,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: int = 0, *, batch_size: int = 128,
         lr: float = 1e-3, weight_decay: float = 0.01, lr_fb: float = 1e-3, eval_n: int = 1280,
         monitor: Callable[[int, Mapping], bool] | None = None, progress: bool = True, check_every: int | None = None,
-        config: dict | None = None) -> Run:
+        config: dict | None = None, precision: str = "float32") -> Run:
     """Train ``model`` with ``method`` (a rule or its registered name) for ``epochs`` epochs.
 
     Batches follow ``dataset.batches(batch_size, seed, epoch)``; the data move to the
@@ -114,6 +115,9 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
     and the epoch's end is the only point that reads them back (per-epoch diagnostics).
     A non-finite loss is therefore noticed at the end of its epoch; ``check_every=k``
     also checks every k steps, at the cost of one synchronisation each time.
+    ``precision="bfloat16"`` runs each training step (the rule's forward, credit and backward) under
+    ``torch.autocast`` in bfloat16; parameters, optimiser state, the test evaluation and the
+    per-epoch diagnostics stay float32 (the BP reference in half precision underflows: pitfall 3).
     """
     if isinstance(method, str):
         method = build_method(method, model, seed=seed)
@@ -121,6 +125,7 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
         raise ValueError("the method was built for a different model: build_method(name, model) with this model")
     check_fit_args(epochs, batch_size, lr, lr_fb, weight_decay, eval_n)
     device = next(model.parameters()).device
+    low = _autocast_dtype(precision)
     if dataset.x_train.device != device:
         dataset = dataset.to(device)
     x_eval, y_eval = dataset.eval_batch(min(eval_n, dataset.n_test))
@@ -153,7 +158,8 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
                 opt.zero_grad(set_to_none=True)
                 if opt_fb is not None:
                     opt_fb.zero_grad(set_to_none=True)
-                stats = method.step(x, y)
+                with torch.autocast(device.type, dtype=low, enabled=low is not None):
+                    stats = method.step(x, y)
                 opt.step()
                 if opt_fb is not None:
                     opt_fb.step()
@@ -311,6 +317,13 @@ def _adamw_reference(p: torch.Tensor, grads: list[torch.Tensor], lr: float, weig
         m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
         p = p - lr / (1 - b1 ** t) * m / ((v / (1 - b2 ** t)).sqrt() + eps)
     return p
+
+
+def _autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a run's ``precision`` (None for float32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: valid precisions are {', '.join(map(repr, PRECISIONS))}")
+    return None if precision == "float32" else getattr(torch, precision)
 
 
 def check_fit_args(epochs, batch_size, lr, lr_fb, weight_decay, eval_n) -> None:
