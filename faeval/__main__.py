@@ -111,7 +111,7 @@ def _prepare(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="prepare: %(message)s")
     _exit_on_sigterm()
-    p = get_profile(args.profile)
+    p = get_profile(args.profile, results_dir=args.results)
     configs = p.planned_runs()
     stored = sum(run_dir(c, args.results).is_dir() for c in configs)
     print(f"prepare: profile {p.name!r} asks for {len(configs)} runs; {stored} already in the store", flush=True)
@@ -121,10 +121,16 @@ def _prepare(args) -> int:
 
         executor = dask_executor(args.scheduler)
         print(f"prepare: sending the runs to the Dask scheduler at {args.scheduler}", flush=True)
-    start = time.perf_counter()
-    fit_many(configs, results=args.results, device=args.device, progress=not args.quiet, workers=args.workers,
-             executor=executor)
-    print(f"prepare: {len(configs) - stored} runs trained in {time.perf_counter() - start:.0f} s", flush=True)
+    start, trained = time.perf_counter(), 0
+    todo = [c for c in configs if not run_dir(c, args.results).is_dir()]
+    while todo:          # a plan that grows as its runs are stored (the calibration's seeds) is trained out
+        fit_many(todo, results=args.results, device=args.device, progress=not args.quiet, workers=args.workers,
+                 executor=executor)
+        trained += len(todo)
+        todo = [c for c in p.planned_runs() if not run_dir(c, args.results).is_dir()]
+        if todo:
+            print(f"prepare: the plan grew by {len(todo)} runs now that the others are stored", flush=True)
+    print(f"prepare: {trained} runs trained in {time.perf_counter() - start:.0f} s", flush=True)
     by = seconds_by_chapter(p, args.results)
     total = sum(s for _, s in by.values()) or 1.0
     print("prepare: training time by chapter (worker-seconds of its stored runs; a run that several chapters "

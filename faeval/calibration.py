@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from .protocol import Monitor, Thresholds
 
-__all__ = ["Candidate", "CANDIDATES", "run_config", "plan", "summarise", "summarise_all", "calibrate", "first_firing",
-           "choose"]
+__all__ = ["Candidate", "CANDIDATES", "run_config", "plan", "sequential_plan", "summarise", "summarise_all",
+           "calibrate", "first_firing", "choose"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,37 @@ def plan(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *, steps: in
             for c in cands for seed in seeds for m in methods}
 
 
+def sequential_plan(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *, steps: int, seeds=(42,),
+                    results=None, every_seed: Iterable[str] = (), methods: Sequence[str] = METHODS,
+                    **overrides) -> dict[tuple, dict]:
+    """:func:`plan`, with each candidate's seeds taken in order and stopped where the choice rule is decided.
+
+    A candidate qualifies only if the rule holds on every seed (:func:`choose`), so once it fails on one
+    seed the later seeds cannot change the outcome: the next seed is planned only after every run of the
+    seed before it is in the store (``results``) and the rule held there. A plan therefore grows as its
+    runs are stored; :meth:`faeval.profiles.Profile.experiment` and ``python -m faeval prepare`` train until
+    it stops growing. Candidates named in ``every_seed`` take every seed (e.g. the profile's own task,
+    whose runs other chapters plan anyway).
+    """
+    from .config import canonical_config
+    from .store import load_run, run_dir
+
+    out: dict[tuple, dict] = {}
+    every = set(every_seed)
+    for c in (_candidate(c) for c in candidates):
+        for seed in seeds:
+            cfgs = {m: run_config(c, m, steps=steps, seed=seed, **overrides) for m in methods}
+            out.update({(c.name, seed, m): cfg for m, cfg in cfgs.items()})
+            if c.name in every:
+                continue
+            paths = {m: run_dir(canonical_config(**cfg), results) for m, cfg in cfgs.items()}
+            if not all(p.is_dir() for p in paths.values()):
+                break                   # the next seed waits for this one
+            if not _rule_holds(summarise(c.name, {m: load_run(p) for m, p in paths.items()})):
+                break                   # decided: the candidate cannot qualify
+    return out
+
+
 def summarise_all(runs: Mapping[tuple, object], thresholds=None) -> list[dict]:
     """One calibration row per candidate and seed from ``{(candidate, seed, method): Run}`` (the keys
     of :func:`plan`), in the order they first appear."""
@@ -141,13 +172,15 @@ def _rule_holds(row: Mapping) -> bool:
     return bool(row.get("D1") or row.get("D2")) and not row.get("bp_fires")
 
 
-def choose(rows: Sequence[Mapping]) -> tuple[str | None, list[dict]]:
+def choose(rows: Sequence[Mapping], n_seeds: int | None = None) -> tuple[str | None, list[dict]]:
     """The calibration's choice rule over :func:`summarise_all`'s rows.
 
     A candidate qualifies when, on every seed it was run on, DFA fires D1 or D2 within
     the horizon while BP passes (fires neither D1 nor D2, and clears the frozen baseline
     by the D3 margin); only candidates of kind ``"candidate"`` may be chosen, and the
-    first that qualifies, in the order of :data:`CANDIDATES`, is chosen. Returns the
+    first that qualifies, in the order of :data:`CANDIDATES`, is chosen. With ``n_seeds`` a candidate must
+    also have been run on that many seeds (:func:`sequential_plan` stops a candidate at the first seed
+    where the rule fails, so one with fewer rows and no failure has seeds still to run). Returns the
     chosen name (None when none qualifies) and one row per candidate: how many seeds the
     rule held on, of how many, and whether it qualifies.
     """
@@ -159,7 +192,8 @@ def choose(rows: Sequence[Mapping]) -> tuple[str | None, list[dict]]:
         k = sum(_rule_holds(r) for r in rs)
         kind = _candidate(name).kind
         table.append({"candidate": name, "label": _candidate(name).label, "kind": kind, "seeds": len(rs),
-                      "rule holds on": k, "qualifies": kind == "candidate" and k == len(rs)})
+                      "rule holds on": k,
+                      "qualifies": kind == "candidate" and k == len(rs) and len(rs) == (n_seeds or len(rs))})
     order = list(CANDIDATES)
     eligible = sorted((t for t in table if t["qualifies"]), key=lambda t: order.index(t["candidate"])
                       if t["candidate"] in order else len(order))

@@ -587,7 +587,7 @@ def bp_on_candidates(row, ctx: Context) -> Reason:
     ok = [c for c in CANDIDATES if c not in bad and any(r["candidate"] == c for r in rows)]
     if len(bad) == 1:
         (c,) = bad
-        return Reason("data", f"BP passes on every seed of every other candidate ({', '.join(ok)}); it fails only "
+        return Reason("data", f"BP passes on every seed run of every other candidate ({', '.join(ok)}); it fails only "
                               f"on {_task(c)}: {fails}", "the candidates' tasks")
     return Reason("not explained", f"BP fails on several candidates: {fails}", "the candidates' tasks")
 

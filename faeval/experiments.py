@@ -21,8 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import head
-from .calibration import CANDIDATES
-from .calibration import plan as calibration_plan
+from .calibration import CANDIDATES, sequential_plan
 from .calibration import run_config as calibration_run_config
 
 #: the calibration candidates that change the task (not the model): their DFA runs 3x longer are probes
@@ -151,11 +150,15 @@ def fa_vs_dfa(P) -> dict:
 
 @chapter("calibration")
 def calibration(P) -> dict:
-    """DFA, BP and frozen on every calibration candidate at the profile's horizon, every seed:
-    ``{(candidate, seed, method): config}``; ``head_dose``: DFA on the profile's task (first seed) at each
+    """DFA, BP and frozen on every calibration candidate at the profile's horizon: ``{(candidate, seed,
+    method): config}``, a candidate's seeds in order until the choice rule is decided on it
+    (:func:`faeval.calibration.sequential_plan`; the paper's recipe, the profile's own task whose runs the
+    audit plans, on every seed); ``head_dose``: DFA on the profile's task (first seed) at each
     ``head_lr`` of the dose-response (:mod:`faeval.head`)."""
     sub = {"subset": P.base["subset"]} if P.base.get("subset") else {}
-    return {"runs": calibration_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds, **sub),
+    runs = sequential_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds, results=P.results,
+                           every_seed=["paper"], **sub)
+    return {"runs": runs,
             "head_dose": {h: P.config("dfa", P.seeds[0], head_lr=h) for h in P.sizes["calibration"]["head_dose"]}}
 
 

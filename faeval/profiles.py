@@ -85,16 +85,21 @@ class Profile:
         runs that differ only in seed or penalty as one vectorised model where the rule allows
         it, and on a CPU spread over one process per core.
         """
+        from .config import canonical_config, config_hash
         from .schedule import fit_many
 
-        parts = self.plan(chapter)
-        flat = [(part, key, cfg) for part, runs in parts.items() for key, cfg in runs.items()]
-        trained = fit_many([cfg for _, _, cfg in flat], results=self.results, device=self.device,
-                           progress=self.progress)
-        out: dict[str, dict] = {part: {} for part in parts}
-        for (part, key, _), run in zip(flat, trained):
-            out[part][key] = run
-        return out
+        parts, done = self.plan(chapter), {}
+        while True:          # a plan that grows as its runs are stored (the calibration's seeds) is trained out
+            todo = {config_hash(canonical_config(**cfg)): cfg for runs in parts.values() for cfg in runs.values()}
+            todo = {h: cfg for h, cfg in todo.items() if h not in done}
+            done.update(zip(todo, fit_many(list(todo.values()), results=self.results, device=self.device,
+                                           progress=self.progress)))
+            again = self.plan(chapter)
+            if again == parts:
+                break
+            parts = again
+        return {part: {key: done[config_hash(canonical_config(**cfg))] for key, cfg in runs.items()}
+                for part, runs in parts.items()}
 
     def dataset(self, seed: int | None = None, **overrides):
         """The profile's dataset (as the runs of ``seed`` see it), loaded once per process."""

@@ -276,3 +276,45 @@ def test_claims_of_two_head_regimes_record_which_is_judged_and_reasons_reach_onl
     table = ledger(tmp_path)
     assert list(table.judged) == [True, False, True]
     assert list(table.reason_kind) == ["horizon", "", ""]
+
+
+def test_a_candidate_with_seeds_still_to_run_does_not_qualify():
+    from faeval.calibration import choose
+
+    fire = {"epoch": 3, "step": 1000, "seconds": 9.0}
+    rows = [{"candidate": "label_noise", "D1": fire, "D2": None, "bp_fires": []}]
+    assert choose(rows)[0] == "label_noise"
+    assert choose(rows, n_seeds=3)[0] is None
+    assert choose(rows * 3, n_seeds=3)[0] == "label_noise"
+
+
+def test_the_sequential_calibration_plan_stops_a_candidate_where_the_rule_fails(tmp_path, monkeypatch):
+    """Seeds in order: the next seed is planned once the last one's runs are stored and the rule held there."""
+    from faeval import calibration as cal
+    from faeval.schedule import fit_many
+
+    tiny = {"dataset": "synthetic", "d": 8, "n_train": 64, "n_test": 32, "width": 8, "depth": 1, "eval_n": 32}
+    cands = [cal.Candidate(n, n, {**tiny, "alpha": a}) for n, a in (("holds", 1.0), ("fails", 0.5), ("own", 0.0))]
+    monkeypatch.setitem(cal.CANDIDATES, "holds", cands[0])
+    monkeypatch.setitem(cal.CANDIDATES, "fails", cands[1])
+    monkeypatch.setitem(cal.CANDIDATES, "own", cands[2])
+    # the rule's outcome is the test's: it holds on every seed of "holds" and on no seed of "fails"
+    monkeypatch.setattr(cal, "_rule_holds", lambda row: row["candidate"] == "holds")
+
+    def plan():
+        return cal.sequential_plan(cands, steps=4, seeds=(1, 2, 3), results=tmp_path, every_seed=["own"])
+
+    def seeds(p):
+        return {c.name: sorted({s for (n, s, _) in p if n == c.name}) for c in cands}
+
+    assert seeds(plan()) == {"holds": [1], "fails": [1], "own": [1, 2, 3]}     # nothing stored yet
+    rounds = 0
+    while True:
+        p = plan()
+        todo = [cfg for cfg in p.values()]
+        fit_many(todo, results=tmp_path, progress=False, workers=1)
+        rounds += 1
+        if plan() == p:
+            break
+    assert seeds(p) == {"holds": [1, 2, 3], "fails": [1], "own": [1, 2, 3]}
+    assert rounds == 3 and all(m in ("dfa", "bp", "frozen") for (_, _, m) in p)
