@@ -158,10 +158,12 @@ def main(argv=None) -> int:
     tr = sub.add_parser("train", help="train one run (or load it from the store) and print its final record",
                         description="Train one run, or load it when the store already holds this exact config, "
                                     "and print its final history line.")
+    from .protocol import per_epoch_diagnostics
+
     names = _registered()
     for flag, key, typ, helptext in _OPTIONS:
         tr.add_argument(flag, dest=key, type=typ, default=None, help=helptext.format(**names))
-    tr.add_argument("--stop-on", nargs="+", choices=["D1", "D2", "C"], help="stop when these diagnostics fire")
+    tr.add_argument("--stop-on", nargs="+", choices=per_epoch_diagnostics(), help="stop when these diagnostics fire")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="any other option of the rule, model or dataset (value read as JSON), e.g. w2_std=0.5")
     tr.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")

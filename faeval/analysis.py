@@ -16,26 +16,23 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from .protocol import DIAGNOSTICS, VERDICT_ON, Report, Thresholds, fires, verdict_from
+from .protocol import TABLE, VERDICT_ON, Report, Thresholds, verdict_from
 
 __all__ = ["row_from_report", "audit_rows", "credit_quality", "verdicts", "threshold_sensitivity",
            "decision_utility_ablation", "STRATEGIES"]
 
-_FIELD = {"D1": "growth", "D2": "g_L", "C": "stability", "D3": "acc"}
-_TH_NAME = {"D1": "d1_growth", "D2": "d2_floor", "C": "c_stability", "D3": "d3_margin_pp"}
-
-
 def row_from_report(report: Report, name: str, **extra) -> dict:
-    """One analysis row from a protocol report (extra keys such as gamma are passed through)."""
+    """One analysis row from a protocol report (extra keys such as gamma are passed through): each
+    diagnostic's value under its ``field``; a diagnostic judged against the baseline reads the
+    headline accuracy (also where no baseline was given), and ``frozen_acc`` holds the baseline."""
     d = report["diagnostics"]
-    c = d["C_direction_stability"]
-    return {"name": name, "growth": d["D1_scale_growth"]["value"], "g_L": d["D2_ref_validity"]["value"],
-            "stability": None if c is None else c["value"], "acc": report["headline_acc"],
-            "frozen_acc": report["frozen_baseline_acc"], **extra}
+    values = {diag.field: report["headline_acc"] if diag.needs_baseline else (d.get(diag.key) or {}).get("value")
+              for diag in TABLE.values()}
+    return {"name": name, **values, "frozen_acc": report["frozen_baseline_acc"], **extra}
 
 
 def _fired(row: Mapping, th: Thresholds) -> dict[str, bool | None]:
-    return {d: fires(d, row.get(_FIELD[d]), th, row.get("frozen_acc")) for d in DIAGNOSTICS}
+    return {n: d.fires(row.get(d.field), th, row.get("frozen_acc")) for n, d in TABLE.items()}
 
 
 def verdicts(rows: Sequence[Mapping], thresholds: Thresholds | Mapping | None = None,
@@ -48,15 +45,6 @@ def verdicts(rows: Sequence[Mapping], thresholds: Thresholds | Mapping | None = 
 def _healthy(rows: Sequence[Mapping], verdict_on: Sequence[str]) -> dict[str, bool]:
     default = verdicts(rows, verdict_on=verdict_on)
     return {r["name"]: bool(r["healthy"]) if "healthy" in r else default[r["name"]] == "PASS" for r in rows}
-
-
-def _default_grid(diag: str, th: Thresholds) -> list[float]:
-    base = getattr(th, _TH_NAME[diag])
-    if diag in ("D1", "D2"):
-        return [base * 10 ** (k / 2) for k in range(-6, 7)]        # 1e-3x .. 1e3x, half-decade steps
-    if diag == "C":
-        return [round(0.05 * k, 2) for k in range(1, 20)]          # 0.05 .. 0.95
-    return [0.5 * k for k in range(0, 21)]                          # 0 .. 10 pp
 
 
 def threshold_sensitivity(rows: Sequence[Mapping], grids: Mapping[str, Sequence[float]] | None = None,
@@ -76,40 +64,37 @@ def threshold_sensitivity(rows: Sequence[Mapping], grids: Mapping[str, Sequence[
     healthy = _healthy(rows, verdict_on)
     default = verdicts(rows, th, verdict_on)
     table = []
-    for diag in DIAGNOSTICS:
-        for t in grids.get(diag, _default_grid(diag, th)):
-            th_t = Thresholds.from_any({**th.__dict__, _TH_NAME[diag]: t})
+    for diag, d in TABLE.items():
+        for t in grids.get(diag, d.grid(getattr(th, d.threshold))):
+            th_t = th.replace(**{d.threshold: t})
             flagged = [r["name"] for r in rows if _fired(r, th_t)[diag]]
             now = verdicts(rows, th_t, verdict_on)
             table.append({"diagnostic": diag, "threshold": t, "n_flagged": len(flagged), "flagged": flagged,
                           "verdicts_unchanged": now == default})
-    return {"table": table, "separation": {d: _separation(d, rows, healthy, th) for d in DIAGNOSTICS},
+    return {"table": table, "separation": {d: _separation(d, rows, healthy, th) for d in TABLE},
             "healthy": healthy}
 
 
 def _separation(diag: str, rows: Sequence[Mapping], healthy: Mapping[str, bool], th: Thresholds) -> dict:
-    field = _FIELD[diag]
-    val = (lambda r: 100.0 * (r["acc"] - r["frozen_acc"])) if diag == "D3" else (lambda r: r[field])
-    usable = [r for r in rows if r.get(field) is not None and (diag != "D3" or r.get("frozen_acc") is not None)]
+    d = TABLE[diag]
+    field = d.field
+    val = (lambda r: 100.0 * (r[field] - r["frozen_acc"])) if d.needs_baseline else (lambda r: r[field])
+    usable = [r for r in rows if r.get(field) is not None and (not d.needs_baseline or r.get("frozen_acc") is not None)]
     good = [val(r) for r in usable if healthy[r["name"]]]
     bad = [val(r) for r in usable if not healthy[r["name"]] and _fired(r, th)[diag]]
     out = {"n_healthy": len(good), "n_degenerate_flagged": len(bad)}
     if not good or not bad:
         return {**out, "healthy_worst": None, "degenerate_mildest": None, "gap": None, "equivalent_range": None}
-    if diag == "D2":     # healthy is large, degenerate small
+    if d.healthy == "high":      # healthy is large, degenerate small (D2, D3)
         hw, dm = min(good), max(bad)
-        gap = hw / dm if dm > 0 else math.inf
+        gap = (hw / dm if dm > 0 else math.inf) if d.gap == "ratio" else hw - dm
         rng = (dm, hw) if dm < hw else None
-    elif diag == "D3":   # healthy margin large, degenerate small
-        hw, dm = min(good), max(bad)
-        gap = hw - dm
-        rng = (dm, hw) if dm < hw else None
-    else:                # D1, C: healthy small, degenerate large
+    else:                        # healthy small, degenerate large (D1, C)
         hw, dm = max(good), min(bad)
-        gap = dm / hw if diag == "D1" and hw > 0 else dm - hw
+        gap = dm / hw if d.gap == "ratio" and hw > 0 else dm - hw
         rng = (hw, dm) if hw < dm else None
-    return {**out, "healthy_worst": hw, "degenerate_mildest": dm, "gap": gap,
-            "gap_kind": "ratio" if diag in ("D1", "D2") else "difference", "equivalent_range": rng}
+    return {**out, "healthy_worst": hw, "degenerate_mildest": dm, "gap": gap, "gap_kind": d.gap,
+            "equivalent_range": rng}
 
 
 STRATEGIES: dict[str, tuple[str, ...]] = {
@@ -142,7 +127,7 @@ def decision_utility_ablation(rows: Sequence[Mapping], thresholds: Thresholds | 
                 reasons.append("acc")
             if "gamma" in checks and r.get("gamma") is not None and r["gamma"] <= 0:
                 reasons.append("gamma")
-            reasons += [d for d in DIAGNOSTICS if d in checks and f[d]]
+            reasons += [d for d in TABLE if d in checks and f[d]]
             if reasons:
                 back.append({"name": r["name"], "why": reasons})
         out[s] = {"checks": checks, "walked_back": back, "n_walked_back": len(back), "n_runs": len(rows)}

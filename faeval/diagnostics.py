@@ -772,10 +772,10 @@ class Snapshot:
 
 def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, credit: Sequence[torch.Tensor] | None = None,
              credit_fn: Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor]] | None = None,
-             tap: Tap | None = None, batch_size: int = 128) -> Snapshot:
+             tap: Tap | None = None, batch_size: int = 128, stability_batches: int | None = None) -> Snapshot:
     """The cheap per-epoch :class:`Snapshot`: per-layer norms, max growth, g_L, stability, loss, acc,
     and Gamma with ``credit`` for ``x`` (or ``credit_fn(x, y)``, called batch by batch, e.g. a rule's
-    ``credit``).
+    ``credit``). Stability reads the first ``stability_batches`` disjoint full batches (all by default).
 
     >>> import faeval
     >>> model = faeval.build_model("resmlp", (8,), 3, seed=0, width=16, depth=2)
@@ -787,6 +787,7 @@ def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, credit: Sequ
         raise ValueError("pass credit= or credit_fn=, not both")
     tap = tap or Tap(model)
     m = measure(model, x, y, tap=tap, batch_size=batch_size, keep_grads=credit is not None, credit_fn=credit_fn)
+    dirs = m["batch_mean_grads"][:stability_batches]
     gamma = None
     if credit is not None:
         gamma = gamma_per_layer(credit, m["grads"]).mean
@@ -794,5 +795,5 @@ def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, credit: Sequ
         gamma = [_layer_gamma(c, none) for c, none in zip(m["gamma_per_sample"], m["no_credit"])]
     return Snapshot(hidden_norms=m["hidden_norms"], bp_grad_norms=m["bp_grad_norms"],
                     max_block_growth=max_block_growth(m["hidden_norms"]), g_L=m["bp_grad_norms"][-1],
-                    stability=stability_of(m["batch_mean_grads"]) if len(m["batch_mean_grads"]) >= 2 else None,
+                    stability=stability_of(dirs) if len(dirs) >= 2 else None,
                     loss=m["loss"], acc=m["acc"], aggregate=m["aggregate"], gamma=gamma, batch_size=batch_size)

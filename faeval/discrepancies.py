@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 
 from . import head
 from .claims import REASON_KINDS
-from .protocol import Monitor, Thresholds
+from .protocol import TABLE, Monitor, Thresholds
 
 __all__ = ["KINDS", "Reason", "PROBES", "probe", "explain", "head_probe", "save_reasons", "crossing_epoch", "Context"]
 
@@ -200,15 +200,17 @@ def _first(run, diag: str, **monitor_kw) -> int | None:
 
 
 def _series(run, key: str) -> tuple[list[int], list[float]]:
+    """``(epochs, values)`` of a per-epoch diagnostic's ``field`` (``growth``, ``g_L``, ...) or of ``h_L``."""
     recs = run.history[1:]
-    get = {"g_L": lambda d: d.g_L, "growth": lambda d: d.max_block_growth, "h_L": lambda d: d.h_L}[key]
+    diag = next((d for d in TABLE.values() if d.field == key), None)
+    get = (lambda s: s.h_L) if diag is None else diag.read
     return [r["epoch"] for r in recs], [get(r["diag"]) for r in recs]
 
 
 def _horizon_reason(run, diag: str, epochs: int, name: str) -> Reason:
     """D1 or D2 of a probe run trained ``factor`` x longer: fires later, extrapolates to fire, or neither."""
-    th = Thresholds()
-    key, level = {"D1": ("growth", th.d1_growth), "D2": ("g_L", th.d2_floor)}[diag]
+    d = TABLE[diag]
+    key, level = d.field, getattr(Thresholds(), d.threshold)
     horizon = run.history[-1]["epoch"]
     fired = _first(run, diag)
     e, v = _series(run, key)

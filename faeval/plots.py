@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 
-from .protocol import Thresholds
+from .protocol import TABLE, Thresholds
 
 #: figure width in inches: the book's content column (about 700 CSS pixels at 96 per inch)
 WIDTH = 7.0
@@ -130,11 +130,10 @@ def audit_figure(df, thresholds: Thresholds | None = None, frozen_acc: float | N
 
     th = thresholds or Thresholds()
     order = list(order or dict.fromkeys(df["method"]))
-    fig, axes = _grid(4, 2, 2.6)
-    panels = [("growth", "D1: max per-block growth (x)", True, th.d1_growth, f"fires above {th.d1_growth:g}"),
-              ("g_L", "D2: median ‖g_L‖", True, th.d2_floor, f"fires below {th.d2_floor:g}"),
-              ("stability", "C: direction stability (cosine)", False, th.c_stability, f"flag above {th.c_stability:g}"),
-              ("acc", "D3: test accuracy", False, None, "")]
+    diags = [d for d in TABLE.values() if d.field in df.columns]
+    fig, axes = _grid(len(diags), 2, 2.6)
+    panels = [(d.field, f"{d.name}: {d.label}", d.log_scale,
+               None if d.needs_baseline else getattr(th, d.threshold), d.note(th)) for d in diags]
     for ax, (col, title, log, line, note) in zip(axes, panels):
         sns.stripplot(data=df, x="method", y=col, hue="seed", order=order, ax=ax, size=6, jitter=0.15,
                       palette="deep", legend=ax is axes[0])
@@ -154,9 +153,11 @@ def audit_figure(df, thresholds: Thresholds | None = None, frozen_acc: float | N
             marks = [(i, v) for i, v in marks if v is not None]
             if marks:
                 ax.scatter([i for i, _ in marks], [v for _, v in marks], **PAPER_STYLE)
-    if frozen_acc is not None:
-        _threshold(axes[3], frozen_acc + th.d3_margin_pp / 100, f"frozen + {th.d3_margin_pp:g} pp")
-        axes[3].axhline(frozen_acc, color="grey", ls=":", lw=1)
+    for ax, d in zip(axes, diags):
+        if d.needs_baseline and frozen_acc is not None:
+            margin = getattr(th, d.threshold)
+            _threshold(ax, frozen_acc + margin / 100, f"frozen + {margin:g} pp")
+            ax.axhline(frozen_acc, color="grey", ls=":", lw=1)
     _seed_and_paper_legend(fig, axes)
     return fig
 
@@ -187,6 +188,12 @@ def _paper_number(key: str):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def _diagnostic_of(metric: str):
+    """The diagnostic of :data:`~faeval.protocol.TABLE` whose value a history column holds (``g_L_1024``: D2's,
+    at another scale), or None."""
+    return next((d for d in TABLE.values() if metric == d.field or metric.startswith(d.field + "_")), None)
+
+
 @book_figure
 def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), row: str = "label",
                       hue: str = "method", thresholds: Thresholds | None = None, x: str = "epoch",
@@ -194,7 +201,8 @@ def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), r
     """Per-epoch trajectories: one panel per (``row`` value, metric), ``ncols`` panels a row.
 
     ``df`` comes from :func:`history_frame`; ``hue`` names the column that colours the
-    lines. ||g_L|| panels show the D2 floor, growth panels the D1 threshold. By default
+    lines. A panel of a per-epoch diagnostic's value (growth, g_L, stability: the protocol's
+    ``TABLE``) shows that diagnostic's threshold. By default
     the metrics of one ``row`` value fill a row of the grid when there are at most three,
     else they wrap two a row.
     """
@@ -209,12 +217,11 @@ def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), r
         sub = df[df[row] == r]
         sns.lineplot(data=sub, x=x, y=m, hue=hue, units="seed", estimator=None, ax=ax, marker="o",
                      markersize=3, legend=k == 0)
-        if m in ("h_L", "g_L", "g_L_1024", "growth"):
+        diag = _diagnostic_of(m)
+        if m == "h_L" or (diag is not None and diag.log_scale):
             ax.set_yscale("log")
-        if m in ("g_L", "g_L_1024"):
-            _threshold(ax, th.d2_floor, "D2 floor")
-        if m == "growth":
-            _threshold(ax, th.d1_growth, "D1")
+        if diag is not None and diag.per_epoch:
+            _threshold(ax, getattr(th, diag.threshold), diag.name)
         ax.set_title(f"{r}\n{METRIC_LABELS.get(m, m)}" if len(rows) > 1 else METRIC_LABELS.get(m, m))
         ax.set_ylabel("")
     _legend_below(fig, axes[0], ncol=5, title=hue)

@@ -33,8 +33,8 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -42,27 +42,169 @@ import torch.nn as nn
 
 from . import diagnostics as D
 
-__all__ = ["Thresholds", "FAProtocol", "Report", "Monitor", "verdict_from", "DIAGNOSTICS", "VERDICT_ON",
-           "VERDICT_RULES"]
+__all__ = ["Diagnostic", "TABLE", "register_diagnostic", "per_epoch_diagnostics", "Thresholds", "FAProtocol",
+           "Report", "Monitor", "fires", "verdict_from", "DIAGNOSTICS", "VERDICT_ON", "VERDICT_RULES"]
 
-DIAGNOSTICS = ("D1", "D2", "C", "D3")
-VERDICT_ON = ("D1", "D2", "D3")        # the paper's three-diagnostic verdict; C is supplementary
 #: how the fired verdict diagnostics become a verdict
 VERDICT_RULES = {
     "any": "fails when any verdict diagnostic fires (the paper's FAIL(D1) example and CNN walk-back)",
     "mode1_or_d3": "fails only on Mode 1 (D1 and D2 together) or D3 (the original artifact's README)",
 }
-_KEYS = {"D1": "D1_scale_growth", "D2": "D2_ref_validity", "C": "C_direction_stability", "D3": "D3_depth_utility"}
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """Protocol thresholds (the protocol chapter): override any of them by name."""
+class Diagnostic:
+    """One diagnostic, declared once. :class:`FAProtocol`, :class:`Monitor`, :class:`Report`, the
+    analyses (:mod:`faeval.analysis`), the figures and the CLI all iterate :data:`TABLE`, so adding a
+    judged diagnostic is one :func:`register_diagnostic` call plus its measure in the
+    :class:`~faeval.diagnostics.Snapshot`.
 
-    d1_growth: float = 50.0        # D1 fires if max per-block growth > this
-    d2_floor: float = 1e-7         # D2 fires if ||g_L|| < this (10 x the 1e-8 cosine eps)
-    c_stability: float = 0.30      # C fires if cross-batch stability > this
-    d3_margin_pp: float = 2.0      # D3 fires if acc < frozen_acc + this many percentage points
+    ``read(snapshot, batch=None)`` takes the value from a snapshot (``batch``: the gradient scale a
+    :class:`Monitor` reads D2 at); ``judge(value, threshold, baseline)`` says whether it fires for a
+    finite or non-finite value (``baseline``: the frozen-blocks accuracy, for a diagnostic that
+    ``needs_baseline``; it is not judged without one).
+    """
+
+    name: str                       # "D1": how verdicts, stop_on and the chapters name it
+    key: str                        # its entry in a report's "diagnostics"
+    title: str                      # its row in a report
+    threshold: str                  # its entry in Thresholds
+    default: float                  # that threshold's default
+    fires_if: str                   # the report's "fires if" cell, formatted with the threshold
+    what: str                       # what the value is, in one line
+    read: Callable[..., float | None]
+    judge: Callable[[float, float, float | None], bool | None]
+    field: str                      # its column in analysis rows and history frames
+    label: str                      # its panel's title in figures (after "D1: ")
+    grid: Callable[[float], list[float]]   # the thresholds of the sensitivity sweep, from the current one
+    healthy: str = "low"            # the side healthy runs lie on: "low" (fires above) or "high" (fires below)
+    gap: str = "ratio"              # how the sensitivity table measures healthy against degenerate
+    log_scale: bool = False         # its values span decades
+    per_epoch: bool = True          # the Monitor judges it every epoch
+    in_verdict: bool = True         # part of the default verdict
+    needs_baseline: bool = False    # judged against the frozen-blocks baseline's accuracy
+    details: tuple[str, ...] = ()   # facts of the measurement its report entry records (e.g. "n_batches")
+
+    def fires(self, value: float | None, th: Thresholds, baseline: float | None = None) -> bool | None:
+        """Whether it fires for ``value`` at thresholds ``th`` (None: not evaluated)."""
+        if value is None or (self.needs_baseline and baseline is None):
+            return None
+        return self.judge(value, getattr(th, self.threshold), baseline)
+
+    def note(self, th: Thresholds) -> str:
+        """A threshold line's caption in figures, e.g. ``"fires above 50"`` (``"flag"`` outside the verdict)."""
+        return (f"{'fires' if self.in_verdict else 'flag'} {'above' if self.healthy == 'low' else 'below'} "
+                f"{getattr(th, self.threshold):g}")
+
+
+def _decades(t: float) -> list[float]:
+    return [t * 10 ** (k / 2) for k in range(-6, 7)]          # 1e-3x .. 1e3x, half-decade steps
+
+
+#: every diagnostic, in protocol order: name -> :class:`Diagnostic`
+TABLE: dict[str, Diagnostic] = {}
+
+
+def register_diagnostic(d: Diagnostic, *, replace: bool = False) -> Diagnostic:
+    """Add ``d`` to :data:`TABLE` (after the others). A name or threshold already taken raises unless
+    ``replace``."""
+    taken = {x.threshold: x.name for x in TABLE.values() if x.name != d.name}
+    if (d.name in TABLE and not replace) or d.threshold in taken:
+        raise ValueError(f"diagnostic {d.name!r} (threshold {d.threshold!r}) clashes with the table's "
+                         f"{', '.join(TABLE)}; pick new names, or pass replace=True to redefine {d.name!r}")
+    TABLE[d.name] = d
+    return d
+
+
+register_diagnostic(Diagnostic(
+    "D1", "D1_scale_growth", "D1 scale growth", "d1_growth", 50.0, "> {:g}x",
+    "max over blocks of median||h_{l+1}|| / median||h_l||",
+    read=lambda s, batch=None: s.max_block_growth,
+    judge=lambda v, t, _: not (v <= t),                       # NaN/inf (an overflowed state) fires
+    field="growth", label="max per-block growth (x)", grid=_decades, log_scale=True))
+register_diagnostic(Diagnostic(
+    "D2", "D2_ref_validity", "D2 reference validity", "d2_floor", 1e-7, "< {:.0e}",
+    "median per-sample ||dCE/dh_L|| at the deepest hidden state",
+    read=lambda s, batch=None: s.g_L if batch is None else s.g_L_at(batch),
+    judge=lambda v, t, _: not (math.isfinite(v) and v >= t),  # a NaN/inf reference is unusable: fires
+    field="g_L", label="median ‖g_L‖", grid=_decades, healthy="high", log_scale=True))
+register_diagnostic(Diagnostic(
+    "C", "C_direction_stability", "C direction stability", "c_stability", 0.30, "> {:g}",
+    "mean pairwise cosine of batch-mean BP gradient at h_L over disjoint batches",
+    read=lambda s, batch=None: s.stability,
+    judge=lambda v, t, _: None if math.isnan(v) else v > t,
+    field="stability", label="direction stability (cosine)", grid=lambda t: [round(0.05 * k, 2) for k in range(1, 20)],
+    gap="difference", in_verdict=False, details=("n_batches", "batch_size")))
+register_diagnostic(Diagnostic(
+    "D3", "D3_depth_utility", "D3 depth utility", "d3_margin_pp", 2.0, "< frozen + {:g} pp",
+    "headline accuracy minus frozen-blocks baseline, in percentage points",
+    read=lambda s, batch=None: s.acc,
+    judge=lambda v, t, baseline: v < baseline + t / 100.0,
+    field="acc", label="test accuracy", grid=lambda t: [0.5 * k for k in range(0, 21)],
+    healthy="high", gap="difference", per_epoch=False, needs_baseline=True))
+
+#: the diagnostics' names, in protocol order (a live view of :data:`TABLE`)
+DIAGNOSTICS = TABLE.keys()
+VERDICT_ON = ("D1", "D2", "D3")        # the paper's three-diagnostic verdict; C is supplementary
+
+
+def per_epoch_diagnostics() -> tuple[str, ...]:
+    """The diagnostics a :class:`Monitor` judges every epoch (those that need no baseline run)."""
+    return tuple(n for n, d in TABLE.items() if d.per_epoch)
+
+
+def _diagnostic(name: str) -> Diagnostic:
+    if name not in TABLE:
+        raise ValueError(f"unknown diagnostic {name!r}; valid: {tuple(TABLE)}")
+    return TABLE[name]
+
+
+class Thresholds:
+    """The protocol's thresholds (the protocol chapter): one per diagnostic of :data:`TABLE`, under its
+    ``threshold`` name, at its ``default``. Override any of them by name: ``Thresholds(d1_growth=100)``.
+
+    >>> Thresholds(d2_floor=1e-8).d2_floor, Thresholds().d1_growth
+    (1e-08, 50.0)
+    """
+
+    def __init__(self, **values: float) -> None:
+        valid = {d.threshold for d in TABLE.values()}
+        unknown = set(values) - valid
+        if unknown:
+            raise ValueError(f"unknown threshold(s) {sorted(unknown)}; valid names: {sorted(valid)}")
+        bad = [k for k, v in values.items() if not (isinstance(v, (int, float)) and math.isfinite(v))]
+        if bad:
+            raise ValueError(f"threshold(s) {bad} must be finite numbers")
+        object.__setattr__(self, "_given", {k: float(v) for k, v in values.items()})
+
+    def __getattr__(self, name: str) -> float:
+        given = self.__dict__.get("_given", {})
+        if name in given:
+            return given[name]
+        for d in TABLE.values():
+            if d.threshold == name:
+                return d.default
+        raise AttributeError(f"no threshold {name!r}; valid names: {sorted(d.threshold for d in TABLE.values())}")
+
+    def __setattr__(self, name, value) -> None:
+        raise AttributeError("Thresholds are immutable: use .replace(name=value)")
+
+    def as_dict(self) -> dict[str, float]:
+        """Every threshold by name, in protocol order."""
+        return {d.threshold: getattr(self, d.threshold) for d in TABLE.values()}
+
+    def replace(self, **values: float) -> Thresholds:
+        """A copy with ``values`` changed."""
+        return Thresholds(**{**self._given, **values})
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Thresholds) and self.as_dict() == other.as_dict()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.as_dict().items()))
+
+    def __repr__(self) -> str:
+        return f"Thresholds({', '.join(f'{k}={v!r}' for k, v in self.as_dict().items())})"
 
     @classmethod
     def from_any(cls, t: Thresholds | Mapping[str, float] | None) -> Thresholds:
@@ -70,36 +212,17 @@ class Thresholds:
             return cls()
         if isinstance(t, Thresholds):
             return t
-        valid = {f.name for f in fields(cls)}
-        unknown = set(t) - valid
-        if unknown:
-            raise ValueError(f"unknown threshold(s) {sorted(unknown)}; valid names: {sorted(valid)}")
-        bad = [k for k, v in t.items() if not (isinstance(v, (int, float)) and math.isfinite(v))]
-        if bad:
-            raise ValueError(f"threshold(s) {bad} must be finite numbers")
-        return replace(cls(), **{k: float(v) for k, v in t.items()})
+        return cls(**t)
 
 
 def fires(diag: str, value: float | None, th: Thresholds, frozen_acc: float | None = None) -> bool | None:
-    """Whether one diagnostic fires for a measured value (None: not evaluated).
+    """Whether diagnostic ``diag`` fires for a measured value (None: not evaluated; :meth:`Diagnostic.fires`).
 
     A non-finite D1 value (a hidden state overflowed) fires; a non-finite D2 value
     (the reference gradient itself is NaN/inf) fires, since the reference is then
     unusable; a NaN stability is reported as not evaluated.
     """
-    if value is None:
-        return None
-    if diag == "D1":
-        return not (value <= th.d1_growth)          # NaN/inf -> fires
-    if diag == "D2":
-        return not (math.isfinite(value) and value >= th.d2_floor)
-    if diag == "C":
-        return None if math.isnan(value) else value > th.c_stability
-    if diag == "D3":
-        if frozen_acc is None:
-            return None
-        return value < frozen_acc + th.d3_margin_pp / 100.0
-    raise ValueError(f"unknown diagnostic {diag!r}; valid: {DIAGNOSTICS}")
+    return _diagnostic(diag).fires(value, th, frozen_acc)
 
 
 def check_verdict_rule(rule: str) -> str:
@@ -122,7 +245,7 @@ def verdict_from(fired: Mapping[str, bool | None], on: Sequence[str] = VERDICT_O
     >>> verdict_from({"D1": True, "D2": True, "D3": False}, rule="mode1_or_d3")
     'FAIL(D1+D2)'
     """
-    names = [d for d in DIAGNOSTICS if d in on and fired.get(d)]
+    names = [d for d in TABLE if d in on and fired.get(d)]
     if check_verdict_rule(rule) == "mode1_or_d3":
         mode1 = "D1" in names and "D2" in names
         fails = mode1 or "D3" in names
@@ -181,18 +304,16 @@ class Report(Mapping):
     def _rows(self) -> list[tuple[str, str, str, str]]:
         d, th = self._data["diagnostics"], self._data["thresholds"]
         rows = []
-        for name, key, rule in (("D1", "D1_scale_growth", f"> {th['d1_growth']:g}x"),
-                                ("D2", "D2_ref_validity", f"< {th['d2_floor']:.0e}"),
-                                ("C", "C_direction_stability", f"> {th['c_stability']:g}"),
-                                ("D3", "D3_depth_utility", f"< frozen + {th['d3_margin_pp']:g} pp")):
-            v = d[key]
+        for name, diag in TABLE.items():
+            v = d.get(diag.key)
+            rule = diag.fires_if.format(th.get(diag.threshold, diag.default))
             if v is None:
-                rows.append((_NAMES[name], "not evaluated", rule, "-"))
+                rows.append((diag.title, "not evaluated", rule, "-"))
                 continue
             state = "n/a" if v["fired"] is None else ("FIRES" if v["fired"] else "ok")
             if name not in self._data["verdict_on"]:
                 state += " (not in verdict)"
-            rows.append((_NAMES[name], _fmt(v["value"]), rule, state))
+            rows.append((diag.title, _fmt(v["value"]), rule, state))
         return rows
 
     DIAG_HEADER = ("diagnostic", "value", "fires if", "state")
@@ -253,10 +374,6 @@ class Report(Mapping):
         if notes:
             lines += ["", notes]
         return "\n".join(lines) + "\n"
-
-
-_NAMES = {"D1": "D1 scale growth", "D2": "D2 reference validity", "C": "C direction stability",
-          "D3": "D3 depth utility"}
 
 
 def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -361,10 +478,10 @@ class FAProtocol:
                  verdict_on: Sequence[str] = VERDICT_ON, verdict_rule: str = "any") -> None:
         D.check_xy(x_eval, y_eval)
         self.verdict_rule = check_verdict_rule(verdict_rule)
-        bad = [d for d in verdict_on if d not in DIAGNOSTICS]
+        bad = [d for d in verdict_on if d not in TABLE]
         if bad or not verdict_on:
-            raise ValueError(f"verdict_on={tuple(verdict_on)}: choose a non-empty subset of {DIAGNOSTICS}")
-        self.verdict_on = tuple(d for d in DIAGNOSTICS if d in verdict_on)
+            raise ValueError(f"verdict_on={tuple(verdict_on)}: choose a non-empty subset of {tuple(TABLE)}")
+        self.verdict_on = tuple(d for d in TABLE if d in verdict_on)
         self.model = model
         self.tap = D.Tap(model, layers=layers, token=token, spatial=spatial)
         D.check_against_model(self.tap, x_eval, y_eval)
@@ -378,51 +495,45 @@ class FAProtocol:
         """Measure and judge. D1/D2 use the whole eval set; C uses its first disjoint batches."""
         frozen = frozen_baseline_acc if frozen_baseline_acc is not None else self.frozen_baseline_acc
         th = self.thresholds
-        m = D.measure(self.model, self.x, self.y, tap=self.tap, batch_size=self.batch_size)
-        h_norms, g_norms = m["hidden_norms"], m["bp_grad_norms"]
-        growth = D.max_block_growth(h_norms)
-        g_L = g_norms[-1]
-        dirs = m["batch_mean_grads"][:self.n_batches]
-        stability = D.stability_of(dirs) if len(dirs) >= 2 else None
-
+        snap = D.snapshot(self.model, self.x, self.y, tap=self.tap, batch_size=self.batch_size,
+                          stability_batches=self.n_batches)
         if self.headline_acc is not None:
-            acc, acc_src = float(self.headline_acc), "given"
+            snap, acc_src = replace(snap, acc=float(self.headline_acc)), "given"
         else:
-            acc, acc_src = m["acc"], f"measured on the {len(self.x)} eval samples"
-
-        diag = {
-            "D1_scale_growth": {"value": growth, "threshold": th.d1_growth,
-                                "fired": fires("D1", growth, th),
-                                "what": "max over blocks of median||h_{l+1}|| / median||h_l||"},
-            "D2_ref_validity": {"value": g_L, "threshold": th.d2_floor, "fired": fires("D2", g_L, th),
-                                "what": "median per-sample ||dCE/dh_L|| at the deepest hidden state"},
-            "C_direction_stability": None if stability is None else {
-                "value": stability, "threshold": th.c_stability, "fired": fires("C", stability, th),
-                "n_batches": len(dirs), "batch_size": self.batch_size,
-                "what": "mean pairwise cosine of batch-mean BP gradient at h_L over disjoint batches"},
-            "D3_depth_utility": None if frozen is None else {
-                "value": acc, "frozen_baseline_acc": frozen, "margin_pp": 100.0 * (acc - frozen),
-                "threshold": th.d3_margin_pp, "fired": fires("D3", acc, th, frozen),
-                "what": "headline accuracy minus frozen-blocks baseline, in percentage points"},
-        }
-        fired = {d: (diag[_KEYS[d]] or {}).get("fired") for d in DIAGNOSTICS}
+            acc_src = f"measured on the {len(self.x)} eval samples"
+        facts = {"n_batches": min(self.n_batches, len(self.x) // self.batch_size), "batch_size": self.batch_size}
+        diag = {d.key: _report_entry(d, d.read(snap), th, frozen, facts) for d in TABLE.values()}
+        fired = {n: (diag[d.key] or {}).get("fired") for n, d in TABLE.items()}
         data = {
             "verdict": verdict_from(fired, self.verdict_on, self.verdict_rule),
             "verdict_rule": self.verdict_rule,
             "verdicts": {r: verdict_from(fired, self.verdict_on, r) for r in VERDICT_RULES},
             "verdict_on": list(self.verdict_on),
             "fired": [d for d in self.verdict_on if fired[d]],
-            "flagged_supplementary": [d for d in DIAGNOSTICS if d not in self.verdict_on and fired[d]],
+            "flagged_supplementary": [d for d in TABLE if d not in self.verdict_on and fired[d]],
             "mode1": bool(fired["D1"] and fired["D2"]),
             "diagnostics": diag,
-            "per_layer": {"layers": self.tap.layer_names, "hidden_norms": h_norms, "bp_grad_norms": g_norms,
-                          "aggregate": m["aggregate"]},
-            "thresholds": asdict(th),
-            "headline_acc": acc, "headline_acc_source": acc_src,
+            "per_layer": {"layers": self.tap.layer_names, "hidden_norms": snap.hidden_norms,
+                          "bp_grad_norms": snap.bp_grad_norms, "aggregate": snap.aggregate},
+            "thresholds": th.as_dict(),
+            "headline_acc": snap.acc, "headline_acc_source": acc_src,
             "frozen_baseline_acc": frozen,
             "n_eval": len(self.x),
         }
         return Report(data)
+
+
+def _report_entry(d: Diagnostic, value: float | None, th: Thresholds, baseline: float | None,
+                  facts: Mapping[str, Any]) -> dict | None:
+    """A report's entry for diagnostic ``d`` (None where it is not evaluated: no value, or no baseline)."""
+    if value is None or (d.needs_baseline and baseline is None):
+        return None
+    entry: dict[str, Any] = {"value": value}
+    if d.needs_baseline:
+        entry.update(frozen_baseline_acc=baseline, margin_pp=100.0 * (value - baseline))
+    entry.update(threshold=getattr(th, d.threshold), fired=d.fires(value, th, baseline),
+                 **{k: facts[k] for k in d.details}, what=d.what)
+    return entry
 
 
 # ---------------------------------------------------------------------------------------
@@ -447,8 +558,6 @@ class Monitor:
     instead of the scale the snapshot was measured at (128).
     """
 
-    PER_EPOCH = ("D1", "D2", "C")
-
     def __init__(self, thresholds: Thresholds | Mapping[str, float] | None = None,
                  stop_on: Iterable[str] = (), verdict_rule: str = "any", d2_batch: int | None = None) -> None:
         self.thresholds = Thresholds.from_any(thresholds)
@@ -457,25 +566,24 @@ class Monitor:
         self.d2_batch = d2_batch
         self.verdict_rule = check_verdict_rule(verdict_rule)
         self.stop_on = tuple(stop_on)
-        bad = [d for d in self.stop_on if d not in self.PER_EPOCH]
+        bad = [d for d in self.stop_on if d not in per_epoch_diagnostics()]
         if bad:
-            raise ValueError(f"stop_on={bad}: the Monitor judges {self.PER_EPOCH} per epoch")
+            raise ValueError(f"stop_on={bad}: the Monitor judges {per_epoch_diagnostics()} per epoch")
         self.reset()
 
     def reset(self) -> None:
         """Forget what was seen (thresholds and stop_on are kept)."""
-        self.first_fired: dict[str, int | None] = {d: None for d in self.PER_EPOCH}
+        self.first_fired: dict[str, int | None] = {d: None for d in per_epoch_diagnostics()}
         self.stopped_at: int | None = None
         self.fired_by_epoch: list[dict] = []
 
     def _values(self, record) -> dict[str, float | None]:
-        """D1, D2 and C values of an epoch record (a dict with a ``"diag"`` Snapshot), a Snapshot, or a
-        Snapshot's stored dict."""
+        """The per-epoch diagnostics' values of an epoch record (a dict with a ``"diag"`` Snapshot), a
+        Snapshot, or a Snapshot's stored dict."""
         snap = record.get("diag", record) if isinstance(record, Mapping) else record
         if isinstance(snap, Mapping):
             snap = D.Snapshot.from_dict(snap)
-        g_L = snap.g_L if self.d2_batch is None else snap.g_L_at(self.d2_batch)
-        return {"D1": snap.max_block_growth, "D2": g_L, "C": snap.stability}
+        return {d: TABLE[d].read(snap, batch=self.d2_batch) for d in self.first_fired}
 
     def update(self, model: nn.Module, x_eval: torch.Tensor, y_eval: torch.Tensor, epoch: int, *,
                layers: Sequence[str] | None = None, token: str = "cls", spatial: str = "mean") -> bool:
@@ -500,7 +608,7 @@ class Monitor:
 
     def __call__(self, epoch: int, record) -> bool:
         vals = self._values(record)
-        state = {d: fires(d, vals[d], self.thresholds) for d in self.PER_EPOCH}
+        state = {d: TABLE[d].fires(v, self.thresholds) for d, v in vals.items()}
         self.fired_by_epoch.append({"epoch": epoch, **state})
         for d, f in state.items():
             if f and self.first_fired[d] is None:

@@ -644,3 +644,42 @@ def test_monitor_update_stops_a_plain_pytorch_loop_at_the_epoch_d1_fires():
     assert monitor.last.max_block_growth == pytest.approx(growth[-1])
     with pytest.raises(ValueError, match="outside the model's 3 classes"):
         Monitor().update(_UserNet(), x, y + 5, 0, layers=layers)
+
+
+# -- the diagnostic table -------------------------------------------------------------------
+def test_a_diagnostic_declared_in_one_place_reaches_the_report_the_monitor_and_the_sensitivity_table(xy, monkeypatch):
+    """One Diagnostic entry (reading a Snapshot field that exists) is judged everywhere the protocol's are."""
+    from faeval import protocol as P
+
+    hidden = P.Diagnostic(
+        "H", "H_hidden_scale", "H hidden scale", "h_max", 5.0, "> {:g}", "median per-sample ||h_L||",
+        read=lambda s, batch=None: s.h_L, judge=lambda v, t, _: not (v <= t),
+        field="h_L", label="median ‖h_L‖", grid=lambda t: [t / 10, t, 10 * t], log_scale=True)
+    monkeypatch.setitem(P.TABLE, "H", hidden)
+    x, y = xy
+    model = _resmlp()                     # h_L ~ 8-10 at init (see test_random_init_resmlp_passes)
+    r = FAProtocol(model, x, y, frozen_baseline_acc=0.05, verdict_on=("D1", "D2", "D3", "H")).run()
+    h = r["diagnostics"]["H_hidden_scale"]
+    assert h["fired"] is True and h["threshold"] == 5.0 and 7 < h["value"] < 11
+    assert r.verdict == "FAIL(H)" and r["thresholds"]["h_max"] == 5.0
+    assert "H hidden scale" in str(r) and "> 5" in str(r)
+    calm = FAProtocol(model, x, y, frozen_baseline_acc=0.05, verdict_on=("D1", "H"), thresholds={"h_max": 50}).run()
+    assert calm.verdict == "PASS" and calm["diagnostics"]["H_hidden_scale"]["fired"] is False
+    # the Monitor judges it per epoch and may stop on it
+    monitor = Monitor(stop_on=["H"])
+    assert monitor.update(model, x[:256], y[:256], epoch=3) is True and monitor.first_fired["H"] == 3
+    # the sensitivity sweep walks its grid
+    row = row_from_report(r, "init")
+    assert row["h_L"] == h["value"]
+    sens = threshold_sensitivity([row])
+    assert [t["threshold"] for t in sens["table"] if t["diagnostic"] == "H"] == [0.5, 5.0, 50.0]
+    assert [t["n_flagged"] for t in sens["table"] if t["diagnostic"] == "H"] == [1, 1, 0]
+
+
+def test_a_diagnostic_that_clashes_with_the_table_is_refused():
+    from faeval import protocol as P
+
+    with pytest.raises(ValueError, match="clashes with the table's D1, D2, C, D3"):
+        P.register_diagnostic(P.TABLE["D1"])
+    with pytest.raises(ValueError, match="unknown threshold"):
+        P.Thresholds(h_max=3)
