@@ -19,6 +19,7 @@ from _timing import best_of
 
 from faeval import FAProtocol, build_model
 from faeval import diagnostics as D
+from faeval.snapshot import snapshot
 
 
 def _timeit(fn, repeat=3):
@@ -67,7 +68,7 @@ def main() -> None:
     _, grads, _ = D.bp_grads(model, xr, yr)
     t_rho = _timeit(lambda: D.perturbation_rho(model, xr, yr, grads, eps=1e-3, n_directions=32), repeat=1)
     t_nudge = _timeit(lambda: D.nudging(model, xr, yr, grads), repeat=1)
-    t_snap = _timeit(lambda: D.snapshot(model, x_eval, y_eval))
+    t_snap = _timeit(lambda: snapshot(model, x_eval, y_eval))
     print(f"rho (M=32, n=1024, 5 layers): {t_rho:.2f} s = {t_rho / epoch:.1%} of one epoch")
     print(f"nudging (3 etas, n=1024): {t_nudge:.3f} s = {t_nudge / epoch:.1%} of one epoch")
     print(f"per-epoch snapshot (1280 samples): {t_snap:.3f} s = {t_snap / epoch:.1%} of one epoch")

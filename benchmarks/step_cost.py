@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from faeval import build_method, build_model
-from faeval import diagnostics as D
+from faeval.snapshot import snapshot
 
 RULES = ["bp", "dfa", "fa", "ep", "state_bridge", "credit_bridge", "frozen"]
 
@@ -198,7 +198,7 @@ def main() -> None:
           f"({steps_per_epoch} steps; target <= 10%)")
     for n in RULES:
         s = steppers[n]
-        snap = best_of(lambda s=s: D.snapshot(s.model, x_eval, y_eval, credit_fn=s.rule.credit), repeat=3,
+        snap = best_of(lambda s=s: snapshot(s.model, x_eval, y_eval, credit_fn=s.rule.credit), repeat=3,
                        warmup=True)
         epoch = per_step[n] * steps_per_epoch
         frac = snap / epoch

@@ -51,8 +51,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from .diagnostics import submodules
 from .models import LayeredModel
+from .tap import submodules
 
 __all__ = ["layered", "Layered"]
 

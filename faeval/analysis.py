@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from .protocol import TABLE, VERDICT_ON, Report, Thresholds, verdict_from
+from . import diagnostics as D
+from .protocol import TABLE, VERDICT_ON, FAProtocol, Report, Thresholds, verdict_from
 
 __all__ = ["row_from_report", "audit_rows", "credit_quality", "verdicts", "threshold_sensitivity",
            "decision_utility_ablation", "STRATEGIES"]
@@ -25,10 +26,10 @@ def row_from_report(report: Report, name: str, **extra) -> dict:
     """One analysis row from a protocol report (extra keys such as gamma are passed through): each
     diagnostic's value under its ``field``; a diagnostic judged against the baseline reads the
     headline accuracy (also where no baseline was given), and ``frozen_acc`` holds the baseline."""
-    d = report["diagnostics"]
-    values = {diag.field: report["headline_acc"] if diag.needs_baseline else (d.get(diag.key) or {}).get("value")
-              for diag in TABLE.values()}
-    return {"name": name, **values, "frozen_acc": report["frozen_baseline_acc"], **extra}
+    res = report.results
+    values = {d.field: report.headline_acc if d.needs_baseline else getattr(res.get(n), "value", None)
+              for n, d in TABLE.items()}
+    return {"name": name, **values, "frozen_acc": report.frozen_baseline_acc, **extra}
 
 
 def _fired(row: Mapping, th: Thresholds) -> dict[str, bool | None]:
@@ -146,8 +147,6 @@ def audit_rows(runs: Mapping, x, y, frozen_acc: Mapping[int, float] | None = Non
     out). ``verdict`` is judged under the default rule ``"any"``, ``verdict_mode1_or_d3``
     under the original artifact's rule (:data:`~faeval.protocol.VERDICT_RULES`).
     """
-    from .protocol import FAProtocol
-
     rows = []
     for (method, seed), run in runs.items():
         frozen = (frozen_acc or {}).get(seed)
@@ -156,7 +155,7 @@ def audit_rows(runs: Mapping, x, y, frozen_acc: Mapping[int, float] | None = Non
         rows.append(row_from_report(report, f"{method}/s{seed}", method=method, seed=seed,
                                     num_classes=run.model.out_head.out_features,
                                     gamma=snap.layer_mean_gamma, gamma_layers=snap.gamma, no_credit=snap.no_credit,
-                                    verdict=report.verdict, verdict_mode1_or_d3=report["verdicts"]["mode1_or_d3"],
+                                    verdict=report.verdict, verdict_mode1_or_d3=report.verdicts["mode1_or_d3"],
                                     fired=report.fired, stopped=run.stopped))
     return rows
 
@@ -174,8 +173,6 @@ def credit_quality(run, x, y, *, null_draws: int = 10, rho_directions: int = 32,
     * ``rho`` / ``deep_rho``: the local perturbation correlation on the first ``rho_n``
       samples (``rho_directions=0`` skips it).
     """
-    from . import diagnostics as D
-
     method, model = run.method, run.model
     _, grads, _ = D.bp_grads(model, x, y)
     gam = D.gamma_per_layer(method.credit(x, y), grads)

@@ -19,7 +19,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .config import canonical_config, train_size
 from .protocol import Monitor, Thresholds
+from .schedule import fit_many
+from .store import load_run, run_dir
 
 __all__ = ["Candidate", "CANDIDATES", "run_config", "plan", "sequential_plan", "summarise", "summarise_all",
            "calibrate", "first_firing", "choose"]
@@ -59,8 +62,6 @@ def _candidate(c: Candidate | str) -> Candidate:
 
 def run_config(candidate: Candidate | str, method: str, *, steps: int, seed: int = 42, **overrides) -> dict:
     """The run config of ``method`` on ``candidate`` for about ``steps`` training steps."""
-    from .config import canonical_config, train_size
-
     c = _candidate(candidate)
     cfg = {**c.config, **overrides}
     full = canonical_config(**cfg, method=method)
@@ -138,9 +139,6 @@ def sequential_plan(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *
     it stops growing. Candidates named in ``every_seed`` take every seed (e.g. the profile's own task,
     whose runs other chapters plan anyway).
     """
-    from .config import canonical_config
-    from .store import load_run, run_dir
-
     out: dict[tuple, dict] = {}
     every = set(every_seed)
     for c in (_candidate(c) for c in candidates):
@@ -204,8 +202,6 @@ def calibrate(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *, step
               methods: Sequence[str] = METHODS, results=None, progress: bool = True, **overrides) -> list[dict]:
     """Train every method on every candidate and seed (stored runs are loaded); one row per
     candidate and seed. Runs train through :func:`faeval.schedule.fit_many`."""
-    from .schedule import fit_many
-
     configs = plan(candidates, steps=steps, seeds=seeds, methods=methods, **overrides)
     trained = fit_many(list(configs.values()), results=results, progress=progress)
     return summarise_all(dict(zip(configs, trained)))

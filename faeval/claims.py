@@ -34,6 +34,10 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
+from .config import CACHE_VERSION
+from .store import results_dir as _results_dir
+from .tables import table
+
 __all__ = ["paper", "Claims", "ledger", "claims_dir", "styled", "describe_parameters", "attach_reasons",
            "PAPER_VALUES", "REASON_KINDS"]
 
@@ -58,8 +62,6 @@ def paper(key: str) -> dict:
 
 
 def claims_dir(results_dir=None) -> Path:
-    from .store import results_dir as _results_dir
-
     return _results_dir(results_dir) / "claims"
 
 
@@ -79,8 +81,6 @@ class Claims:
         recorded), or a profile name (then recorded as that profile's defaults). ``judged``: the
         head regime whose claims are the book's (:func:`faeval.head.decide`); set :attr:`regime`
         before checking the claims of each regime."""
-        from .config import CACHE_VERSION
-
         self.notebook = notebook
         if isinstance(profile, str):
             self.profile, self.parameters = profile, {"profile": profile, "overrides": {},
@@ -95,8 +95,6 @@ class Claims:
     @property
     def default(self) -> bool:
         """Whether these claims were measured at the profile's defaults and the current cache version."""
-        from .config import CACHE_VERSION
-
         return not self.parameters["overrides"] and self.parameters["cache_version"] == CACHE_VERSION
 
     def per_seed(self, claim: str, values: Mapping, holds: Callable, fmt: str = "{:.3g}",
@@ -198,8 +196,6 @@ STATUS_COLOURS = {HELD: "color: #1a7f37", NOT_HELD: "color: #cf222e", NOT_EVALUA
 
 def styled(frame):
     """A claims table for the book (:func:`faeval.plots.table`), the status coloured."""
-    from .plots import table
-
     style = table(frame)
     if "status" in frame.columns:
         style = style.map(lambda s: STATUS_COLOURS.get(s, ""), subset=["status"])
@@ -230,8 +226,6 @@ def _write_json(path: Path, data) -> None:
 def attach_reasons(reasons, profile: str, results_dir=None) -> list[Path]:
     """Write each reason (``{notebook, claim, kind, text}``) into the not-held claim it explains, in the
     claims files of ``profile`` measured at its defaults; returns the files rewritten."""
-    from .config import CACHE_VERSION
-
     by_claim = {(r["notebook"], r["claim"]): r for r in reasons}     # reasons explain the judged claims
     written = []
     for path in sorted(claims_dir(results_dir).glob("*.json")):
@@ -263,8 +257,6 @@ def _holds(holds: Callable, v) -> bool:
 
 def describe_parameters(parameters: Mapping) -> str:
     """``"defaults"`` or the overrides, e.g. ``"seeds=[7], methods=['bp', 'dfa']"`` (+ a stale cache)."""
-    from .config import CACHE_VERSION
-
     parts = [f"{k}={v}" for k, v in parameters.get("overrides", {}).items()]
     if parameters.get("cache_version") != CACHE_VERSION:
         parts.append(f"cache version {parameters.get('cache_version')} (current {CACHE_VERSION})")

@@ -44,17 +44,13 @@ TOP = {"arch": "resmlp", "method": "bp", "dataset": "fashion-mnist", "epochs": 1
 #: ``torch.autocast`` in bfloat16 (weights, optimiser state, diagnostics and the history stay float32/float64)
 PRECISIONS = ("float32", "bfloat16")
 
-#: constructor arguments of a rule that are not part of a run's key
-_NOT_KEYED_METHOD = ("seed", "init_aux", "predictor")
-
-
 def model_options(arch: str) -> dict:
     """The keyed options of architecture ``arch`` with their defaults."""
     return arch_class(arch).options()
 
 
 def _hparam_options(method: str) -> dict:
-    return {k: v for k, v in method_hparams(method).items() if k not in _NOT_KEYED_METHOD}
+    return {k: v for k, v in method_hparams(method).items() if k not in method_class(method).not_keyed}
 
 
 def canonical_config(**config) -> dict:

@@ -15,27 +15,23 @@ A model is read through :class:`Tap`: a faeval layered model directly, or any
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
-import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import reduce_state
+from .errors import MissingAuxStateError
 from .seeds import generator
+from .tap import Tap, check_xy, eval_mode, float64_tap
 
 __all__ = [
-    "Tap", "MissingAuxStateError", "per_sample_l2", "median_per_sample_l2", "per_sample_cosine",
+    "per_sample_l2", "median_per_sample_l2", "per_sample_cosine",
     "median_hidden_norms", "bp_grads", "median_bp_grad_norms", "max_block_growth", "direction_stability",
     "gamma_per_layer", "gamma_of", "GammaResult", "gamma_aggregations", "perturbation_rho", "nudging",
-    "parameter_drift", "null_calibration", "snapshot", "Snapshot", "measure", "stability_of", "check_xy",
-    "check_against_model",
+    "parameter_drift", "null_calibration", "measure", "stability_of",
     "deep_mean", "layer_mean", "no_credit", "no_credit_layers", "NO_CREDIT",
 ]
 
@@ -55,214 +51,6 @@ def no_credit(credit: torch.Tensor, grad: torch.Tensor) -> bool:
 
 def _layer_gamma(per_sample: torch.Tensor, none: bool) -> float:
     return math.nan if none else per_sample.mean().item()
-
-
-class MissingAuxStateError(RuntimeError):
-    """A diagnostic needs a learning rule's auxiliary state (feedback matrices, bridge nets) and it is absent."""
-
-
-# ---------------------------------------------------------------------------------------
-# Reading a model
-# ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
-
-
-class _ReturnHiddenModel:
-    """Adapter for the original artifact's model contract (reference quick-start).
-
-    A model with ``.blocks`` (ModuleList whose blocks return the residual branch),
-    ``.out_head``, optional ``.out_ln``, and ``forward(x, return_hidden=True) ->
-    (logits, [h_0..h_L])``. The rest of the forward pass from h_l is rebuilt as
-    ``h + block(h)`` (``h = block(h)`` when ``residual_add`` is False) followed by
-    ``out_head(out_ln(h))``; :meth:`check` verifies that this reproduces the
-    model's own logits before any number is reported.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.residual = bool(getattr(model, "residual_add", getattr(model, "residual", True)))
-
-    def states(self, x):
-        logits, hs = self.model(x, return_hidden=True)
-        return list(hs), logits
-
-    def run_from(self, l: int, h: torch.Tensor) -> torch.Tensor:
-        for blk in list(self.model.blocks)[l:]:
-            h = h + blk(h) if self.residual else blk(h)
-        ln = getattr(self.model, "out_ln", None)
-        return self.model.out_head(ln(h) if ln is not None else h)
-
-    def check(self, x: torch.Tensor) -> None:
-        with _eval_mode(self.model), torch.no_grad():
-            hs, logits = self.states(x[:8])
-            if len(hs) != len(self.model.blocks) + 1:
-                raise TypeError(f"forward(x, return_hidden=True) returned {len(hs)} hidden states for "
-                                f"{len(self.model.blocks)} blocks; expected h_0..h_L. Pass layers=[...] instead.")
-            again = self.run_from(0, hs[0])
-        if not torch.allclose(again, logits, rtol=1e-4, atol=1e-5 * (1 + logits.abs().max().item())):
-            raise TypeError(
-                "this model's forward is not h_{l+1} = h_l + blocks[l](h_l) followed by out_head(out_ln(h_L)), "
-                "so the protocol cannot re-run it from a hidden state. Pass layers=[names of the sub-modules "
-                "whose outputs are the hidden states] instead.")
-
-
-class Tap:
-    """Uniform access to a model's hidden states h_0..h_L and to the loss from each of them.
-
-    * A faeval layered model (``embed``, ``blocks``, ``readout``; see
-      :mod:`faeval.models`) is read directly.
-    * A model with the original artifact's contract (``blocks``, ``out_head``,
-      optional ``out_ln``, ``forward(x, return_hidden=True)``) is read through its
-      hidden list, after a check that re-running it from h_0 gives its logits.
-    * With ``layers=[module names]`` any ``nn.Module`` works: the hidden states are
-      those modules' outputs (in the order given), captured by forward hooks.
-
-    ``token`` and ``spatial`` say how a 3-D (transformer) or 4-D (conv) state is
-    read as a (B, d) vector for norms: the cls token and channel means by default.
-    """
-
-    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None,
-                 token: str = "cls", spatial: str = "mean") -> None:
-        self.model = model
-        self.token, self.spatial = token, spatial
-        self.modules = None
-        self.layered = model
-        if layers is None:
-            if not all(hasattr(model, a) for a in ("embed", "blocks", "readout")):
-                if hasattr(model, "blocks") and hasattr(model, "out_head") and _accepts_return_hidden(model):
-                    self.layered = _ReturnHiddenModel(model)
-                else:
-                    missing = [a for a in ("embed", "blocks", "readout") if not hasattr(model, a)]
-                    raise TypeError(
-                        f"{type(model).__name__} lacks the layered interface ({', '.join(missing)} missing) and the "
-                        "blocks/out_head/forward(x, return_hidden=True) contract. Pass layers=[names of the "
-                        f"sub-modules whose outputs are the hidden states], e.g. layers={_example_layers(model)!r}.")
-            n = len(model.blocks) + 1
-        else:
-            if len(layers) < 1:
-                raise ValueError("layers= must name at least one sub-module")
-            self.modules = submodules(model, layers)
-            n = len(layers)
-        self.layer_names = list(layers) if layers is not None else [f"h{l}" for l in range(n)]
-        self._checked = not isinstance(self.layered, _ReturnHiddenModel)
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.layer_names)
-
-    def reduce(self, h: torch.Tensor) -> torch.Tensor:
-        """The (B, d) vector that norms and stability read from a state or a gradient."""
-        return reduce_state(h, token=self.token, spatial=self.spatial)
-
-    def states(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Hidden states (full tensors, in the autograd graph when grad is on) and logits."""
-        if self.modules is None:
-            if not self._checked:
-                self.layered.check(x)
-                self._checked = True
-            return self.layered.states(x)
-        captured: dict[int, torch.Tensor] = {}
-
-        def make_hook(i):
-            def hook(_mod, _inp, out):
-                if i in captured:
-                    raise RuntimeError(f"layer {self.layer_names[i]!r} ran twice in one forward pass; "
-                                       "tap a module that is called once")
-                captured[i] = out
-            return hook
-
-        handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(self.modules)]
-        try:
-            logits = self.model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        return [captured[i] for i in range(self.n_layers)], logits
-
-    def logits_with_delta(self, x: torch.Tensor, l: int, hs: list[torch.Tensor] | None,
-                          delta: torch.Tensor) -> torch.Tensor:
-        """Logits when hidden state l is replaced by h_l + delta (everything downstream recomputed)."""
-        if self.modules is None:
-            return self.layered.run_from(l, hs[l] + delta)
-        handle = self.modules[l].register_forward_hook(lambda _m, _i, out: out + delta)
-        try:
-            return self.model(x)
-        finally:
-            handle.remove()
-
-
-def submodules(model: nn.Module, names: Sequence[str], *, root_ok: bool = True) -> list[nn.Module]:
-    """The sub-modules of ``model`` with these (dotted) names, in order; an unknown name raises, listing the
-    names there are (``root_ok=False`` also refuses ``""``, the model itself)."""
-    named = dict(model.named_modules())
-    unknown = [n for n in names if n not in named or (not n and not root_ok)]
-    if unknown:
-        valid = ", ".join(repr(n) for n in named if n)
-        raise ValueError(f"no sub-module named {', '.join(map(repr, unknown))} in {type(model).__name__}; its "
-                         f"module names are: {valid}")
-    return [named[n] for n in names]
-
-
-def _accepts_return_hidden(model: nn.Module) -> bool:
-    try:
-        return "return_hidden" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _float64_tap(tap: Tap) -> Tap:
-    """A Tap over a float64 copy of the model (for finite differences of the loss)."""
-    model = copy.deepcopy(tap.model).double()
-    layers = None if tap.modules is None else tap.layer_names
-    return Tap(model, layers=layers, token=tap.token, spatial=tap.spatial)
-
-
-def _example_layers(model: nn.Module) -> list[str]:
-    names = [n for n, m in model.named_children()]
-    return names[:-1] if len(names) > 1 else names
-
-
-def check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Raise ``ValueError`` for an empty eval set, one whose inputs and labels differ in length, one
-    with a non-finite input (the diagnostics would blame the model for it) or non-integer labels."""
-    if len(x) == 0:
-        raise ValueError("the eval set is empty: pass at least one sample")
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} samples but y has {len(y)}: they must match")
-    if x.is_floating_point():
-        bad = ~torch.isfinite(x.flatten(1)).all(dim=1)
-        if bad.any():
-            idx = bad.nonzero().flatten()
-            raise ValueError(f"x holds non-finite values (NaN or inf) in {len(idx)} of {len(x)} samples (first: "
-                             f"sample {int(idx[0])}): the diagnostics would report the data's fault as the "
-                             f"model's; clean or drop those samples")
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(f"y has dtype {y.dtype}: pass class indices as integers (e.g. y.long())")
-
-
-def check_against_model(tap: Tap, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Raise ``ValueError`` when ``x``'s samples do not fit the model or ``y`` holds labels outside its
-    classes (one forward pass of the first sample)."""
-    try:
-        with _eval_mode(tap.model), torch.no_grad():
-            _, logits = tap.states(x[:1])
-    except RuntimeError as e:
-        want = getattr(tap.model, "input_shape", None)
-        hint = f"the model was built for samples of shape {tuple(want)}" if want else "check the model's input"
-        raise ValueError(f"x's samples have shape {tuple(x.shape[1:])}, which the model cannot take ({hint}; "
-                         f"the forward pass said: {str(e).splitlines()[0]})") from None
-    classes = logits.shape[-1]
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= classes:
-        raise ValueError(f"y holds labels from {lo} to {hi}, outside the model's {classes} classes: labels "
-                         f"must be class indices in [0, {classes})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,7 +89,7 @@ def median_hidden_norms(model: nn.Module, x: torch.Tensor, *, tap: Tap | None = 
     tap = tap or Tap(model)
     if len(x) == 0:
         raise ValueError("the eval set is empty: pass at least one sample")
-    with _eval_mode(tap.model), torch.no_grad():
+    with eval_mode(tap.model), torch.no_grad():
         rows = [[per_sample_l2(tap.reduce(h)) for h in tap.states(x[i:i + batch_size])[0]]
                 for i in range(0, len(x), batch_size)]
     return [_median_inf(torch.cat(col)) for col in zip(*rows)]
@@ -328,7 +116,7 @@ def _bp_pass(tap: Tap, x: torch.Tensor, y: torch.Tensor):
     if x.dtype in half or any(p.dtype in half for p in tap.model.parameters()):
         raise ValueError("BP reference gradients must be float32 or float64; this model or input is half "
                          "precision (float16 underflows gradients near 1e-9: pitfall 3). Use model.float().")
-    with _eval_mode(tap.model), torch.enable_grad():
+    with eval_mode(tap.model), torch.enable_grad():
         hs, logits = tap.states(x)
         per_sample = F.cross_entropy(logits, y, reduction="none")
         grads = torch.autograd.grad(per_sample.mean(), hs, allow_unused=True)
@@ -577,12 +365,12 @@ def perturbation_rho(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit:
     Losses are evaluated on a float64 copy of the model: a change of order
     eps * ||g|| must stay above rounding even when ||g|| is near the D2 floor.
     """
-    tap = _float64_tap(tap or Tap(model))
+    tap = float64_tap(tap or Tap(model))
     credit = _check_credit(credit, tap.n_layers)
     x = x.double() if x.is_floating_point() else x
     g = generator(seed, "perturbation-directions", x.device)
     out = []
-    with _eval_mode(tap.model), torch.no_grad():
+    with eval_mode(tap.model), torch.no_grad():
         hs, logits = tap.states(x)
         base = F.cross_entropy(logits, y, reduction="none").double()
         for l in (layers if layers is not None else range(tap.n_layers)):
@@ -630,11 +418,11 @@ def nudging(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit: Sequence
     useful). Raw credit, not normalised; keys are str(eta). Evaluated in float64
     (see :func:`perturbation_rho`).
     """
-    tap = _float64_tap(tap or Tap(model))
+    tap = float64_tap(tap or Tap(model))
     x = x.double() if x.is_floating_point() else x
     credit = _check_credit(credit, tap.n_layers)
     res: dict[str, list[float]] = {}
-    with _eval_mode(tap.model), torch.no_grad():
+    with eval_mode(tap.model), torch.no_grad():
         hs, logits = tap.states(x)
         base = F.cross_entropy(logits, y).double().item()
         for eta in etas:
@@ -702,98 +490,3 @@ def layer_mean(per_layer: Sequence[float]) -> float:
 def no_credit_layers(per_layer: Sequence[float]) -> list[int]:
     """The layers whose Gamma is undefined because they received no credit (NaN entries)."""
     return [l for l, v in enumerate(per_layer) if _is_nan(v)]
-
-
-@dataclass
-class Snapshot:
-    """The per-epoch diagnostic record on a fixed eval batch (:func:`snapshot` measures it).
-
-    Norms follow :func:`measure` (median over samples of per-sample L2 norms, BP
-    gradients of each batch's mean CE); ``gamma`` is per layer (mean over samples of
-    the per-sample cosine of the rule's credit with the BP gradient; NaN at a layer that
-    received no credit), ``None`` when no credit was measured. Stored as JSON (:meth:`to_dict` / :meth:`from_dict`).
-    """
-
-    hidden_norms: list[float]
-    bp_grad_norms: list[float]
-    max_block_growth: float          # D1's value
-    g_L: float                       # D2's value: bp_grad_norms[-1]
-    stability: float | None          # C's value (None with fewer than two full batches)
-    loss: float
-    acc: float
-    aggregate: str
-    gamma: list[float] | None = None
-    batch_size: int = 128            # the eval batches whose mean CE the BP gradients are of
-
-    @property
-    def h_L(self) -> float:
-        """Median per-sample norm of the deepest hidden state."""
-        return self.hidden_norms[-1]
-
-    def g_L_at(self, batch: int) -> float:
-        """D2's value read at the scale of batches of ``batch`` samples.
-
-        The per-sample BP gradient of a batch's *mean* CE is 1/B of that sample's own loss
-        gradient, and in eval mode every model here treats samples independently, so the
-        median per-sample norm measured on batches of ``batch_size`` reads
-        ``g_L * batch_size / batch`` on batches of ``batch``: the paper's audit used 128,
-        its per-epoch logs about 1,024 samples per batch (8x smaller).
-
-        >>> Snapshot([1.0, 2.0], [1e-3, 8e-7], 2.0, 8e-7, None, 1.0, 0.5, "").g_L_at(1024)
-        1e-07
-        """
-        return self.g_L * self.batch_size / batch
-
-    @property
-    def deep_gamma(self) -> float | None:
-        """Mean of the per-layer Gamma over layers 1..L (h_0 excluded; :func:`deep_mean`); None without Gamma."""
-        return None if not self.gamma else deep_mean(self.gamma)
-
-    @property
-    def layer_mean_gamma(self) -> float | None:
-        """Mean of the per-layer Gamma over all layers 0..L (the status-quo headline); None without Gamma."""
-        return None if not self.gamma else layer_mean(self.gamma)
-
-    @property
-    def no_credit(self) -> list[int]:
-        """Layers whose credit was none at all (:data:`NO_CREDIT`): Gamma NaN, left out of every mean."""
-        return [] if not self.gamma else no_credit_layers(self.gamma)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        if d["gamma"] is None:
-            del d["gamma"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> Snapshot:
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
-
-
-def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, credit: Sequence[torch.Tensor] | None = None,
-             credit_fn: Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor]] | None = None,
-             tap: Tap | None = None, batch_size: int = 128, stability_batches: int | None = None) -> Snapshot:
-    """The cheap per-epoch :class:`Snapshot`: per-layer norms, max growth, g_L, stability, loss, acc,
-    and Gamma with ``credit`` for ``x`` (or ``credit_fn(x, y)``, called batch by batch, e.g. a rule's
-    ``credit``). Stability reads the first ``stability_batches`` disjoint full batches (all by default).
-
-    >>> import faeval
-    >>> model = faeval.build_model("resmlp", (8,), 3, seed=0, width=16, depth=2)
-    >>> snap = snapshot(model, torch.randn(256, 8), torch.randint(3, (256,)))
-    >>> len(snap.hidden_norms), snap.g_L == snap.bp_grad_norms[-1], snap.gamma is None
-    (3, True, True)
-    """
-    if credit is not None and credit_fn is not None:
-        raise ValueError("pass credit= or credit_fn=, not both")
-    tap = tap or Tap(model)
-    m = measure(model, x, y, tap=tap, batch_size=batch_size, keep_grads=credit is not None, credit_fn=credit_fn)
-    dirs = m["batch_mean_grads"][:stability_batches]
-    gamma = None
-    if credit is not None:
-        gamma = gamma_per_layer(credit, m["grads"]).mean
-    if credit_fn is not None:
-        gamma = [_layer_gamma(c, none) for c, none in zip(m["gamma_per_sample"], m["no_credit"])]
-    return Snapshot(hidden_norms=m["hidden_norms"], bp_grad_norms=m["bp_grad_norms"],
-                    max_block_growth=max_block_growth(m["hidden_norms"]), g_L=m["bp_grad_norms"][-1],
-                    stability=stability_of(dirs) if len(dirs) >= 2 else None,
-                    loss=m["loss"], acc=m["acc"], aggregate=m["aggregate"], gamma=gamma, batch_size=batch_size)

@@ -32,7 +32,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from . import head
-from .claims import REASON_KINDS
+from .calibration import CANDIDATES, summarise_all
+from .claims import REASON_KINDS, attach_reasons
+from .diagnostics import deep_mean, layer_mean, no_credit_layers
+from .experiments import CANDIDATE_TASKS
+from .methods import method_hparams
 from .protocol import TABLE, Monitor, Thresholds
 
 __all__ = ["KINDS", "Reason", "PROBES", "probe", "explain", "head_probe", "save_reasons", "crossing_epoch", "Context"]
@@ -160,8 +164,6 @@ def _head_reason(row: Mapping, other: Mapping | None) -> Reason | None:
 def save_reasons(reasons: Sequence[Mapping], profile, results_dir=None) -> list:
     """Write the reasons into the claims they explain, in ``profile``'s claims files at its defaults
     (:func:`faeval.claims.attach_reasons`); returns the files rewritten."""
-    from .claims import attach_reasons
-
     return attach_reasons(reasons, profile.name, results_dir)
 
 
@@ -299,15 +301,11 @@ def d1_horizon(row, ctx: Context) -> Reason:
 
 def _task(candidate: str) -> str:
     """A calibration candidate's label without its "(c) " prefix."""
-    from .calibration import CANDIDATES
-
     return CANDIDATES[candidate].label.split(") ", 1)[-1]
 
 
 def _d1_on_other_tasks(ctx: Context) -> list[dict]:
     """Per calibration candidate that changes the task: on how many seeds DFA fires D1 within the horizon."""
-    from .experiments import CANDIDATE_TASKS
-
     runs = ctx.runs("calibration")["runs"]
     out = []
     for c in CANDIDATE_TASKS:
@@ -322,9 +320,6 @@ def _d1_on_other_tasks(ctx: Context) -> list[dict]:
 @probe("07_calibration", r"DFA fires D1 within the horizon on every seed")
 def candidate_horizon(row, ctx: Context) -> Reason:
     """A calibration candidate's DFA (first seed) at 3x the calibration horizon: does it fire D1?"""
-    from .calibration import CANDIDATES
-    from .experiments import CANDIDATE_TASKS
-
     name = next((c for c in CANDIDATE_TASKS if row["claim"].startswith(CANDIDATES[c].label)), None)
     if name is None:
         return Reason("not explained", "no probe of this appendix addresses this candidate, so no cause was "
@@ -399,8 +394,6 @@ def pairing(row, ctx: Context) -> Reason:
 
 def pairing_patterns(ctx: Context) -> dict[str, dict]:
     """Per pairing, the per-layer Gamma of epochs 1..k with a valid reference, averaged over the probe's seeds."""
-    from .diagnostics import deep_mean, layer_mean
-
     floor = Thresholds().d2_floor
     k = ctx.P.sizes["discrepancies"]["pairing_epochs"]
     probe_runs = ctx.probe_runs("pairing")
@@ -501,8 +494,6 @@ def saving(row, ctx: Context) -> Reason:
 def ep_setting(row, ctx: Context) -> Reason:
     """EP fails the protocol: does another beta x relaxation-steps setting of the sweep clear the frozen
     baseline (D3), where BP at the sweep's size does?"""
-    from .methods import method_hparams
-
     bar = Thresholds().d3_margin_pp
     table = ep_sweep_table(ctx)
     ref = ctx.probe_runs("ep_reference")
@@ -580,8 +571,6 @@ def penalty_d3(row, ctx: Context) -> Reason:
 @probe("07_calibration", r"BP passes on every candidate and seed")
 def bp_on_candidates(row, ctx: Context) -> Reason:
     """On which candidate tasks BP fails, and whether it passes on all the others."""
-    from .calibration import CANDIDATES, summarise_all
-
     rows = summarise_all(ctx.runs("calibration")["runs"])
     bad = {r["candidate"] for r in rows if r.get("bp_fires")}
     fails = "; ".join(f"{r['candidate']} s{r['seed']}: {'+'.join(r['bp_fires'])} (BP {r['bp_acc']:.3f}, frozen "
@@ -601,7 +590,6 @@ def ep_sweep_table(ctx: Context):
     """One row per (beta, steps): accuracy, margin over frozen, per-layer and deep Gamma, layers without credit."""
     import pandas as pd
 
-    from .diagnostics import deep_mean, layer_mean, no_credit_layers
 
     runs = ctx.probe_runs("ep_sweep")
     frozen = ctx.probe_runs("ep_reference")["frozen"].test_acc

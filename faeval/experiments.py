@@ -23,6 +23,8 @@ from collections.abc import Callable
 from . import head
 from .calibration import CANDIDATES, sequential_plan
 from .calibration import run_config as calibration_run_config
+from .config import canonical_config, config_hash
+from .store import train_seconds
 
 #: the calibration candidates that change the task (not the model): their DFA runs 3x longer are probes
 CANDIDATE_TASKS = ("label_noise", "synthetic", "augment")
@@ -51,8 +53,6 @@ def plan(name: str, profile) -> dict[str, dict]:
 def _unique_runs(profile):
     """``(chapter, canonical config)`` of every declared run at ``profile``, each run once, for the first
     chapter that plans it."""
-    from .config import canonical_config, config_hash
-
     seen = set()
     for name in EXPERIMENTS:
         for runs in plan(name, profile).values():
@@ -72,8 +72,6 @@ def planned_runs(profile) -> list[dict]:
 def seconds_by_chapter(profile, results=None) -> dict[str, tuple[int, float]]:
     """``{chapter: (runs, seconds)}``: how many of each chapter's planned runs are in the store and how long they
     trained (worker-seconds; a run that several chapters plan counts for the first of them)."""
-    from .store import train_seconds
-
     out = dict.fromkeys(EXPERIMENTS, (0, 0.0))
     for name, c in _unique_runs(profile):
         t = train_seconds(c, results)

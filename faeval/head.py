@@ -30,6 +30,10 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from .claims import paper
+from .diagnostics import layer_mean
+from .protocol import Thresholds
+
 __all__ = ["REGIMES", "DEFAULT", "KEEP_TRAINED", "fixed_head", "with_fixed_head", "by_regime", "regime_view",
            "SIGNATURES", "Signature", "Decision", "decide"]
 
@@ -90,15 +94,11 @@ def _per_seed(values: Mapping, fmt: str) -> str:
 
 
 def _d1(r):
-    from .protocol import Thresholds
-
     g = {s: _last(run).max_block_growth for s, run in r["dfa"].items()}
     return all(v > Thresholds().d1_growth for v in g.values()), "growth " + _per_seed(g, "{:.3g}")
 
 
 def _d2(r):
-    from .protocol import Thresholds
-
     g = {s: _last(run).g_L for s, run in r["dfa"].items()}
     return all(v < Thresholds().d2_floor for v in g.values()), "g_L " + _per_seed(g, "{:.2e}")
 
@@ -109,8 +109,6 @@ def _below_frozen(r):
 
 
 def _gamma_pattern(r):
-    from .diagnostics import layer_mean
-
     layers = [_last(run).gamma for run in r["dfa"].values()]
     mean = [layer_mean([g[l] for g in layers]) for l in range(len(layers[0]))]
     ok = abs(mean[0] - 0.42) <= 0.15 and all(abs(g) <= 0.05 for g in mean[1:])
@@ -199,8 +197,6 @@ _DECISIONS: dict[tuple, Decision] = {}
 
 def decide(P) -> Decision:
     """Apply the rule at profile ``P`` (from the stored runs; computed once per process and profile)."""
-    from .claims import paper
-
     key = (P.name, repr(sorted(P.parameters()["overrides"].items())), str(P.results))
     if key in _DECISIONS:
         return _DECISIONS[key]

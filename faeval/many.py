@@ -39,7 +39,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .methods import Method
-from .train import Run, adamw, check_fit_args, epoch_record, non_finite, progress_bar, stop_reason
+from .train import EpochRecord, Run, adamw, check_fit_args, epoch_record, non_finite, progress_bar, stop_reason
 
 __all__ = ["fit_group", "fit_group_splitting", "why_not_groupable"]
 
@@ -202,7 +202,7 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
     opt = adamw(_stacked_groups(methods[0], train_p, lr), lr=lr, weight_decay=weight_decay)
 
     evals = [ds.eval_batch(min(eval_n, ds.n_test)) for ds in datasets]
-    histories: list[list[dict]] = [[] for _ in range(R)]
+    histories: list[list[EpochRecord]] = [[] for _ in range(R)]
     stopped: list[str | None] = [None] * R
     step = 0
 

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from .diagnostics import (
-    MissingAuxStateError,
     bp_grads,
     gamma_aggregations,
     gamma_per_layer,
     null_calibration,
     per_sample_cosine,
 )
+from .errors import MissingAuxStateError
 from .methods import build_method
 from .models import build_model
 from .seeds import generator

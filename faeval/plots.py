@@ -16,7 +16,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 
+from .claims import paper
 from .protocol import TABLE, Thresholds
+from .tables import table
 
 #: figure width in inches: the book's content column (about 700 CSS pixels at 96 per inch)
 WIDTH = 7.0
@@ -48,8 +50,6 @@ def book_figure(fn):
 
 def paper_value(key: str):
     """The paper's value of ``key`` (:func:`faeval.claims.paper`)."""
-    from .claims import paper
-
     return paper(key)["value"]
 
 __all__ = ["history_frame", "audit_figure", "trajectory_figure", "ep_sweep_figure", "penalty_figure", "depth_figure",
@@ -70,8 +70,8 @@ def history_frame(runs: Mapping):
 
     Columns: label, method, seed and head_lr (from the run's config), epoch, step, seconds
     (cumulative training time), h_L, g_L, g_L_1024 (g_L read at the gradient scale of
-    batches of 1,024, the paper's per-epoch logs: :meth:`~faeval.diagnostics.Snapshot.g_L_at`),
-    growth, stability, test_acc, deep_gamma (:attr:`~faeval.diagnostics.Snapshot.deep_gamma`), stopped.
+    batches of 1,024, the paper's per-epoch logs: :meth:`~faeval.snapshot.Snapshot.g_L_at`),
+    growth, stability, test_acc, deep_gamma (:attr:`~faeval.snapshot.Snapshot.deep_gamma`), stopped.
     """
     import pandas as pd
 
@@ -363,32 +363,3 @@ def ep_sweep_figure(table):
         ax.set_ylabel("beta")
     fig.tight_layout()
     return fig
-
-
-def table(frame, fmt: Mapping | str | None = None, na_rep: str = "-", index: bool | None = None):
-    """A table for the book's content column: a pandas Styler with short number formats, long text
-    columns that wrap (numbers never do), and the index hidden when it is only a row count.
-
-    ``fmt`` maps columns to format strings (or is one format for every number); floats default
-    to 3 significant figures. NaN shows as ``na_rep``.
-    """
-    import pandas as pd
-
-    frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
-    formats = {}
-    for col in frame.columns:
-        if pd.api.types.is_float_dtype(frame[col]):
-            formats[col] = "{:.3g}"
-    if isinstance(fmt, str):
-        formats = {c: fmt for c in formats}
-    elif fmt:
-        formats.update({c: f for c, f in fmt.items() if c in frame.columns})
-    style = frame.style.format(formats, na_rep=na_rep)
-    if index is False or (index is None and isinstance(frame.index, pd.RangeIndex)):
-        style = style.hide(axis="index")
-    text = [c for c in frame.columns if (frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c]))
-            and len(frame) and frame[c].map(lambda v: len(str(v))).max() > 16]
-    if text:
-        style = style.set_properties(subset=text, **{"white-space": "normal", "overflow-wrap": "anywhere",
-                                                     "min-width": "5em"})
-    return style

@@ -31,8 +31,14 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .config import rebase
+from .config import CACHE_VERSION, canonical_config, config_hash, rebase
+from .data import DATASETS
+from .experiments import plan, planned_runs
+from .methods import METHODS
+from .models import ARCHS
 from .names import check_known
+from .schedule import fit_many
+from .store import default_device, load_data
 
 __all__ = ["Profile", "PROFILES", "get_profile"]
 
@@ -74,8 +80,6 @@ class Profile:
 
     def plan(self, chapter: str) -> dict[str, dict]:
         """The run configs chapter ``chapter`` asks for: ``{part: {key: config}}`` (:mod:`faeval.experiments`)."""
-        from .experiments import plan
-
         return plan(chapter, self)
 
     def experiment(self, chapter: str) -> dict[str, dict]:
@@ -85,9 +89,6 @@ class Profile:
         runs that differ only in seed or penalty as one vectorised model where the rule allows
         it, and on a CPU spread over one process per core.
         """
-        from .config import canonical_config, config_hash
-        from .schedule import fit_many
-
         parts, done = self.plan(chapter), {}
         while True:          # a plan that grows as its runs are stored (the calibration's seeds) is trained out
             todo = {config_hash(canonical_config(**cfg)): cfg for runs in parts.values() for cfg in runs.values()}
@@ -103,9 +104,6 @@ class Profile:
 
     def dataset(self, seed: int | None = None, **overrides):
         """The profile's dataset (as the runs of ``seed`` see it), loaded once per process."""
-        from .config import canonical_config
-        from .store import load_data
-
         seed = self.seeds[0] if seed is None else seed
         return load_data(canonical_config(**self.config("bp", seed, **overrides)), device=self._device())
 
@@ -115,22 +113,16 @@ class Profile:
         return ds.eval_batch(min(n or self.base.get("eval_n", 1280), ds.n_test))
 
     def _device(self) -> str:
-        from .store import default_device
-
         return self.device or default_device()
 
     def planned_runs(self) -> list[dict]:
         """The canonical configs of every run the book's chapters declare at this profile, deduplicated
         (what ``python -m faeval prepare`` trains)."""
-        from .experiments import planned_runs
-
         return planned_runs(self)
 
     def parameters(self) -> dict:
         """What a result measured at this profile was measured with: the profile's name, every
         override given to :func:`get_profile` and the run store's cache version."""
-        from .config import CACHE_VERSION
-
         return {"profile": self.name, "overrides": dict(self.overrides), "cache_version": CACHE_VERSION}
 
     def summary(self) -> str:
@@ -243,11 +235,6 @@ def get_profile(name: str = "quick", *, dataset: str | None = None, arch: str | 
     naming the valid values. Other keyword arguments override run-config keys of
     ``base`` (e.g. ``width=512``); ``canonical_config`` rejects unknown ones.
     """
-    from .config import canonical_config
-    from .data import DATASETS
-    from .methods import METHODS
-    from .models import ARCHS
-
     check_known("profile", name, PROFILES)
     p = PROFILES[name]
     given = {"dataset": dataset, "arch": arch, "methods": methods, "seeds": seeds, "epochs": epochs}

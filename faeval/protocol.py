@@ -34,16 +34,18 @@ import html
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from . import diagnostics as D
+from .snapshot import Snapshot, snapshot
+from .tap import Tap, check_against_model, check_xy
 
 __all__ = ["Diagnostic", "TABLE", "register_diagnostic", "per_epoch_diagnostics", "Thresholds", "FAProtocol",
-           "Report", "Monitor", "fires", "verdict_from", "DIAGNOSTICS", "VERDICT_ON", "VERDICT_RULES"]
+           "Report", "Result", "PerLayer", "Monitor", "fires", "verdict_from", "DIAGNOSTICS", "VERDICT_ON",
+           "VERDICT_RULES"]
 
 #: how the fired verdict diagnostics become a verdict
 VERDICT_RULES = {
@@ -57,7 +59,7 @@ class Diagnostic:
     """One diagnostic, declared once. :class:`FAProtocol`, :class:`Monitor`, :class:`Report`, the
     analyses (:mod:`faeval.analysis`), the figures and the CLI all iterate :data:`TABLE`, so adding a
     judged diagnostic is one :func:`register_diagnostic` call plus its measure in the
-    :class:`~faeval.diagnostics.Snapshot`.
+    :class:`~faeval.snapshot.Snapshot`.
 
     ``read(snapshot, batch=None)`` takes the value from a snapshot (``batch``: the gradient scale a
     :class:`Monitor` reads D2 at); ``judge(value, threshold, baseline)`` says whether it fires for a
@@ -257,38 +259,91 @@ def verdict_from(fired: Mapping[str, bool | None], on: Sequence[str] = VERDICT_O
 # ---------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------
-class Report(Mapping):
-    """Result of :meth:`FAProtocol.run`.
+@dataclass(frozen=True)
+class Result:
+    """One diagnostic's outcome in a :class:`Report` (None there where it was not evaluated)."""
 
-    Reads like a dict (``report['verdict']``, ``report['diagnostics']``) and renders
-    as text (``str``), HTML in a notebook, JSON (:meth:`to_json`) and the filled-in
-    reporting template (:meth:`to_markdown`).
+    name: str                            # the diagnostic, e.g. "D1" (protocol.TABLE)
+    value: float
+    threshold: float
+    fired: bool | None
+    what: str
+    baseline: float | None = None        # the frozen-blocks accuracy it was judged against (D3)
+    facts: Mapping[str, Any] = field(default_factory=dict)   # of the measurement, e.g. n_batches
+
+    @property
+    def margin_pp(self) -> float | None:
+        """``value`` over the baseline in percentage points (None without a baseline)."""
+        return None if self.baseline is None else 100.0 * (self.value - self.baseline)
+
+    def to_dict(self) -> dict:
+        """The report's JSON entry: value, [frozen_baseline_acc, margin_pp], threshold, fired, [facts], what."""
+        out: dict[str, Any] = {"value": self.value}
+        if self.baseline is not None:
+            out.update(frozen_baseline_acc=self.baseline, margin_pp=self.margin_pp)
+        return {**out, "threshold": self.threshold, "fired": self.fired, **self.facts, "what": self.what}
+
+
+@dataclass(frozen=True)
+class PerLayer:
+    """The per-layer medians a report shows: ‖h_l‖ and the BP gradient's ‖g_l‖, per hidden state."""
+
+    layers: list[str]
+    hidden_norms: list[float]
+    bp_grad_norms: list[float]
+    aggregate: str
+
+    def to_dict(self) -> dict:
+        return {"layers": self.layers, "hidden_norms": self.hidden_norms, "bp_grad_norms": self.bp_grad_norms,
+                "aggregate": self.aggregate}
+
+
+@dataclass(frozen=True, eq=False)
+class Report(Mapping):
+    """Result of :meth:`FAProtocol.run`: typed fields, e.g. ``report.verdict``,
+    ``report.results["D1"].value``, ``report.per_layer.hidden_norms``.
+
+    It renders as text (``str``), HTML in a notebook, JSON (:meth:`to_json`, whose keys are the
+    stored reports' and the reporting template's) and the filled-in reporting template
+    (:meth:`to_markdown`). It also reads like that JSON, as a mapping (``report["diagnostics"]
+    ["D1_scale_growth"]["value"]``), for code written against earlier versions.
     """
 
-    def __init__(self, data: dict) -> None:
-        self._data = data
+    verdict: str
+    verdict_rule: str
+    verdicts: dict[str, str]             # the verdict under every rule of VERDICT_RULES
+    verdict_on: list[str]
+    fired: list[str]                     # the verdict diagnostics that fired
+    flagged_supplementary: list[str]     # the others that fired
+    mode1: bool
+    results: dict[str, Result | None]    # by diagnostic name, in protocol order
+    per_layer: PerLayer
+    thresholds: Thresholds
+    headline_acc: float
+    headline_acc_source: str
+    frozen_baseline_acc: float | None
+    n_eval: int
 
-    # Mapping protocol
+    def to_dict(self) -> dict:
+        """The report as the nested dict its JSON holds (keys as stored reports have them)."""
+        return {"verdict": self.verdict, "verdict_rule": self.verdict_rule, "verdicts": dict(self.verdicts),
+                "verdict_on": list(self.verdict_on), "fired": list(self.fired),
+                "flagged_supplementary": list(self.flagged_supplementary), "mode1": self.mode1,
+                "diagnostics": {TABLE[n].key if n in TABLE else n: None if r is None else r.to_dict()
+                                for n, r in self.results.items()},
+                "per_layer": self.per_layer.to_dict(), "thresholds": self.thresholds.as_dict(),
+                "headline_acc": self.headline_acc, "headline_acc_source": self.headline_acc_source,
+                "frozen_baseline_acc": self.frozen_baseline_acc, "n_eval": self.n_eval}
+
+    # the mapping view (the JSON's keys)
     def __getitem__(self, k: str) -> Any:
-        return self._data[k]
+        return self.to_dict()[k]
 
     def __iter__(self):
-        return iter(self._data)
+        return iter(self.to_dict())
 
     def __len__(self) -> int:
-        return len(self._data)
-
-    @property
-    def verdict(self) -> str:
-        return self._data["verdict"]
-
-    @property
-    def fired(self) -> list[str]:
-        return list(self._data["fired"])
-
-    @property
-    def mode1(self) -> bool:
-        return bool(self._data["mode1"])
+        return len(self.to_dict())
 
     def as_dict(self) -> dict:
         """The report as plain JSON types (non-finite numbers as the strings 'inf', '-inf', 'nan')."""
@@ -296,38 +351,36 @@ class Report(Mapping):
 
     def to_json(self, **kw) -> str:
         """Strict JSON (no NaN/Infinity literals): a non-finite number is written as 'inf', '-inf' or 'nan'."""
-        return json.dumps(_finite(self._data), allow_nan=False, **kw)
+        return json.dumps(_finite(self.to_dict()), allow_nan=False, **kw)
 
     # -- renderers ------------------------------------------------------------------------
     # Every renderer draws the same two tables, each with one header cell per column:
     # the diagnostics (diagnostic, value, fires if, state) and the per-layer norms.
     def _rows(self) -> list[tuple[str, str, str, str]]:
-        d, th = self._data["diagnostics"], self._data["thresholds"]
         rows = []
-        for name, diag in TABLE.items():
-            v = d.get(diag.key)
-            rule = diag.fires_if.format(th.get(diag.threshold, diag.default))
-            if v is None:
+        for name, r in self.results.items():
+            diag = TABLE[name]
+            rule = diag.fires_if.format(getattr(self.thresholds, diag.threshold))
+            if r is None:
                 rows.append((diag.title, "not evaluated", rule, "-"))
                 continue
-            state = "n/a" if v["fired"] is None else ("FIRES" if v["fired"] else "ok")
-            if name not in self._data["verdict_on"]:
+            state = "n/a" if r.fired is None else ("FIRES" if r.fired else "ok")
+            if name not in self.verdict_on:
                 state += " (not in verdict)"
-            rows.append((diag.title, _fmt(v["value"]), rule, state))
+            rows.append((diag.title, _fmt(r.value), rule, state))
         return rows
 
     DIAG_HEADER = ("diagnostic", "value", "fires if", "state")
 
     def _layer_rows(self) -> tuple[list[str], list[list[str]]]:
-        pl = self._data["per_layer"]
-        header = ["median per sample", *pl["layers"]]
-        return header, [["‖h_l‖", *(_fmt(v) for v in pl["hidden_norms"])],
-                        ["‖g_l‖ (BP)", *(_fmt(v) for v in pl["bp_grad_norms"])]]
+        pl = self.per_layer
+        header = ["median per sample", *pl.layers]
+        return header, [["‖h_l‖", *(_fmt(v) for v in pl.hidden_norms)],
+                        ["‖g_l‖ (BP)", *(_fmt(v) for v in pl.bp_grad_norms)]]
 
     def _verdict_note(self) -> str:
-        rule = self._data.get("verdict_rule", "any")
-        other = {r: v for r, v in self._data.get("verdicts", {}).items() if r != rule}
-        return (f"verdict judged on {'+'.join(self._data['verdict_on'])}, rule {rule!r}"
+        other = {r: v for r, v in self.verdicts.items() if r != self.verdict_rule}
+        return (f"verdict judged on {'+'.join(self.verdict_on)}, rule {self.verdict_rule!r}"
                 + "".join(f"; under {r!r}: {v}" for r, v in other.items()))
 
     def __str__(self) -> str:
@@ -336,8 +389,7 @@ class Report(Mapping):
         lines += _text_table(self.DIAG_HEADER, self._rows())
         lines.append(f"  ({self._verdict_note()})")
         lines += _text_table(*self._layer_rows())
-        pl = self._data["per_layer"]
-        lines.append(f"  ({pl['aggregate']}; {self._data['n_eval']} eval samples)")
+        lines.append(f"  ({self.per_layer.aggregate}; {self.n_eval} eval samples)")
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -345,32 +397,29 @@ class Report(Mapping):
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.verdict == "PASS" else "#b42318"
         mode1 = " &middot; Mode 1 (D1+D2)" if self.mode1 else ""
-        pl = self._data["per_layer"]
         return (f"<div><p><b>FAProtocol verdict: <span style='color:{colour}'>{self.verdict}</span></b>{mode1}</p>"
                 + _html_table(self.DIAG_HEADER, self._rows(), bold_last=True)
                 + f"<p><small>{html.escape(self._verdict_note())}</small></p>"
                 + _html_table(*self._layer_rows())
-                + f"<p><small>{html.escape(pl['aggregate'])}; {self._data['n_eval']} eval samples</small></p></div>")
+                + f"<p><small>{html.escape(self.per_layer.aggregate)}; {self.n_eval} eval samples</small></p></div>")
 
     def to_markdown(self, method: str = "(method)", arch: str = "(architecture)", dataset: str = "(dataset)",
                     seeds: str = "(seeds)", notes: str = "") -> str:
         """The reporting template, filled in with this report's numbers."""
-        d = self._data["diagnostics"]
-        acc = self._data.get("headline_acc")
-        frozen = self._data.get("frozen_baseline_acc")
         lines = [
             f"## Protocol report: {method}", "",
             "| field | value |", "|---|---|",
             f"| method | {method} |", f"| architecture | {arch} |", f"| dataset | {dataset} |", f"| seeds | {seeds} |",
-            f"| headline accuracy | {_fmt(acc)} ({self._data.get('headline_acc_source', '')}) |",
-            f"| frozen-blocks baseline accuracy | {_fmt(frozen)} |",
-            f"| eval samples | {self._data['n_eval']} |",
+            f"| headline accuracy | {_fmt(self.headline_acc)} ({self.headline_acc_source}) |",
+            f"| frozen-blocks baseline accuracy | {_fmt(self.frozen_baseline_acc)} |",
+            f"| eval samples | {self.n_eval} |",
             f"| verdict | **{self.verdict}** |", f"| Mode 1 (D1 and D2) | {'yes' if self.mode1 else 'no'} |", "",
             *_markdown_table(self.DIAG_HEADER, self._rows()), "", f"({self._verdict_note()})", "",
             *_markdown_table(*self._layer_rows()),
         ]
-        if d["C_direction_stability"] is not None:
-            lines.append(f"\nDirection stability over {d['C_direction_stability']['n_batches']} disjoint batches.")
+        c = self.results.get("C")
+        if c is not None:
+            lines.append(f"\nDirection stability over {c.facts['n_batches']} disjoint batches.")
         if notes:
             lines += ["", notes]
         return "\n".join(lines) + "\n"
@@ -476,15 +525,15 @@ class FAProtocol:
                  thresholds: Thresholds | Mapping[str, float] | None = None, layers: Sequence[str] | None = None,
                  batch_size: int = 128, n_batches: int = 10, token: str = "cls", spatial: str = "mean",
                  verdict_on: Sequence[str] = VERDICT_ON, verdict_rule: str = "any") -> None:
-        D.check_xy(x_eval, y_eval)
+        check_xy(x_eval, y_eval)
         self.verdict_rule = check_verdict_rule(verdict_rule)
         bad = [d for d in verdict_on if d not in TABLE]
         if bad or not verdict_on:
             raise ValueError(f"verdict_on={tuple(verdict_on)}: choose a non-empty subset of {tuple(TABLE)}")
         self.verdict_on = tuple(d for d in TABLE if d in verdict_on)
         self.model = model
-        self.tap = D.Tap(model, layers=layers, token=token, spatial=spatial)
-        D.check_against_model(self.tap, x_eval, y_eval)
+        self.tap = Tap(model, layers=layers, token=token, spatial=spatial)
+        check_against_model(self.tap, x_eval, y_eval)
         self.x, self.y = x_eval, y_eval
         self.frozen_baseline_acc = frozen_baseline_acc
         self.headline_acc = headline_acc
@@ -495,45 +544,33 @@ class FAProtocol:
         """Measure and judge. D1/D2 use the whole eval set; C uses its first disjoint batches."""
         frozen = frozen_baseline_acc if frozen_baseline_acc is not None else self.frozen_baseline_acc
         th = self.thresholds
-        snap = D.snapshot(self.model, self.x, self.y, tap=self.tap, batch_size=self.batch_size,
+        snap = snapshot(self.model, self.x, self.y, tap=self.tap, batch_size=self.batch_size,
                           stability_batches=self.n_batches)
         if self.headline_acc is not None:
             snap, acc_src = replace(snap, acc=float(self.headline_acc)), "given"
         else:
             acc_src = f"measured on the {len(self.x)} eval samples"
         facts = {"n_batches": min(self.n_batches, len(self.x) // self.batch_size), "batch_size": self.batch_size}
-        diag = {d.key: _report_entry(d, d.read(snap), th, frozen, facts) for d in TABLE.values()}
-        fired = {n: (diag[d.key] or {}).get("fired") for n, d in TABLE.items()}
-        data = {
-            "verdict": verdict_from(fired, self.verdict_on, self.verdict_rule),
-            "verdict_rule": self.verdict_rule,
-            "verdicts": {r: verdict_from(fired, self.verdict_on, r) for r in VERDICT_RULES},
-            "verdict_on": list(self.verdict_on),
-            "fired": [d for d in self.verdict_on if fired[d]],
-            "flagged_supplementary": [d for d in TABLE if d not in self.verdict_on and fired[d]],
-            "mode1": bool(fired["D1"] and fired["D2"]),
-            "diagnostics": diag,
-            "per_layer": {"layers": self.tap.layer_names, "hidden_norms": snap.hidden_norms,
-                          "bp_grad_norms": snap.bp_grad_norms, "aggregate": snap.aggregate},
-            "thresholds": th.as_dict(),
-            "headline_acc": snap.acc, "headline_acc_source": acc_src,
-            "frozen_baseline_acc": frozen,
-            "n_eval": len(self.x),
-        }
-        return Report(data)
+        results = {n: _result(d, d.read(snap), th, frozen, facts) for n, d in TABLE.items()}
+        fired = {n: None if r is None else r.fired for n, r in results.items()}
+        return Report(
+            verdict=verdict_from(fired, self.verdict_on, self.verdict_rule), verdict_rule=self.verdict_rule,
+            verdicts={r: verdict_from(fired, self.verdict_on, r) for r in VERDICT_RULES},
+            verdict_on=list(self.verdict_on), fired=[d for d in self.verdict_on if fired[d]],
+            flagged_supplementary=[d for d in TABLE if d not in self.verdict_on and fired[d]],
+            mode1=bool(fired["D1"] and fired["D2"]), results=results,
+            per_layer=PerLayer(self.tap.layer_names, snap.hidden_norms, snap.bp_grad_norms, snap.aggregate),
+            thresholds=th, headline_acc=snap.acc, headline_acc_source=acc_src, frozen_baseline_acc=frozen,
+            n_eval=len(self.x))
 
 
-def _report_entry(d: Diagnostic, value: float | None, th: Thresholds, baseline: float | None,
-                  facts: Mapping[str, Any]) -> dict | None:
-    """A report's entry for diagnostic ``d`` (None where it is not evaluated: no value, or no baseline)."""
+def _result(d: Diagnostic, value: float | None, th: Thresholds, baseline: float | None,
+            facts: Mapping[str, Any]) -> Result | None:
+    """Diagnostic ``d``'s :class:`Result` (None where it is not evaluated: no value, or no baseline)."""
     if value is None or (d.needs_baseline and baseline is None):
         return None
-    entry: dict[str, Any] = {"value": value}
-    if d.needs_baseline:
-        entry.update(frozen_baseline_acc=baseline, margin_pp=100.0 * (value - baseline))
-    entry.update(threshold=getattr(th, d.threshold), fired=d.fires(value, th, baseline),
-                 **{k: facts[k] for k in d.details}, what=d.what)
-    return entry
+    return Result(d.name, value, getattr(th, d.threshold), d.fires(value, th, baseline), d.what,
+                  baseline if d.needs_baseline else None, {k: facts[k] for k in d.details})
 
 
 # ---------------------------------------------------------------------------------------
@@ -544,7 +581,7 @@ class Monitor:
 
     In a training loop of your own, call :meth:`update` once per epoch with the model and an
     eval batch: it measures the snapshot itself. Or call it with ``(epoch, record)``, where ``record`` is a
-    :class:`~faeval.diagnostics.Snapshot` (:func:`faeval.diagnostics.snapshot`) or an
+    :class:`~faeval.snapshot.Snapshot` (:func:`faeval.snapshot.snapshot`) or an
     epoch record holding one under the key ``"diag"``. It records the first epoch at which
     D1, D2 and C fire (``first_fired``) and returns True when a diagnostic named in
     ``stop_on`` has fired, so a trainer can stop. :meth:`replay` runs a stored
@@ -554,7 +591,7 @@ class Monitor:
     ``verdict_rule="mode1_or_d3"`` (:data:`VERDICT_RULES`) stops on D1 or D2 only once both
     have fired (Mode 1), at the same or at different epochs; C in ``stop_on`` still stops at once.
     ``d2_batch`` reads D2 at the gradient scale of batches of that many samples
-    (:meth:`~faeval.diagnostics.Snapshot.g_L_at`; the paper's per-epoch logs used about 1,024)
+    (:meth:`~faeval.snapshot.Snapshot.g_L_at`; the paper's per-epoch logs used about 1,024)
     instead of the scale the snapshot was measured at (128).
     """
 
@@ -582,13 +619,13 @@ class Monitor:
         Snapshot, or a Snapshot's stored dict."""
         snap = record.get("diag", record) if isinstance(record, Mapping) else record
         if isinstance(snap, Mapping):
-            snap = D.Snapshot.from_dict(snap)
+            snap = Snapshot.from_dict(snap)
         return {d: TABLE[d].read(snap, batch=self.d2_batch) for d in self.first_fired}
 
     def update(self, model: nn.Module, x_eval: torch.Tensor, y_eval: torch.Tensor, epoch: int, *,
                layers: Sequence[str] | None = None, token: str = "cls", spatial: str = "mean") -> bool:
         """One call per epoch from any training loop: measure the snapshot of ``model`` on
-        ``(x_eval, y_eval)`` (through the same :class:`~faeval.diagnostics.Tap` as
+        ``(x_eval, y_eval)`` (through the same :class:`~faeval.tap.Tap` as
         :class:`FAProtocol`, so ``layers=`` names the hidden states of a model of your own),
         record first firings, and return whether to stop. The snapshot is kept as ``last``.
 
@@ -600,10 +637,10 @@ class Monitor:
         """
         key = (id(model), tuple(layers) if layers is not None else None, token, spatial)
         if getattr(self, "_tap_key", None) != key:
-            self._tap, self._tap_key = D.Tap(model, layers=layers, token=token, spatial=spatial), key
-            D.check_xy(x_eval, y_eval)
-            D.check_against_model(self._tap, x_eval, y_eval)
-        self.last = D.snapshot(model, x_eval, y_eval, tap=self._tap)
+            self._tap, self._tap_key = Tap(model, layers=layers, token=token, spatial=spatial), key
+            check_xy(x_eval, y_eval)
+            check_against_model(self._tap, x_eval, y_eval)
+        self.last = snapshot(model, x_eval, y_eval, tap=self._tap)
         return self(epoch, self.last)
 
     def __call__(self, epoch: int, record) -> bool:

@@ -21,18 +21,24 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import multiprocessing
 import os
+import pickle
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
+import cloudpickle
 import torch
 from tqdm import tqdm
 
+from . import many
 from .config import canonical_config, train_size
-from .models import arch_class
+from .methods import METHODS, method_class
+from .models import ARCHS, arch_class
 from .store import (
     DamagedRunError,
     build_run,
@@ -47,11 +53,11 @@ from .store import (
     train_and_store,
 )
 from .train import Run, progress_bar
-from .usercode import install, ship
 
 log = logging.getLogger("faeval")
 
-__all__ = ["fit_many", "group_key", "group_runs", "default_workers", "dask_executor", "RunFailedError"]
+__all__ = ["fit_many", "group_key", "group_runs", "default_workers", "dask_executor", "RunFailedError", "ship",
+           "install"]
 
 
 class RunFailedError(RuntimeError):
@@ -73,16 +79,12 @@ def describe(cfg: dict) -> str:
             + (f" ({opts})" if opts else ""))
 
 
-#: the config keys that may differ within a vectorised group (besides the data a seed draws)
-_GROUP_FREE = ("seed",)
-_GROUP_FREE_HPARAMS = ("penalty",)
-
-
 def group_key(cfg: dict) -> str:
-    """What must be equal for two runs to train in one vectorised group: everything but the seed and
-    the penalty weight."""
-    rest = {k: v for k, v in cfg.items() if k not in _GROUP_FREE}
-    rest["hparams"] = {k: v for k, v in cfg["hparams"].items() if k not in _GROUP_FREE_HPARAMS}
+    """What must be equal for two runs to train in one vectorised group: everything but the seed (and
+    the data a seed draws) and the rule's ``group_free`` hyperparameters (the penalty weight)."""
+    free = method_class(cfg["method"]).group_free
+    rest = {k: v for k, v in cfg.items() if k != "seed"}
+    rest["hparams"] = {k: v for k, v in cfg["hparams"].items() if k not in free}
     return json.dumps(rest, sort_keys=True)
 
 
@@ -122,8 +124,6 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     runs, :class:`RunFailedError` names every failed run's config and error.
     Returns the runs in the order of ``configs``.
     """
-    from .many import why_not_groupable
-
     cfgs = [canonical_config(**dict(c)) for c in configs]
     paths = [run_dir(cfg, results) for cfg in cfgs]
     todo: dict[Path, int] = {}                     # run dir -> first index asking for it
@@ -139,7 +139,7 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
         key = group_key(cfgs[i])
         if group and key not in verdicts:
             verdicts[key] = ("the vectorised step has no reduced precision" if "precision" in cfgs[i] else
-                             why_not_groupable(build_run(cfgs[i], "cpu" if executor else device, data_root)[1]))
+                             many.why_not_groupable(build_run(cfgs[i], "cpu" if executor else device, data_root)[1]))
         why = verdicts[key] if group else "grouping is off (group=False)"
         keys[i] = None if why else key
         if why and group and len(todo) > 1:
@@ -182,8 +182,6 @@ def _spawn_is_safe() -> bool:
     ``python -m faeval``. A script run as ``python script.py`` is re-imported by every spawned
     worker, which re-runs its top level unless it is guarded by ``if __name__ == "__main__":``;
     such scripts train in-process unless they ask for ``workers=N`` themselves."""
-    import sys
-
     main = sys.modules.get("__main__")
     return getattr(main, "__file__", None) is None or getattr(main.__spec__, "name", "") == "faeval.__main__"
 
@@ -199,18 +197,37 @@ def default_workers(jobs: int) -> int:
 #: below this total _cost (about 15 s of BP training on 2 cores) fit_many trains in its own process
 _WORTH_PROCESSES = 300_000
 
-#: rough cost of a training step relative to BP (benchmarks/step_cost.py), to start long jobs first
-_STEP_COST = {"ep": 6.3, "credit_bridge": 3.5, "state_bridge": 2.3, "frozen": 0.65}
 
 
 def _cost(cfg: dict) -> float:
     scale = arch_class(cfg["arch"]).step_cost(cfg["model"])
-    return cfg["epochs"] * train_size(cfg) * _STEP_COST.get(cfg["method"], 1.0) * scale
+    return cfg["epochs"] * train_size(cfg) * method_class(cfg["method"]).step_cost(cfg["hparams"]) * scale
+
+
+def ship(configs: Iterable[Mapping]) -> bytes | None:
+    """The user classes that canonical ``configs`` need, serialised for a worker process
+    (``None`` when every rule and architecture is faeval's own)."""
+    classes = {}
+    for cfg in configs:
+        for kind, registry in (("method", METHODS), ("arch", ARCHS)):
+            if kind in cfg.get("code", {}):
+                classes[kind, cfg[kind]] = registry[cfg[kind]]
+    if not classes:
+        return None
+    return cloudpickle.dumps(classes)
+
+
+def install(blob: bytes | None) -> None:
+    """Register the classes of :func:`ship` in this process (a worker), replacing any of the same name."""
+    if blob is None:
+        return
+    for (kind, name), cls in pickle.loads(blob).items():
+        (METHODS if kind == "method" else ARCHS)[name] = cls
 
 
 def _ship_user_code(jobs: list[list[int]], cfgs: list[dict]) -> tuple[dict[tuple, bytes | None], list[list[int]]]:
     """``({job: serialised user classes}, jobs to train here)``: each job's rules and architectures defined
-    outside faeval (:func:`faeval.usercode.ship`), for a worker that imports faeval afresh. A job whose
+    outside faeval (:func:`ship`), for a worker that imports faeval afresh. A job whose
     classes cannot be serialised trains in this process instead, and the log says why."""
     code, here = {}, []
     for idx in jobs:
@@ -227,9 +244,7 @@ def _run_job(cfgs: list[dict], results, retrain: bool, device: str | None, data_
              threads: int | None = None, code: bytes | None = None) -> list[str]:
     """Train one job (a single run, or a group as one vectorised model) and store its runs. A run
     that another process stored meanwhile is kept, not trained again (unless ``retrain``). ``code``:
-    the user classes the job needs (:func:`faeval.usercode.ship`), registered here first."""
-    from .many import fit_group, fit_group_splitting
-
+    the user classes the job needs (:func:`ship`), registered here first."""
     install(code)
     if threads:
         torch.set_num_threads(threads)
@@ -251,11 +266,11 @@ def _run_job(cfgs: list[dict], results, retrain: bool, device: str | None, data_
                 [cfgs[i]["seed"] for i in idx], [cfgs[i] for i in idx])
 
     def train(models, methods, datasets, seeds, group_cfgs):
-        return fit_group(models, methods, datasets, c0["epochs"], seeds, batch_size=c0["batch_size"], lr=c0["lr"],
+        return many.fit_group(models, methods, datasets, c0["epochs"], seeds, batch_size=c0["batch_size"], lr=c0["lr"],
                          weight_decay=c0["weight_decay"], eval_n=c0["eval_n"],
                          monitors=[monitor_for(c) for c in group_cfgs], progress=progress, configs=group_cfgs)
 
-    trained = fit_group_splitting(build, list(range(len(cfgs))), train)
+    trained = many.fit_group_splitting(build, list(range(len(cfgs))), train)
     seconds = (time.perf_counter() - start) / len(cfgs)
     return stored + [str(store_run(run, cfgs[i], load_data(cfgs[i], device, data_root), device, seconds,
                                    run_dir(cfgs[i], results), retrain, trained_with=len(trained)).path)
@@ -412,9 +427,6 @@ def _exit_with_parent(parent: int, every: float = 0.5) -> None:
 
 def _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers: int, progress: bool,
                            code: Mapping[tuple, bytes | None]) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     threads = max(1, torch.get_num_threads() // workers)
     root = str(results_dir(results).resolve())
     log.info("training %d job(s) (%d runs) in %d processes of %d thread(s)", len(jobs), sum(map(len, jobs)),

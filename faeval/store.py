@@ -8,7 +8,7 @@ directory holds
 * ``config.json``: the canonical config, its hash, the cache version, and facts that
   are not part of the key (device, torch version, the data's provenance, how long it took);
 * ``history.json``: the per-epoch records of :func:`faeval.train.fit` (each record's
-  :class:`~faeval.diagnostics.Snapshot` as a dict);
+  :class:`~faeval.snapshot.Snapshot` as a dict);
 * ``checkpoint.pt``: the model's weights and the rule's auxiliary state (feedback
   matrices, bridge networks, EMA targets).
 
@@ -235,8 +235,6 @@ def distinguishing_options(cfg: dict) -> str:
     >>> distinguishing_options(canonical_config(method="dfa", width=512, label_noise=0.4, epochs=3))
     'width=512, label_noise=0.4'
     """
-    from .config import canonical_config
-
     try:
         base = canonical_config(method=cfg["method"], arch=cfg["arch"], dataset=cfg["dataset"])
     except (TypeError, ValueError, KeyError):      # e.g. a rule registered in a session that is not this one

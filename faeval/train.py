@@ -9,7 +9,7 @@
   mode), ``seconds`` (training time of the epoch; excluded from comparisons);
 * the rule's own per-step statistics averaged over the epoch (``penalty``,
   ``bridge_loss``, ...);
-* ``diag``: a :class:`~faeval.diagnostics.Snapshot` on a fixed eval batch (the first
+* ``diag``: a :class:`~faeval.snapshot.Snapshot` on a fixed eval batch (the first
   ``eval_n`` test samples): per-layer hidden norms, BP-gradient norms, max block
   growth, g_L, direction stability and per-layer Gamma of the rule's credit.
 
@@ -21,6 +21,7 @@ so far is kept and ``run.stopped`` says why.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -31,13 +32,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import diagnostics as D
 from .config import PRECISIONS
 from .methods import Method, build_method
 from .models import LayeredModel
+from .snapshot import Snapshot, snapshot
 
-__all__ = ["fit", "Run", "evaluate", "adamw", "AdamW", "fused_kernel_ok", "epoch_record", "stop_reason", "non_finite",
-           "progress_bar", "check_fit_args", "history_to_json", "history_from_json"]
+__all__ = ["fit", "Run", "EpochRecord", "evaluate", "adamw", "AdamW", "fused_kernel_ok", "epoch_record", "stop_reason",
+           "non_finite", "progress_bar", "check_fit_args", "history_to_json", "history_from_json"]
 
 
 @dataclass
@@ -46,26 +47,26 @@ class Run:
 
     model: LayeredModel
     method: Method
-    history: list[dict]
+    history: list[EpochRecord]
     config: dict = field(default_factory=dict)
     stopped: str | None = None
     path: Path | None = None
     from_cache: bool = False
 
     @property
-    def final(self) -> dict:
+    def final(self) -> EpochRecord:
         """The last history record."""
         return self.history[-1]
 
     @property
     def test_acc(self) -> float:
-        return self.final["test_acc"]
+        return self.final.test_acc
 
     def summary(self) -> str:
         """One line: method, epochs, accuracy, the final diagnostics."""
-        f, d = self.final, self.final["diag"]
-        parts = [f"{self.method.name}", f"epoch {f['epoch']}", f"step {f['step']}",
-                 f"test_acc {f['test_acc']:.4f}", f"|h_L| {d.h_L:.3g}",
+        f, d = self.final, self.final.diag
+        parts = [f"{self.method.name}", f"epoch {f.epoch}", f"step {f.step}",
+                 f"test_acc {f.test_acc:.4f}", f"|h_L| {d.h_L:.3g}",
                  f"max growth {d.max_block_growth:.3g}", f"g_L {d.g_L:.3g}"]
         if d.gamma is not None:
             parts.append("Gamma " + "/".join("none" if math.isnan(g) else f"{g:+.2f}" for g in d.gamma))
@@ -133,11 +134,11 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
     aux = method.aux_parameters()
     opt_fb = adamw(aux, lr=lr_fb, weight_decay=weight_decay) if aux else None
 
-    history: list[dict] = []
+    history: list[EpochRecord] = []
     stopped = None
     step = 0
 
-    def record(epoch: int, sums: dict, n_batches: int, n_seen: int, seconds: float) -> dict:
+    def record(epoch: int, sums: dict, n_batches: int, n_seen: int, seconds: float) -> EpochRecord:
         return epoch_record(model, method, dataset, (x_eval, y_eval), epoch, step, sums, n_batches, n_seen, seconds)
 
     steps_per_epoch = math.ceil(dataset.n_train / batch_size)
@@ -180,8 +181,8 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
             if bad and not stopped:
                 stopped = f"non-finite {bad} at epoch {epoch}, step {step}"
             rec = record(epoch, {k: float(v) for k, v in sums.items()}, n_batches, n_seen, seconds)
-            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", acc=f"{rec['train_acc']:.3f}",
-                            test_acc=f"{rec['test_acc']:.3f}", refresh=False)
+            bar.set_postfix(loss=f"{rec.train_loss:.3f}", acc=f"{rec.train_acc:.3f}",
+                            test_acc=f"{rec.test_acc:.3f}", refresh=False)
             stopped = stop_reason(rec, epoch, monitor, stopped)
             history.append(rec)
     finally:
@@ -282,8 +283,6 @@ def fused_kernel_ok(device_type: str = "cpu") -> bool:
     """Whether :class:`AdamW`'s direct call of ``torch._fused_adamw_`` works on this torch and device type and
     gives AdamW's update (checked once per process: 3 steps on a 3x4 tensor against :func:`_adamw_reference`)."""
     if device_type not in _KERNEL_OK:
-        import logging
-
         g = torch.Generator().manual_seed(0)            # a fixed probe, not one of a run's random streams
         init, grads = torch.randn(3, 4, generator=g), [torch.randn(3, 4, generator=g) for _ in range(3)]
         want = _adamw_reference(init.double(), [x.double() for x in grads], lr=0.1, weight_decay=0.01)
@@ -338,33 +337,82 @@ def check_fit_args(epochs, batch_size, lr, lr_fb, weight_decay, eval_n) -> None:
             raise ValueError(f"{name}={v!r}: must be {rng}")
 
 
+@dataclass(eq=False)
+class EpochRecord(Mapping):
+    """One record of a run's history (the module docstring lists its fields).
+
+    ``stats`` holds the rule's own per-step statistics averaged over the epoch (``penalty``,
+    ``bridge_loss``, ...); ``stopped`` is set on the last record of a run that ended early. It also
+    reads as the mapping the run store's ``history.json`` holds (``rec["test_acc"]``, ``rec["diag"]``,
+    a statistic by its name), for code written against a history of dicts.
+    """
+
+    epoch: int
+    step: int
+    train_loss: float | None
+    train_acc: float | None
+    test_loss: float
+    test_acc: float
+    seconds: float
+    diag: Snapshot
+    stats: dict[str, float] = field(default_factory=dict)
+    stopped: str | None = None
+
+    _FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+
+    def _items(self) -> dict:
+        out = {k: getattr(self, k) for k in self._FIELDS}
+        out.update(self.stats)
+        out["diag"] = self.diag
+        if self.stopped is not None:
+            out["stopped"] = self.stopped
+        return out
+
+    def __getitem__(self, k: str):
+        return self._items()[k]
+
+    def __iter__(self):
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def to_json(self) -> dict:
+        """Plain JSON types, in the stored order (the Snapshot as a dict)."""
+        return {**self._items(), "diag": self.diag.to_dict()}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> EpochRecord:
+        """The inverse of :meth:`to_json` (every key it does not know is one of the rule's statistics)."""
+        known = {*cls._FIELDS, "diag", "stopped"}
+        return cls(**{k: d.get(k) for k in cls._FIELDS}, diag=Snapshot.from_dict(d["diag"]),
+                   stats={k: v for k, v in d.items() if k not in known}, stopped=d.get("stopped"))
+
+
 def epoch_record(model, method, dataset, eval_xy, epoch: int, step: int, sums: dict, n_batches: int, n_seen: int,
-                 seconds: float) -> dict:
+                 seconds: float) -> EpochRecord:
     """One history record: the epoch's running train loss/accuracy (from ``sums``), the whole test
     split's loss/accuracy, the rule's averaged statistics and the diagnostic snapshot on ``eval_xy``."""
     test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
     sums = dict(sums)
     loss, correct = sums.pop("loss", 0.0), sums.pop("correct", 0)
-    rec = {"epoch": epoch, "step": step,
-           "train_loss": loss / n_batches if n_batches else None,
-           "train_acc": correct / n_seen if n_seen else None,
-           "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds}
-    rec.update({k: v / n_batches for k, v in sums.items() if n_batches})
-    rec["diag"] = D.snapshot(model, *eval_xy, credit_fn=method.credit)
-    return rec
+    return EpochRecord(epoch=epoch, step=step, train_loss=loss / n_batches if n_batches else None,
+                       train_acc=correct / n_seen if n_seen else None, test_loss=test_loss, test_acc=test_acc,
+                       seconds=seconds, diag=snapshot(model, *eval_xy, credit_fn=method.credit),
+                       stats={k: v / n_batches for k, v in sums.items() if n_batches})
 
 
-def stop_reason(rec: dict, epoch: int, monitor: Callable[[int, Mapping], bool] | None,
+def stop_reason(rec: EpochRecord, epoch: int, monitor: Callable[[int, Mapping], bool] | None,
                 stopped: str | None = None) -> str | None:
     """Why a run stops after its epoch record ``rec`` (``None``: it goes on), also written to
-    ``rec["stopped"]``: ``stopped`` (a non-finite training loss), else a non-finite hidden
+    ``rec.stopped``: ``stopped`` (a non-finite training loss), else a non-finite hidden
     state, else the monitor asking to stop."""
-    if not stopped and not all(math.isfinite(h) for h in rec["diag"].hidden_norms):
+    if not stopped and not all(math.isfinite(h) for h in rec.diag.hidden_norms):
         stopped = f"non-finite hidden state at epoch {epoch}"
     if not stopped and monitor is not None and monitor(epoch, rec):
         stopped = f"monitor stopped the run at epoch {epoch}"
     if stopped:
-        rec["stopped"] = stopped
+        rec.stopped = stopped
     return stopped
 
 
@@ -387,11 +435,11 @@ def progress_bar(total: int, desc: str, enabled: bool, unit: str = "step", **kw)
     return tqdm(total=total, desc=desc, disable=not enabled, unit=unit, leave=False, dynamic_ncols=True, **kw)
 
 
-def history_to_json(history: list[dict]) -> list[dict]:
+def history_to_json(history: list[EpochRecord]) -> list[dict]:
     """A history as plain JSON types (each record's Snapshot as a dict), for the run store."""
-    return [{**rec, "diag": rec["diag"].to_dict()} for rec in history]
+    return [rec.to_json() for rec in history]
 
 
-def history_from_json(records: list[dict]) -> list[dict]:
-    """The inverse of :func:`history_to_json`: each record's ``diag`` read back into a Snapshot."""
-    return [{**rec, "diag": D.Snapshot.from_dict(rec["diag"])} for rec in records]
+def history_from_json(records: list[dict]) -> list[EpochRecord]:
+    """The inverse of :func:`history_to_json`."""
+    return [EpochRecord.from_json(rec) for rec in records]

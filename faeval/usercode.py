@@ -15,8 +15,8 @@ own module that its code refers to by name (a helper in another cell). Moving a 
 editing a comment does not change it; changing a line of code does.
 
 Worker processes import faeval afresh and would not know a class defined in a cell:
-:func:`ship` serialises the user classes a set of run configs needs (by value, with
-cloudpickle, for classes of ``__main__``) and :func:`install` registers them in the
+:func:`faeval.schedule.ship` serialises the user classes a set of run configs needs (by value, with
+cloudpickle, for classes of ``__main__``) and :func:`faeval.schedule.install` registers them in the
 worker, so ``fit_many(workers=N)`` and any ``executor=`` (Dask's) train them.
 
 >>> import faeval
@@ -42,13 +42,12 @@ False
 from __future__ import annotations
 
 import hashlib
-import pickle
 import sys
 import types
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-__all__ = ["fingerprint", "is_user_code", "code_key", "ship", "install", "RegisteredAgainWarning",
+__all__ = ["fingerprint", "is_user_code", "code_key", "RegisteredAgainWarning",
            "warn_if_changed"]
 
 #: libraries whose classes and functions are not user code (never fingerprinted)
@@ -182,34 +181,3 @@ def warn_if_changed(kind: str, name: str, old: type | None, new: type) -> None:
         warnings.warn(f"{kind} {name!r} is registered again with different code (fingerprint "
                       f"{before or 'faeval'} -> {after or 'faeval'}): its runs are trained and stored anew, "
                       "and the old code's runs stay in the store", RegisteredAgainWarning, stacklevel=3)
-
-
-def ship(configs: Iterable[Mapping]) -> bytes | None:
-    """The user classes that canonical ``configs`` need, serialised for a worker process
-    (``None`` when every rule and architecture is faeval's own)."""
-    # imported here: faeval.methods imports this module
-    from .methods.base import METHODS
-    from .models import ARCHS
-
-    classes = {}
-    for cfg in configs:
-        for kind, registry in (("method", METHODS), ("arch", ARCHS)):
-            if kind in cfg.get("code", {}):
-                classes[kind, cfg[kind]] = registry[cfg[kind]]
-    if not classes:
-        return None
-    import cloudpickle
-
-    return cloudpickle.dumps(classes)
-
-
-def install(blob: bytes | None) -> None:
-    """Register the classes of :func:`ship` in this process (a worker), replacing any of the same name."""
-    if blob is None:
-        return
-    # imported here: faeval.methods imports this module
-    from .methods.base import METHODS
-    from .models import ARCHS
-
-    for (kind, name), cls in pickle.loads(blob).items():
-        (METHODS if kind == "method" else ARCHS)[name] = cls

@@ -76,8 +76,8 @@ def test_where_dfa_fires_the_stop_probe_reports_the_stop_not_a_horizon(monkeypat
     the quick profile): the reason gives the stop and the accuracies, never 'no firing within the horizon'."""
     from types import SimpleNamespace
 
-    from faeval.diagnostics import Snapshot
     from faeval.profiles import get_profile
+    from faeval.snapshot import Snapshot
 
     def run(growths, accs):
         return SimpleNamespace(history=[

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import faeval
 from faeval import diagnostics as D
-from faeval.diagnostics import MissingAuxStateError
+from faeval.errors import MissingAuxStateError
 from faeval.methods import METHODS, LocalRule, UnsupportedArchError, build_method, register_method
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from faeval import pitfalls as P
-from faeval.diagnostics import MissingAuxStateError, gamma_per_layer
+from faeval.diagnostics import gamma_per_layer
+from faeval.errors import MissingAuxStateError
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 from faeval import claims as C
 from faeval.calibration import first_firing, summarise
 from faeval.config import canonical_config
-from faeval.diagnostics import Snapshot
 from faeval.profiles import PROFILES, get_profile
+from faeval.snapshot import Snapshot
 
 
 # --------------------------------------------------------------------------- profiles

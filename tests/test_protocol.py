@@ -10,6 +10,9 @@ import torch.nn.functional as F
 from faeval import FAProtocol, Monitor, build_model
 from faeval import diagnostics as D
 from faeval.analysis import decision_utility_ablation, row_from_report, threshold_sensitivity
+from faeval.errors import MissingAuxStateError
+from faeval.snapshot import Snapshot, snapshot
+from faeval.tap import Tap
 
 
 def _data(n=1280, shape=(1, 28, 28), seed=1):
@@ -173,7 +176,7 @@ def test_gamma_of_a_rule_without_aux_state_raises(xy):
         def credit(self, x, y):
             return None if self.feedback is None else [f(x) for f in self.feedback]
 
-    with pytest.raises(D.MissingAuxStateError):
+    with pytest.raises(MissingAuxStateError):
         D.gamma_of(NoFeedback(), m, x[:64], y[:64])
     with pytest.raises(TypeError, match="no credit"):
         D.gamma_of(object(), m, x[:64], y[:64])
@@ -223,7 +226,7 @@ def test_foreign_sequential_via_layers_matches_resmlp(xy):
         assert r1["diagnostics"][k]["value"] == pytest.approx(r2["diagnostics"][k]["value"], rel=1e-6)
     assert r1["verdict"] == r2["verdict"]
     _, g1, _ = D.bp_grads(m, x[:64], y[:64])
-    tap = D.Tap(seq, layers=["0", "1", "2", "3", "4"])
+    tap = Tap(seq, layers=["0", "1", "2", "3", "4"])
     rho1 = D.perturbation_rho(m, x[:64], y[:64], g1, n_directions=4)
     rho2 = D.perturbation_rho(seq, x[:64], y[:64], g1, n_directions=4, tap=tap)
     assert rho1 == pytest.approx(rho2, abs=1e-6)
@@ -322,10 +325,10 @@ def test_bad_inputs(xy):
     with pytest.raises(ValueError, match="eval set is empty"):
         FAProtocol(m, x[:0], y[:0])
     with pytest.raises(ValueError, match="eval set is empty"):
-        D.snapshot(m, x[:0], y[:0])
+        snapshot(m, x[:0], y[:0])
     with pytest.raises(ValueError, match="unknown threshold"):
         FAProtocol(m, x, y, thresholds={"d1": 3})
-    with pytest.raises(D.MissingAuxStateError, match="never substituted"):
+    with pytest.raises(MissingAuxStateError, match="never substituted"):
         D.gamma_per_layer(None, [torch.zeros(2, 3)])
     with pytest.raises(ValueError, match="half precision"):
         D.bp_grads(_resmlp().half(), x[:8].half(), y[:8])
@@ -376,7 +379,7 @@ def _history():
     m = _resmlp()
     hist = []
     for epoch in range(6):
-        hist.append({"epoch": epoch, "diag": D.snapshot(m, x, y)})
+        hist.append({"epoch": epoch, "diag": snapshot(m, x, y)})
         with torch.no_grad():
             for b in m.blocks:
                 b.w2.weight.mul_(30.0)
@@ -401,7 +404,7 @@ def test_monitor_online_equals_replay_and_stops():
 def test_snapshot_keys_match_protocol(xy):
     x, y = xy
     m = _resmlp()
-    snap = D.snapshot(m, x, y)
+    snap = snapshot(m, x, y)
     r = FAProtocol(m, x, y).run()
     assert D.median_hidden_norms(m, x) == r["per_layer"]["hidden_norms"]
     assert D.median_bp_grad_norms(m, x, y) == r["per_layer"]["bp_grad_norms"]
@@ -414,7 +417,7 @@ def test_snapshot_keys_match_protocol(xy):
     _, full, _ = D.bp_grads(m, x, y)                               # one batch of 1280: other 1/B scale
     credit = [g + 0.5 * g.std() * torch.randn_like(g) for g in full]
     expect = D.gamma_per_layer(credit, full).mean
-    assert D.snapshot(m, x, y, credit=credit).gamma == pytest.approx(expect, rel=1e-6)   # float32 grads
+    assert snapshot(m, x, y, credit=credit).gamma == pytest.approx(expect, rel=1e-6)   # float32 grads
 
 
 # -- analysis helpers ---------------------------------------------------------------------
@@ -472,9 +475,9 @@ def test_a_layer_without_credit_has_no_gamma_not_zero_gamma():
     assert gam.mean[3] > 0.9 and gam.mean[4] > 0.9
     assert gam.deep_mean() == pytest.approx((gam.mean[3] + gam.mean[4]) / 2)
     assert gam.layer_mean() == pytest.approx(gam.deep_mean())
-    snap = D.snapshot(model, x, y, credit_fn=rule.credit)
+    snap = snapshot(model, x, y, credit_fn=rule.credit)
     assert snap.no_credit == [0, 1, 2] and snap.deep_gamma == pytest.approx(gam.deep_mean())
-    assert D.Snapshot.from_dict(json.loads(json.dumps(snap.to_dict()))).no_credit == [0, 1, 2]
+    assert Snapshot.from_dict(json.loads(json.dumps(snap.to_dict()))).no_credit == [0, 1, 2]
     # with enough steps every layer gets credit again
     full = D.gamma_of(build_method("ep", model, steps=10, beta=0.5), model, x, y)
     assert full.no_credit == [] and min(full.mean) > 0.9
@@ -499,7 +502,7 @@ def test_the_two_verdict_rules():
 
 
 def _snap(growth, g_L):
-    return D.Snapshot(hidden_norms=[1.0, growth], bp_grad_norms=[1.0, g_L], max_block_growth=growth, g_L=g_L,
+    return Snapshot(hidden_norms=[1.0, growth], bp_grad_norms=[1.0, g_L], max_block_growth=growth, g_L=g_L,
                       stability=0.0, loss=1.0, acc=0.5, aggregate="test")
 
 
@@ -523,7 +526,7 @@ def test_g_L_at_another_batch_scale_equals_measuring_at_that_scale(arch):
     model = build_model(arch, (1, 28, 28), 10, seed=1, **opts)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(1024, 1, 28, 28, generator=g), torch.randint(10, (1024,), generator=g)
-    snap = D.snapshot(model, x, y)
+    snap = snapshot(model, x, y)
     at_1024 = D.measure(model, x, y, batch_size=1024)["bp_grad_norms"][-1]
     assert snap.batch_size == 128
     assert snap.g_L_at(1024) == pytest.approx(at_1024, rel=1e-4) and at_1024 < snap.g_L / 7.9
@@ -635,7 +638,7 @@ def test_monitor_update_stops_a_plain_pytorch_loop_at_the_epoch_d1_fires():
         with torch.no_grad():                    # the residual stream is made to blow up, 4x per epoch
             net.stages[1].f[2].weight.mul_(4.0)
             net.stages[1].f[2].bias.mul_(4.0)
-        tap = D.Tap(net, layers=layers)
+        tap = Tap(net, layers=layers)
         growth.append(D.max_block_growth(D.measure(net, x, y, tap=tap)["hidden_norms"]))
         if monitor.update(net, x, y, epoch, layers=layers):
             break

@@ -21,7 +21,8 @@ import faeval
 from faeval import config, store
 from faeval.methods.dfa import DFA
 from faeval.profiles import get_profile
-from faeval.usercode import RegisteredAgainWarning, fingerprint, install, ship
+from faeval.schedule import install, ship
+from faeval.usercode import RegisteredAgainWarning, fingerprint
 
 SMALL = dict(dataset="synthetic", d=16, n_train=512, n_test=64, width=16, depth=2, eval_n=64, epochs=1)
 
@@ -126,7 +127,8 @@ def test_shipped_classes_register_in_a_fresh_process(registered, tmp_path):
     assert ship([config.canonical_config(method="dfa", **SMALL)]) is None
     script = textwrap.dedent(f"""
         import sys, faeval
-        from faeval.usercode import install, fingerprint
+        from faeval.schedule import install
+        from faeval.usercode import fingerprint
         assert "scaled_test" not in faeval.METHODS
         install(open({str(tmp_path / 'blob')!r}, 'rb').read())
         print(fingerprint(faeval.METHODS["scaled_test"]))

@@ -29,7 +29,7 @@ A rule is a small class, registered by name (also from a notebook cell):
 * ``method.aux_state()`` / ``method.load_aux_state(state)``: feedback matrices and
   bridge networks, saved with every checkpoint. A rule built with
   ``init_aux=False`` has none until loaded, and its ``credit`` raises
-  :class:`~faeval.diagnostics.MissingAuxStateError`: the BP gradient is never
+  :class:`~faeval.errors.MissingAuxStateError`: the BP gradient is never
   substituted.
 
 Conventions shared by all local rules (the book's assumptions page, "Learning rules"):
@@ -45,14 +45,14 @@ every rule but ``frozen``, which trains none); the embedding and the readout alw
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import grad as func_grad
 
-from ..diagnostics import MissingAuxStateError
+from ..errors import MissingAuxStateError
 from ..models import LayeredModel
 from ..names import check_known
 from ..seeds import generator
@@ -153,6 +153,18 @@ class Method:
 
     name = "method"
     ungroupable: str | None = "it does not declare that it can be grouped (ungroupable = None on its class)"
+    #: the hyperparameters that may differ between the runs of one vectorised group
+    group_free: tuple[str, ...] = ("penalty",)
+    #: constructor arguments that do not change what a run trains, so not part of its key
+    not_keyed: tuple[str, ...] = ("seed", "init_aux")
+    #: a training step's cost relative to a BP step on the same model (``benchmarks/step_cost.py``)
+    relative_cost: float = 1.0
+
+    @classmethod
+    def step_cost(cls, hparams: Mapping) -> float:
+        """A step's estimated cost relative to BP's, for the scheduler (longest runs first) and the
+        progress bar; ``hparams``: the run's keyed hyperparameters."""
+        return cls.relative_cost
 
     def __init__(self, model: nn.Module, *, seed: int = 0, penalty: float = 0.0,
                  trainable_blocks: int | None = None, init_aux: bool = True, head_lr: float = 1.0) -> None:

@@ -36,6 +36,8 @@ class BP(Method):
 class Frozen(BP):
     """The D3 baseline: blocks frozen at init; embedding, out_ln and out_head trained with BP."""
 
+    relative_cost = 0.65      # only the embedding, terminal LN and head train
+
     def __init__(self, model, *, seed: int = 0, penalty: float = 0.0, init_aux: bool = True,
                  head_lr: float = 1.0) -> None:
         super().__init__(model, seed=seed, penalty=penalty, trainable_blocks=0, init_aux=init_aux, head_lr=head_lr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..diagnostics import MissingAuxStateError
+from ..errors import MissingAuxStateError
 from ..seeds import seeded
 from .base import LocalRule, check_range
 

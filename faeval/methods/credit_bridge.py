@@ -38,6 +38,8 @@ class CreditBridge(BridgeRule):
     first step.
     """
 
+    relative_cost = 3.5
+
     needs_top_grad = True
 
     def __init__(self, model, *, K: int = 4, sigma: float = 0.05, lam: float = 0.1, ema: float = 0.995,

@@ -37,6 +37,11 @@ class EP(LocalRule):
     """
 
     ungroupable = "it relaxes its states with torch.autograd.grad in an inner loop, which cannot be vectorised"
+
+    @classmethod
+    def step_cost(cls, hparams) -> float:
+        """6.3 BP steps at the default 10 nudged steps, 80% of it in the nudged phase (``benchmarks/precision.py``)."""
+        return 1.26 + 0.504 * hparams.get("steps", 10)
     #: the first relaxation step reads only the nudge (the energy's gradient is zero at the free states)
     skip_free_energy = True
 

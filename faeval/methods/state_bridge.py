@@ -25,6 +25,9 @@ class StateBridge(BridgeRule):
     saved); the true forward map gives exactly the BP gradient.
     """
 
+    relative_cost = 2.3
+    not_keyed = ("seed", "init_aux", "predictor")     # a callable standing in for G cannot be keyed
+
     needs_top_grad = True
 
     def __init__(self, model, *, hidden: int = 256, layers: int = 3, cond: str = "eT",
