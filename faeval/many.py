@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -39,7 +38,17 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .methods import Method
-from .train import EpochRecord, Run, adamw, check_fit_args, epoch_record, non_finite, progress_bar, stop_reason
+from .train import (
+    EpochRecord,
+    Run,
+    adamw,
+    check_fit_args,
+    epoch_loop,
+    epoch_record,
+    non_finite,
+    progress_bar,
+    stop_reason,
+)
 
 __all__ = ["fit_group", "fit_group_splitting", "why_not_groupable"]
 
@@ -204,7 +213,6 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
     evals = [ds.eval_batch(min(eval_n, ds.n_test)) for ds in datasets]
     histories: list[list[EpochRecord]] = [[] for _ in range(R)]
     stopped: list[str | None] = [None] * R
-    step = 0
 
     def sync_back():
         with torch.no_grad():
@@ -213,7 +221,7 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
                 for n in names:
                     own[n].copy_(train_p[n][r])
 
-    def records(epoch, sums, n_batches, n_seen, seconds):
+    def records(epoch, sums, n_batches, n_seen, seconds, step):
         for r in range(R):
             if stopped[r]:
                 continue
@@ -226,42 +234,42 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
             stopped[r] = stop_reason(rec, epoch, monitors[r], bad and f"non-finite {bad} at epoch {epoch}, step {step}")
             histories[r].append(rec)
 
+    def batches(epoch):
+        for model in models:
+            model.train()
+        return zip(*[ds.batches(batch_size, seed=s, epoch=epoch) for ds, s in zip(datasets, seeds)])
+
+    first = [True]
+
+    def one_step(batch):
+        x = torch.stack([b[0] for b in batch])
+        y = torch.stack([b[1] for b in batch])
+        opt.zero_grad()
+        try:
+            losses, stats = vectorised(train_p, fixed, x, y, batched)
+        except RuntimeError as err:
+            if not first[0] or _is_oom(err):       # an OOM splits the group (fit_group_splitting)
+                raise
+            raise ValueError(f"method {methods[0].name!r} cannot train in a vectorised group: {err}. "
+                             "Set `ungroupable = '<why>'` on its class, or pass group=False") from err
+        first[0] = False
+        losses.sum().backward(inputs=trained)
+        opt.step()
+        return stats, y.shape[1]
+
+    def end_epoch(epoch, t):
+        seconds = t.seconds / R
+        sync_back()
+        records(epoch, t.sums, t.n_batches, t.n_seen, seconds, t.step)
+        bar.set_postfix(loss=f"{float(t.sums['loss'].mean()) / t.n_batches:.3f}", refresh=False)
+        return all(stopped)
+
     steps_per_epoch = math.ceil(datasets[0].n_train / batch_size)
     bar = progress_bar(epochs * steps_per_epoch, f"{methods[0].name} x{R} {models[0].arch}", progress)
     try:
-        records(0, {}, 0, 0, 0.0)
-        for epoch in range(1, epochs + 1):
-            if all(stopped):
-                break
-            for model in models:
-                model.train()
-            sums: dict[str, torch.Tensor] = {}
-            n_batches = n_seen = 0
-            start = time.perf_counter()
-            iters = [ds.batches(batch_size, seed=s, epoch=epoch) for ds, s in zip(datasets, seeds)]
-            for batch in zip(*iters):
-                x = torch.stack([b[0] for b in batch])
-                y = torch.stack([b[1] for b in batch])
-                opt.zero_grad()
-                try:
-                    losses, stats = vectorised(train_p, fixed, x, y, batched)
-                except RuntimeError as err:
-                    if step or _is_oom(err):       # an OOM splits the group (fit_group_splitting)
-                        raise
-                    raise ValueError(f"method {methods[0].name!r} cannot train in a vectorised group: {err}. "
-                                     "Set `ungroupable = '<why>'` on its class, or pass group=False") from err
-                losses.sum().backward(inputs=trained)
-                opt.step()
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v.double()
-                n_batches += 1
-                n_seen += y.shape[1]
-                step += 1
-                bar.update(1)
-            seconds = (time.perf_counter() - start) / R
-            sync_back()
-            records(epoch, sums, n_batches, n_seen, seconds)
-            bar.set_postfix(loss=f"{float(sums['loss'].mean()) / n_batches:.3f}", refresh=False)
+        records(0, {}, 0, 0, 0.0, 0)
+        if not all(stopped):
+            epoch_loop(epochs, batches, one_step, end_epoch, bar=bar)
     finally:
         bar.close()
     sync_back()

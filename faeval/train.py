@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +37,9 @@ from .methods import Method, build_method
 from .models import LayeredModel
 from .snapshot import Snapshot, snapshot
 
-__all__ = ["fit", "Run", "EpochRecord", "evaluate", "adamw", "AdamW", "fused_kernel_ok", "epoch_record", "stop_reason",
-           "non_finite", "progress_bar", "check_fit_args", "history_to_json", "history_from_json"]
+__all__ = ["fit", "Run", "EpochRecord", "EpochTotals", "epoch_loop", "evaluate", "adamw", "AdamW", "fused_kernel_ok",
+           "epoch_record", "stop_reason", "non_finite", "progress_bar", "check_fit_args", "history_to_json",
+           "history_from_json"]
 
 
 @dataclass
@@ -136,55 +137,45 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
 
     history: list[EpochRecord] = []
     stopped = None
-    step = 0
 
-    def record(epoch: int, sums: dict, n_batches: int, n_seen: int, seconds: float) -> EpochRecord:
-        return epoch_record(model, method, dataset, (x_eval, y_eval), epoch, step, sums, n_batches, n_seen, seconds)
+    def batches(epoch: int):
+        model.train()
+        return dataset.batches(batch_size, seed=seed, epoch=epoch)
+
+    def one_step(batch) -> tuple[dict, int]:
+        x, y = batch
+        opt.zero_grad(set_to_none=True)
+        if opt_fb is not None:
+            opt_fb.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=low, enabled=low is not None):
+            stats = method.step(x, y)
+        opt.step()
+        if opt_fb is not None:
+            opt_fb.step()
+        method.after_step()
+        return stats, len(y)
+
+    def end_epoch(epoch: int, t: EpochTotals) -> bool:
+        nonlocal stopped
+        bad = non_finite(t.sums)
+        rec = epoch_record(model, method, dataset, (x_eval, y_eval), epoch, t.step,
+                           {k: float(v) for k, v in t.sums.items()}, t.n_batches, t.n_seen, t.seconds)
+        bar.set_postfix(loss=f"{rec.train_loss:.3f}", acc=f"{rec.train_acc:.3f}", test_acc=f"{rec.test_acc:.3f}",
+                        refresh=False)
+        why = t.stop or (f"non-finite {bad} at epoch {epoch}, step {t.step}" if bad else None)
+        stopped = stop_reason(rec, epoch, monitor, why)
+        history.append(rec)
+        return bool(stopped)
 
     steps_per_epoch = math.ceil(dataset.n_train / batch_size)
     method.start_training(epochs * steps_per_epoch)
     bar = progress_bar(epochs * steps_per_epoch, f"{method.name} {model.arch}", progress)
     try:
-        history.append(record(0, {}, 0, 0, 0.0))
+        history.append(epoch_record(model, method, dataset, (x_eval, y_eval), 0, 0, {}, 0, 0, 0.0))
         if monitor is not None and monitor(0, history[-1]):
             stopped = "monitor stopped the run at epoch 0"
-        for epoch in range(1, epochs + 1):
-            if stopped:
-                break
-            model.train()
-            sums: dict[str, torch.Tensor | float] = {}
-            n_batches = n_seen = 0
-            start = time.perf_counter()
-            for x, y in dataset.batches(batch_size, seed=seed, epoch=epoch):
-                opt.zero_grad(set_to_none=True)
-                if opt_fb is not None:
-                    opt_fb.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=low, enabled=low is not None):
-                    stats = method.step(x, y)
-                opt.step()
-                if opt_fb is not None:
-                    opt_fb.step()
-                method.after_step()
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach().double()
-                n_batches += 1
-                n_seen += len(y)
-                step += 1
-                bar.update(1)
-                if check_every and n_batches % check_every == 0:
-                    bad = non_finite(sums)
-                    if bad:
-                        stopped = f"non-finite {bad} at epoch {epoch}, step {step}"
-                        break
-            seconds = time.perf_counter() - start
-            bad = non_finite(sums)
-            if bad and not stopped:
-                stopped = f"non-finite {bad} at epoch {epoch}, step {step}"
-            rec = record(epoch, {k: float(v) for k, v in sums.items()}, n_batches, n_seen, seconds)
-            bar.set_postfix(loss=f"{rec.train_loss:.3f}", acc=f"{rec.train_acc:.3f}",
-                            test_acc=f"{rec.test_acc:.3f}", refresh=False)
-            stopped = stop_reason(rec, epoch, monitor, stopped)
-            history.append(rec)
+        if not stopped:
+            epoch_loop(epochs, batches, one_step, end_epoch, bar=bar, check_every=check_every)
     finally:
         bar.close()
     model.eval()
@@ -387,6 +378,53 @@ class EpochRecord(Mapping):
         known = {*cls._FIELDS, "diag", "stopped"}
         return cls(**{k: d.get(k) for k in cls._FIELDS}, diag=Snapshot.from_dict(d["diag"]),
                    stats={k: v for k, v in d.items() if k not in known}, stopped=d.get("stopped"))
+
+
+@dataclass
+class EpochTotals:
+    """What one epoch's training steps add up to, for :func:`epoch_loop`'s ``end_epoch``: the step
+    statistics summed on the device in float64, batches, samples, seconds, the steps so far, and
+    ``stop``: why the epoch ended early (a non-finite statistic caught by ``check_every``), else None."""
+
+    sums: dict[str, torch.Tensor]
+    n_batches: int
+    n_seen: int
+    seconds: float
+    step: int
+    stop: str | None = None
+
+
+def epoch_loop(epochs: int, batches: Callable[[int], Iterable], step: Callable[[object], tuple[Mapping, int]],
+               end_epoch: Callable[[int, EpochTotals], bool], *, bar, check_every: int | None = None) -> None:
+    """The epoch loop that :func:`fit` and :func:`faeval.many.fit_group` share.
+
+    For epochs 1..``epochs``: ``step(batch) -> (stats, n_samples)`` for every batch of
+    ``batches(epoch)``, the statistics summed where they are computed (no synchronisation), one
+    ``bar`` tick per step; then ``end_epoch(epoch, totals)``, which records the epoch and returns
+    True to stop. With ``check_every=k`` the sums are checked every k steps, and a non-finite one
+    ends the epoch at once (``totals.stop`` says why).
+    """
+    n_step = 0
+    for epoch in range(1, epochs + 1):
+        sums: dict[str, torch.Tensor] = {}
+        n_batches = n_seen = 0
+        stop = None
+        start = time.perf_counter()
+        for batch in batches(epoch):
+            stats, n = step(batch)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().double()
+            n_batches += 1
+            n_seen += n
+            n_step += 1
+            bar.update(1)
+            if check_every and n_batches % check_every == 0:
+                bad = non_finite(sums)
+                if bad:
+                    stop = f"non-finite {bad} at epoch {epoch}, step {n_step}"
+                    break
+        if end_epoch(epoch, EpochTotals(sums, n_batches, n_seen, time.perf_counter() - start, n_step, stop)):
+            return
 
 
 def epoch_record(model, method, dataset, eval_xy, epoch: int, step: int, sums: dict, n_batches: int, n_seen: int,
