@@ -40,7 +40,7 @@ from .names import check_known
 from .schedule import fit_many
 from .store import default_device, load_data
 
-__all__ = ["Profile", "PROFILES", "get_profile"]
+__all__ = ["Profile", "PROFILES", "get_profile", "profile_from", "PARAMETERS"]
 
 
 @dataclass(frozen=True)
@@ -265,4 +265,25 @@ def get_profile(name: str = "quick", *, dataset: str | None = None, arch: str | 
         changes["sizes"] = {**p.sizes, "penalty": {**p.sizes["penalty"], "epochs": epochs}}
     p = dataclasses.replace(p, **changes)
     canonical_config(**p.config("bp", p.seeds[0]))     # every base key must be a valid option
+    return p
+
+
+#: a chapter's papermill parameters, each passed to :func:`get_profile` (``None``: the profile's value)
+PARAMETERS = ("profile", "dataset", "arch", "methods", "seeds", "epochs", "device", "results_dir")
+
+
+def profile_from(namespace: Mapping) -> Profile:
+    """A chapter's profile from its papermill parameters (the names of :data:`PARAMETERS` in
+    ``namespace``, a notebook's ``globals()``; a missing one is ``None``), printed as the chapter's
+    first output: the one call that sets a chapter up after its parameters cell.
+
+    >>> profile_from({"profile": "smoke", "seeds": [7]}).seeds
+    profile 'smoke' ...
+    (7,)
+    """
+    if "profile" not in namespace:
+        raise ValueError("no 'profile' parameter: a chapter's parameters cell sets profile = 'quick' (or another "
+                         f"of {', '.join(PROFILES)}) and the other parameters {', '.join(PARAMETERS[1:])}")
+    p = get_profile(namespace["profile"], **{k: namespace.get(k) for k in PARAMETERS[1:]})
+    print(p)
     return p
