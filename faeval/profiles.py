@@ -278,7 +278,7 @@ def profile_from(namespace: Mapping) -> Profile:
     first output: the one call that sets a chapter up after its parameters cell.
 
     >>> profile_from({"profile": "smoke", "seeds": [7]}).seeds
-    profile 'smoke' ...
+    profile 'smoke'...
     (7,)
     """
     if "profile" not in namespace:

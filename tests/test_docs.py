@@ -63,3 +63,11 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert blocks, "the README has no Python example"
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0].replace("subset=10_000", "subset=512"), "README.md", "exec"), {})
+
+
+def test_every_public_name_of_the_package_resolves():
+    """``faeval.X`` for every name of ``faeval.__all__`` (several load lazily, from the module named in the
+    package root): a name left pointing at a module it moved out of would only fail for a user."""
+    for name in faeval.__all__:
+        assert getattr(faeval, name) is not None, name
+    assert faeval.Snapshot.__module__ == "faeval.snapshot"
