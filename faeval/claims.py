@@ -98,7 +98,8 @@ class Claims:
         return not self.parameters["overrides"] and self.parameters["cache_version"] == CACHE_VERSION
 
     def per_seed(self, claim: str, values: Mapping, holds: Callable, fmt: str = "{:.3g}",
-                 paper_key: str | None = None, reason: str | None = None, missing: str = "none") -> dict:
+                 paper_key: str | None = None, reason: str | None = None, missing: str = "none", *,
+                 id: str | None = None) -> dict:
         """A claim about every seed: ``holds(value)`` per seed of ``values`` (``{seed: value}``).
 
         Held when it holds on every seed; ``ours`` states k of n seeds, the spread
@@ -107,7 +108,7 @@ class Claims:
         value counts as not holding on that seed; a missing one (None) is shown as ``missing``.
         """
         if not values:
-            return self.check(claim, None, "", paper_key, reason or "no seeds were measured")
+            return self.check(claim, None, "", paper_key, reason or "no seeds were measured", id=id)
         ok = {s: _holds(holds, v) for s, v in values.items()}
         k, n = sum(ok.values()), len(ok)
         nums = [float(v) for v in values.values() if _number(v)]
@@ -115,11 +116,18 @@ class Claims:
         spread = "" if not lo else f"; all {lo}" if lo == hi else f"; {lo} to {hi}"
         each = ", ".join(f"s{s} {fmt.format(v) if _number(v) else missing if v is None else v}"
                          for s, v in values.items())
-        return self.check(claim, k == n, f"{k}/{n} seeds{spread} ({each})", paper_key, reason)
+        return self.check(claim, k == n, f"{k}/{n} seeds{spread} ({each})", paper_key, reason, id=id)
 
     def check(self, claim: str, held: bool | None, ours: str, paper_key: str | None = None,
-              reason: str | None = None) -> dict:
-        """Record one claim. ``held=None`` means it could not be evaluated; give ``reason``."""
+              reason: str | None = None, *, id: str | None = None) -> dict:
+        """Record one claim. ``held=None`` means it could not be evaluated; give ``reason``.
+
+        ``id`` names the claim for good: ``<chapter>.<name>`` (the chapter is the notebook's name without
+        its number, e.g. ``audit.dfa_d1``), unique in the notebook per head regime, so unique in the book.
+        The discrepancies appendix's probes register for ids (:func:`faeval.discrepancies.probe`): the
+        sentence can be reworded without losing its reason. Every claim of the book has one.
+        """
+        self._check_id(id, claim)
         if held is None and not reason:
             raise ValueError(f"claim {claim!r}: held=None (not evaluated) needs a reason")
         if held is not None and not isinstance(held, bool):
@@ -127,7 +135,7 @@ class Claims:
         ref = paper(paper_key) if paper_key else None
         status = NOT_EVALUATED if held is None else HELD if held else NOT_HELD
         kind, reason = _reason_kind(status, reason or "")
-        row = {"notebook": self.notebook, "profile": self.profile, "claim": claim, "status": status,
+        row = {"notebook": self.notebook, "id": id or "", "profile": self.profile, "claim": claim, "status": status,
                "ours": ours, "paper": ref["text"] if ref else "", "source": ref["source"] if ref else "",
                "reason": reason, "reason_kind": kind, "regime": self.regime or "",
                "judged": self.regime is None or self.judged is None or self.regime == self.judged}
@@ -135,7 +143,7 @@ class Claims:
         return row
 
     def evaluate(self, claim: str, fn: Callable[[], tuple[bool, str]], paper_key: str | None = None,
-                 reason: str | None = None) -> dict:
+                 reason: str | None = None, *, id: str | None = None) -> dict:
         """Check a claim computed by ``fn() -> (held, ours)``; an exception or a non-finite
         measurement records it as not evaluated, with the reason."""
         try:
@@ -143,10 +151,26 @@ class Claims:
         except Exception as e:  # noqa: BLE001 - the claim is recorded, not dropped
             last = traceback.extract_tb(e.__traceback__)[-1]
             return self.check(claim, None, "", paper_key,
-                              f"could not be evaluated: {type(e).__name__}: {e} (line {last.lineno})")
+                              f"could not be evaluated: {type(e).__name__}: {e} (line {last.lineno})", id=id)
         if held is None:
-            return self.check(claim, None, ours, paper_key, reason or "could not be evaluated")
-        return self.check(claim, held, ours, paper_key, reason)
+            return self.check(claim, None, ours, paper_key, reason or "could not be evaluated", id=id)
+        return self.check(claim, held, ours, paper_key, reason, id=id)
+
+    @property
+    def chapter(self) -> str:
+        """The notebook's name without its number (``01_audit`` -> ``audit``): the prefix of its claims' ids."""
+        head, _, rest = self.notebook.partition("_")
+        return rest if head.isdigit() and rest else self.notebook
+
+    def _check_id(self, id: str | None, claim: str) -> None:
+        if id is None:
+            return
+        if not (isinstance(id, str) and id.startswith(f"{self.chapter}.") and len(id) > len(self.chapter) + 1):
+            raise ValueError(f"claim {claim!r}: id={id!r} must read '{self.chapter}.<name>' (the chapter's name, "
+                             "a dot, a name of the claim's own)")
+        if any(r["id"] == id and r["regime"] == (self.regime or "") for r in self.rows):
+            raise ValueError(f"claim id {id!r} is used twice in {self.notebook}"
+                             + (f" (regime {self.regime})" if self.regime else "") + ": give each claim its own id")
 
     def filename(self) -> str:
         """``<notebook>.json`` at the profile's defaults, else ``<notebook>@<8 hex of the parameters>.json``."""
@@ -224,9 +248,10 @@ def _write_json(path: Path, data) -> None:
 
 
 def attach_reasons(reasons, profile: str, results_dir=None) -> list[Path]:
-    """Write each reason (``{notebook, claim, kind, text}``) into the not-held claim it explains, in the
-    claims files of ``profile`` measured at its defaults; returns the files rewritten."""
-    by_claim = {(r["notebook"], r["claim"]): r for r in reasons}     # reasons explain the judged claims
+    """Write each reason (``{notebook, id, claim, kind, text}``) into the not-held claim it explains (found by
+    its id; by its sentence where it has none), in the claims files of ``profile`` measured at its defaults;
+    returns the files rewritten."""
+    by_claim = {(r["notebook"], r.get("id") or r["claim"]): r for r in reasons}   # they explain the judged claims
     written = []
     for path in sorted(claims_dir(results_dir).glob("*.json")):
         data = json.loads(path.read_text())
@@ -235,7 +260,7 @@ def attach_reasons(reasons, profile: str, results_dir=None) -> list[Path]:
             continue
         hit = False
         for row in data["claims"]:
-            why = by_claim.get((row["notebook"], row["claim"]))
+            why = by_claim.get((row["notebook"], row.get("id") or row["claim"]))
             if why is not None and row["status"] == NOT_HELD and row.get("judged", True):
                 row.update(reason=why["text"], reason_kind=why["kind"])
                 hit = True
@@ -272,7 +297,8 @@ def ledger(results_dir=None):
     hold carries its reason: ``reason_kind`` is one of :data:`REASON_KINDS` and ``reason``
     says what was measured (the discrepancies appendix writes them in: :func:`attach_reasons`).
     ``regime`` names the head regime a row was measured in (empty where its chapter has none), and
-    ``judged`` is False for the rows of the regime the book's claims are not judged in.
+    ``judged`` is False for the rows of the regime the book's claims are not judged in; ``id`` is the
+    claim's id (:meth:`Claims.check`; empty in files written before claims had ids).
     """
     import pandas as pd
 
@@ -281,8 +307,8 @@ def ledger(results_dir=None):
         data = json.loads(path.read_text())
         params = data.get("parameters", {"profile": data.get("profile"), "overrides": {}, "cache_version": None})
         label = describe_parameters(params)
-        rows += [{"reason_kind": "", "regime": "", "judged": True, **r, "parameters": label,
+        rows += [{"id": "", "reason_kind": "", "regime": "", "judged": True, **r, "parameters": label,
                   "default": label == "defaults"} for r in data["claims"]]
-    cols = ["notebook", "claim", "paper", "ours", "status", "profile", "reason_kind", "reason", "regime", "judged",
-            "parameters", "default"]
+    cols = ["notebook", "id", "claim", "paper", "ours", "status", "profile", "reason_kind", "reason", "regime",
+            "judged", "parameters", "default"]
     return pd.DataFrame(rows, columns=cols)

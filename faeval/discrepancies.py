@@ -2,7 +2,7 @@
 
 The appendix ``notebooks/08_discrepancies.ipynb`` reads the book's claims (the
 ledger), and for every claim that does not hold at the profile's defaults runs the
-first :data:`PROBES` entry that matches it. A probe reads the runs of the
+probe registered for its id (:data:`PROBES`). A probe reads the runs of the
 ``discrepancies`` chapter (:func:`faeval.experiments.discrepancies`) and of the
 chapters it refers to, and returns a :class:`Reason` of one of five :data:`KINDS`:
 
@@ -27,7 +27,6 @@ the ``reason_kind`` and ``reason`` columns.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -87,12 +86,12 @@ class Context:
         c = self.claims
         return c if c is None or "judged" not in c.columns else c[c.judged.astype(bool)]
 
-    def claim_held(self, notebook: str, pattern: str) -> bool | None:
-        """Whether the (first) judged claim of ``notebook`` matching ``pattern`` held; None if there is none."""
+    def claim_held(self, id: str) -> bool | None:
+        """Whether the judged claim ``id`` held; None if there is none."""
         claims = self._judged()
-        if claims is None:
+        if claims is None or "id" not in claims.columns:
             return None
-        rows = claims[(claims.notebook == notebook) & claims.claim.str.contains(pattern, regex=True)]
+        rows = claims[claims["id"] == id]
         return None if rows.empty else bool(rows.iloc[0]["status"] == "held")
 
     def other_regime(self, row: Mapping) -> dict | None:
@@ -100,19 +99,23 @@ class Context:
         c = self.claims
         if c is None or "judged" not in c.columns:
             return None
-        same = c[(c.notebook == row["notebook"]) & (c.claim == row["claim"]) & ~c.judged.astype(bool)]
+        key = (c["id"] == row["id"]) if row.get("id") and "id" in c.columns else (c.claim == row["claim"])
+        same = c[(c.notebook == row["notebook"]) & key & ~c.judged.astype(bool)]
         return None if same.empty else same.iloc[0].to_dict()
 
 
-#: (notebook, regular expression on the claim's text, probe) in the order they are tried
-PROBES: list[tuple[str, str, Callable]] = []
+#: claim id -> the probe that explains it when it does not hold
+PROBES: dict[str, Callable] = {}
 
 
-def probe(notebook: str, pattern: str) -> Callable[[Callable], Callable]:
-    """Decorator: register ``fn(row, ctx) -> Reason`` for the not-held claims of ``notebook`` matching ``pattern``."""
+def probe(*ids: str) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn(row, ctx) -> Reason`` for the claims with these ids
+    (:meth:`faeval.claims.Claims.check`); an id has one probe."""
     def deco(fn: Callable) -> Callable:
-        for nb in (notebook,) if isinstance(notebook, str) else notebook:
-            PROBES.append((nb, pattern, fn))
+        for i in ids:
+            if i in PROBES:
+                raise ValueError(f"claim {i!r} already has a probe ({PROBES[i].__name__})")
+            PROBES[i] = fn
         return fn
     return deco
 
@@ -131,14 +134,14 @@ def explain(rows: Sequence[Mapping], ctx: Context) -> list[dict]:
                 runs_note = "; this appendix's probe runs train the head" if ctx.regime != head.DEFAULT else ""
                 reason = Reason(reason.kind, f"with the {other['regime']} it does not hold either ({other['ours']})"
                                              f"{runs_note}; {reason.text}", f"output head, {reason.probe}")
-        out.append({"notebook": row["notebook"], "claim": row["claim"], **asdict(reason)})
+        out.append({"notebook": row["notebook"], "id": row.get("id", ""), "claim": row["claim"], **asdict(reason)})
     return out
 
 
 def _own_probe(row: Mapping, ctx: Context) -> Reason:
-    for nb, pattern, fn in PROBES:
-        if row["notebook"] == nb and re.search(pattern, row["claim"]):
-            return fn(row, ctx)
+    fn = PROBES.get(row.get("id", ""))
+    if fn is not None:
+        return fn(row, ctx)
     return Reason("not explained", "no probe of this appendix addresses this claim, so no cause was "
                                    "tested or ruled out", "none")
 
@@ -233,10 +236,10 @@ def _horizon_reason(run, diag: str, epochs: int, name: str) -> Reason:
 # ---------------------------------------------------------------------------------------
 # the probes
 # ---------------------------------------------------------------------------------------
-@probe("02_temporal", r"audit's scale")
+@probe("temporal.dfa_d2_audit_scale")
 def d2_scale(row, ctx: Context) -> Reason:
     """D2 at batch 128 against the paper's per-epoch logs, which read g_L at ~1,024 samples per batch."""
-    held = ctx.claim_held("02_temporal", r"paper's logging scale")
+    held = ctx.claim_held("temporal.dfa_d2_log_scale")
     if held:
         return Reason("measurement convention", "the paper's per-epoch logs measured g_L on about 1,024 samples "
                                                 "per batch, 8x below our batch-128 reading; read at that scale, "
@@ -244,7 +247,7 @@ def d2_scale(row, ctx: Context) -> Reason:
     return d2_horizon(row, ctx)
 
 
-@probe("02_temporal", r"accuracy at the stop")
+@probe("temporal.acc_at_stop")
 def stop_accuracy(row, ctx: Context) -> Reason:
     """Where DFA fires in the judged regime: the stop's epoch and accuracy against the final accuracy (the
     paper's DFA was near its final accuracy when it fired). Where it never fires there is no stop, and the
@@ -266,8 +269,7 @@ def stop_accuracy(row, ctx: Context) -> Reason:
                   "accuracy after the stop")
 
 
-@probe(("01_audit", "02_temporal"), r"DFA fires D2")
-@probe("03_cross_arch", r"With a terminal LN, DFA fires D2")
+@probe("audit.dfa_d2", "temporal.dfa_d2_log_scale", "cross_arch.ln_dfa_d2")
 def d2_horizon(row, ctx: Context) -> Reason:
     """Plain DFA at 3x the horizon: does g_L cross the D2 floor, or does its trend?"""
     run = ctx.probe_runs("long")["dfa"]
@@ -281,7 +283,7 @@ def d2_horizon(row, ctx: Context) -> Reason:
     return reason
 
 
-@probe(("01_audit", "02_temporal"), r"DFA fires D1")
+@probe("audit.dfa_d1", "temporal.dfa_d1")
 def d1_horizon(row, ctx: Context) -> Reason:
     """Plain DFA at 3x the horizon: does the per-block growth cross the D1 threshold? If not, does DFA
     fire D1 at the same horizon on one of the calibration's other tasks, on every seed?"""
@@ -317,19 +319,16 @@ def _d1_on_other_tasks(ctx: Context) -> list[dict]:
     return out
 
 
-@probe("07_calibration", r"DFA fires D1 within the horizon on every seed")
+@probe(*(f"calibration.dfa_d1.{c}" for c in CANDIDATE_TASKS))
 def candidate_horizon(row, ctx: Context) -> Reason:
     """A calibration candidate's DFA (first seed) at 3x the calibration horizon: does it fire D1?"""
-    name = next((c for c in CANDIDATE_TASKS if row["claim"].startswith(CANDIDATES[c].label)), None)
-    if name is None:
-        return Reason("not explained", "no probe of this appendix addresses this candidate, so no cause was "
-                                       "tested or ruled out", "none")
+    name = row["id"].rsplit(".", 1)[-1]        # calibration.dfa_d1.<candidate>
     run = ctx.probe_runs("long_candidates")[name]
     horizon = ctx.runs("calibration")["runs"][name, run.config["seed"], "dfa"].history[-1]["epoch"]
     return _horizon_reason(run, "D1", horizon, f"DFA on this task (seed {run.config['seed']})")
 
 
-@probe("03_cross_arch", r"Without a terminal LN, DFA still fires D1")
+@probe("cross_arch.no_ln_dfa_d1")
 def no_ln(row, ctx: Context) -> Reason:
     """DFA without the terminal LN: 3x longer, and with input augmentation at the same horizon."""
     runs = ctx.probe_runs("no_ln")
@@ -346,7 +345,7 @@ def no_ln(row, ctx: Context) -> Reason:
                   "longer training, augmentation")
 
 
-@probe("05_fa_vs_dfa", r"random targets")
+@probe("fa_vs_dfa.random_targets")
 def random_targets(row, ctx: Context) -> Reason:
     """Fresh random labels every batch (ours) against fixed random labels per sample, and 3x longer."""
     runs = ctx.probe_runs("random_targets")
@@ -378,7 +377,7 @@ def random_targets(row, ctx: Context) -> Reason:
                                    f"{iid.get('ep', float('nan')):.3g})", "random-target protocol, longer training")
 
 
-@probe("04_penalty", r"early deep Gamma")
+@probe("penalty.vanilla_early_gamma")
 def pairing(row, ctx: Context) -> Reason:
     """Which credit pairing (block l on a_{l+1}, ours, or on a_l) gives the paper's early per-layer Gamma."""
     pattern = pairing_patterns(ctx)
@@ -410,7 +409,7 @@ def pairing_patterns(ctx: Context) -> dict[str, dict]:
     return out
 
 
-@probe(("01_audit", "05_fa_vs_dfa"), r"FA (passes D3|clears the frozen baseline)")
+@probe("audit.fa_d3", "fa_vs_dfa.fa_clears_frozen")
 def fa_headroom(row, ctx: Context) -> Reason:
     """FA on clean labels at the same horizon (where the profile's labels are noisy), and the headroom
     BP gets from one trainable block."""
@@ -434,7 +433,7 @@ def fa_headroom(row, ctx: Context) -> Reason:
                   "one-block headroom")
 
 
-@probe("01_audit", r"DFA-shallow and frozen-blocks baselines agree")
+@probe("audit.shallow_vs_frozen")
 def shallow(row, ctx: Context) -> Reason:
     """The shallow model (no residual blocks) with its embedding trained by the true gradient instead of
     its DFA credit: does that agree with the frozen-blocks baseline, as the paper's DFA-shallow does?"""
@@ -453,7 +452,7 @@ def shallow(row, ctx: Context) -> Reason:
                   "shallow model's embedding")
 
 
-@probe("03_cross_arch", r"DFA fires D1 on SmallCNN")
+@probe("cross_arch.cnn_dfa_d1")
 def cnn(row, ctx: Context) -> Reason:
     """SmallCNN DFA without batch norm, and 2x longer on the same subset."""
     runs = ctx.probe_runs("cnn")
@@ -470,7 +469,7 @@ def cnn(row, ctx: Context) -> Reason:
                   "batch norm, longer training")
 
 
-@probe("02_temporal", r"saves most of the training")
+@probe("temporal.stop_saves")
 def saving(row, ctx: Context) -> Reason:
     """The largest saving an early stop can give at this horizon is 1 - t_fire / T."""
     runs = ctx.judged_runs("temporal", "runs")
@@ -490,7 +489,7 @@ def saving(row, ctx: Context) -> Reason:
                              f"{1 - t / PAPER_EPOCHS:.0%} of the paper's {PAPER_EPOCHS}", "saving bound")
 
 
-@probe("01_audit", r"EP passes the protocol")
+@probe("audit.ep_passes")
 def ep_setting(row, ctx: Context) -> Reason:
     """EP fails the protocol: does another beta x relaxation-steps setting of the sweep clear the frozen
     baseline (D3), where BP at the sweep's size does?"""
@@ -517,7 +516,7 @@ def ep_setting(row, ctx: Context) -> Reason:
                                    f"{bar:g} pp D3 asks for, where BP gains {bp_margin:+.1f} pp", "EP setting")
 
 
-@probe("01_audit", r"walks back state_bridge")
+@probe("audit.walks_back.state_bridge")
 def state_bridge_horizon(row, ctx: Context) -> Reason:
     """State Bridge at 3x the horizon: does a diagnostic fire, or does its trend cross a threshold?"""
     run = ctx.probe_runs("long")["state_bridge"]
@@ -536,7 +535,7 @@ def _dfa_fires_d1_somewhere(ctx: Context) -> bool:
     return any(_first(runs["dfa", s], "D1") is not None for s in ctx.P.seeds)
 
 
-@probe("05_fa_vs_dfa", r"FA is more accurate than DFA")
+@probe("fa_vs_dfa.fa_more_accurate")
 def dfa_accuracy(row, ctx: Context) -> Reason:
     """The paper's DFA loses its accuracy with its scale failure (D1); where DFA fires D1 on no seed here,
     the claim's reason is that of the D1 claim."""
@@ -548,7 +547,7 @@ def dfa_accuracy(row, ctx: Context) -> Reason:
                            f"D1 on no seed, for this reason: {d1.text}", d1.probe)
 
 
-@probe("04_penalty", r"D3 verdict changes across the lambda sweep")
+@probe("penalty.d3_changes")
 def penalty_d3(row, ctx: Context) -> Reason:
     """The paper's penalty lifts DFA over the frozen baseline by stopping its scale failure; without that failure
     at lambda=0 there is little for the penalty to lift."""
@@ -568,7 +567,7 @@ def penalty_d3(row, ctx: Context) -> Reason:
                            f"{d1.text}", d1.probe)
 
 
-@probe("07_calibration", r"BP passes on every candidate and seed")
+@probe("calibration.bp_passes_all")
 def bp_on_candidates(row, ctx: Context) -> Reason:
     """On which candidate tasks BP fails, and whether it passes on all the others."""
     rows = summarise_all(ctx.runs("calibration")["runs"])

@@ -12,17 +12,31 @@ def test_a_reason_must_be_one_of_the_five_kinds():
         X.Reason("bad luck", "")
 
 
-def test_explain_runs_the_first_matching_probe_and_says_when_none_matches(monkeypatch):
+def test_explain_runs_the_probe_of_the_claims_id_and_says_when_there_is_none(monkeypatch):
     calls = []
-    monkeypatch.setattr(X, "PROBES", [])
-    X.probe("01_audit", r"fires D2")(lambda row, ctx: calls.append(row["claim"]) or X.Reason("horizon", "later"))
-    rows = [{"notebook": "01_audit", "claim": "DFA fires D2 on every seed", "status": "not held"},
-            {"notebook": "01_audit", "claim": "BP passes", "status": "held"},
-            {"notebook": "02_temporal", "claim": "DFA fires D2 before the end", "status": "not held"}]
+    monkeypatch.setattr(X, "PROBES", {})
+    X.probe("audit.dfa_d2")(lambda row, ctx: calls.append(row["claim"]) or X.Reason("horizon", "later"))
+    rows = [{"notebook": "01_audit", "id": "audit.dfa_d2", "claim": "DFA fires D2 on every seed", "status": "not held"},
+            {"notebook": "01_audit", "id": "audit.bp", "claim": "BP passes", "status": "held"},
+            {"notebook": "02_temporal", "id": "temporal.dfa_d2", "claim": "DFA fires D2 before the end",
+             "status": "not held"}]
     out = X.explain(rows, ctx=None)
     assert calls == ["DFA fires D2 on every seed"]
-    assert [(r["notebook"], r["kind"]) for r in out] == [("01_audit", "horizon"), ("02_temporal", "not explained")]
+    assert [(r["id"], r["kind"]) for r in out] == [("audit.dfa_d2", "horizon"), ("temporal.dfa_d2", "not explained")]
     assert "no probe" in out[1]["text"]
+    with pytest.raises(ValueError, match="already has a probe"):
+        X.probe("audit.dfa_d2")(lambda row, ctx: None)
+
+
+def test_rewording_a_claim_keeps_its_reason(monkeypatch):
+    """Probes are found by the claim's id, never by its sentence."""
+    monkeypatch.setattr(X, "PROBES", {})
+    X.probe("audit.dfa_d1")(lambda row, ctx: X.Reason("horizon", "fires at epoch 20"))
+    before = {"notebook": "01_audit", "id": "audit.dfa_d1", "claim": "DFA fires D1 on every seed",
+              "status": "not held"}
+    after = {**before, "claim": "On every seed, DFA's per-block growth exceeds 50x (D1)"}
+    assert [r["text"] for r in X.explain([before], None)] == [r["text"] for r in X.explain([after], None)] == [
+        "fires at epoch 20"]
 
 
 def test_crossing_epoch_extrapolates_a_log_linear_trend():
@@ -35,11 +49,20 @@ def test_crossing_epoch_extrapolates_a_log_linear_trend():
     assert X.crossing_epoch(e, rising, 50.0) == pytest.approx(math.log10(50) / 0.1)
 
 
-def test_every_registered_probe_names_a_chapter_notebook():
+def test_every_registered_probe_names_a_claim_of_the_book():
+    """Each probe's id is a claim id some chapter notebook gives (literally, or as its f-string template)."""
+    import json
+    import re
     from pathlib import Path
 
-    notebooks = {p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")}
-    assert {nb for nb, _, _ in X.PROBES} <= notebooks
+    given = set()
+    for path in (Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"):
+        code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        given |= {re.sub(r"\{[^}]*\}", "*", i) for i in re.findall(r'\bid=f?"([^"]+)"', code)}
+    templates = [re.compile("^" + re.escape(g).replace(r"\*", "[^.]+") + "$") for g in given]
+    assert X.PROBES, "no probes registered"
+    orphans = [i for i in X.PROBES if not any(t.match(i) for t in templates)]
+    assert not orphans, f"probes for claim ids no notebook gives: {orphans}"
 
 
 def test_the_head_probe_names_the_head_where_the_other_regime_holds_and_only_judged_claims_are_explained(
@@ -48,11 +71,12 @@ def test_the_head_probe_names_the_head_where_the_other_regime_holds_and_only_jud
 
     from faeval.profiles import get_profile
 
-    monkeypatch.setattr(X, "PROBES", [])
-    X.probe("01_audit", r"fires D1")(lambda row, ctx: X.Reason("not explained", "ruled out the horizon"))
+    monkeypatch.setattr(X, "PROBES", {})
+    X.probe("audit.d1")(lambda row, ctx: X.Reason("not explained", "ruled out the horizon"))
     def row(claim, regime, judged, status, ours):
-        return {"notebook": "01_audit", "claim": claim, "regime": regime, "judged": judged, "status": status,
-                "ours": ours}
+        ids = {"DFA fires D2 on every seed": "audit.d2", "DFA fires D1 on every seed": "audit.d1"}
+        return {"notebook": "01_audit", "id": ids.get(claim, "audit.fa_vs_dfa"), "claim": claim, "regime": regime,
+                "judged": judged, "status": status, "ours": ours}
     rows = [row("DFA fires D2 on every seed", "head trained", True, "not held", "0/3 seeds (g_L 3e-06)"),
             row("DFA fires D2 on every seed", "head fixed", False, "held", "3/3 seeds (g_L 9e-08)"),
             row("DFA fires D1 on every seed", "head trained", True, "not held", "0/3 seeds"),
@@ -68,7 +92,7 @@ def test_the_head_probe_names_the_head_where_the_other_regime_holds_and_only_jud
     # the other regime does not hold either: the claim's own probe gives the reason, after what the head gave
     assert d1["kind"] == "not explained"
     assert d1["text"] == "with the head fixed it does not hold either (1/3 seeds); ruled out the horizon"
-    assert ctx.claim_held("01_audit", "fires D2") is False       # the judged row, not the other regime's
+    assert ctx.claim_held("audit.d2") is False       # the judged row, not the other regime's
 
 
 def test_where_dfa_fires_the_stop_probe_reports_the_stop_not_a_horizon(monkeypatch):

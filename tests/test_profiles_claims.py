@@ -318,3 +318,39 @@ def test_the_sequential_calibration_plan_stops_a_candidate_where_the_rule_fails(
             break
     assert seeds(p) == {"holds": [1, 2, 3], "fails": [1], "own": [1, 2, 3]}
     assert rounds == 3 and all(m in ("dfa", "bp", "frozen") for (_, _, m) in p)
+
+
+def test_a_claim_id_names_its_chapter_and_is_used_once_per_regime():
+    claims = C.Claims("01_audit", "smoke")
+    row = claims.check("x", True, "1", id="audit.x")
+    assert row["id"] == "audit.x" and claims.chapter == "audit"
+    with pytest.raises(ValueError, match="used twice in 01_audit"):
+        claims.check("x reworded", True, "1", id="audit.x")
+    with pytest.raises(ValueError, match="must read 'audit.<name>'"):
+        claims.check("y", True, "1", id="temporal.y")
+    claims.regime = "head fixed"                     # the same claim in the other regime keeps its id
+    assert claims.check("x", False, "0", id="audit.x")["regime"] == "head fixed"
+
+
+def test_every_claim_of_the_book_has_an_id_of_its_chapter():
+    """Read from the notebooks' code: each claims.check / per_seed / evaluate call passes id="<chapter>.<name>"."""
+    import ast
+    from pathlib import Path
+
+    ids = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("0*.ipynb")):
+        chapter = path.stem.partition("_")[2]
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            for node in ast.walk(ast.parse("".join(cell["source"]))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "claims"
+                        and node.func.attr in ("check", "per_seed", "evaluate")):
+                    given = [k.value for k in node.keywords if k.arg == "id"]
+                    assert given, f"{path.name}: a claim without an id (line {node.lineno} of its cell)"
+                    text = ast.unparse(given[0])
+                    assert text.lstrip("f").strip("'\"").startswith(f"{chapter}."), f"{path.name}: id {text}"
+                    ids.append(text)
+    literal = [i for i in ids if not i.startswith("f")]
+    assert len(ids) >= 50 and len(literal) == len(set(literal)), "a claim id is given twice"
