@@ -107,7 +107,7 @@ def _prepare(args) -> int:
     from .experiments import seconds_by_chapter
     from .profiles import get_profile
     from .schedule import fit_many
-    from .store import run_dir
+    from .store import results_dir, run_dir
 
     logging.basicConfig(level=logging.INFO, format="prepare: %(message)s")
     _exit_on_sigterm()
@@ -127,7 +127,10 @@ def _prepare(args) -> int:
         fit_many(todo, results=args.results, device=args.device, progress=not args.quiet, workers=args.workers,
                  executor=executor)
         trained += len(todo)
-        todo = [c for c in p.planned_runs() if not run_dir(c, args.results).is_dir()]
+        before, todo = todo, [c for c in p.planned_runs() if not run_dir(c, args.results).is_dir()]
+        if todo == before:
+            raise RuntimeError(f"prepare: {len(todo)} runs were trained but are not in the store at "
+                               f"{results_dir(args.results)}; check that nothing else moves or deletes its entries")
         if todo:
             print(f"prepare: the plan grew by {len(todo)} runs now that the others are stored", flush=True)
     print(f"prepare: {trained} runs trained in {time.perf_counter() - start:.0f} s", flush=True)
