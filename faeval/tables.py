@@ -8,7 +8,13 @@ __all__ = ["table"]
 
 def table(frame, fmt: Mapping | str | None = None, na_rep: str = "-", index: bool | None = None):
     """A table for the book's content column: a pandas Styler with short number formats, long text
-    columns that wrap (numbers never do), and the index hidden when it is only a row count.
+    columns that wrap (numbers never do), and the index hidden when it is only a row count (an unnamed
+    integer index, as a filtered frame keeps).
+
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"method": ["bp", "dfa", "fa"], "acc": [0.88, 0.47, 0.72]})
+    >>> "<th" in table(frame[frame.acc > 0.5]).to_html().split("<tbody>")[1]     # no index column
+    False
 
     ``fmt`` maps columns to format strings (or is one format for every number); floats default
     to 3 significant figures. NaN shows as ``na_rep``.
@@ -25,10 +31,12 @@ def table(frame, fmt: Mapping | str | None = None, na_rep: str = "-", index: boo
     elif fmt:
         formats.update({c: f for c, f in fmt.items() if c in frame.columns})
     style = frame.style.format(formats, na_rep=na_rep)
-    if index is False or (index is None and isinstance(frame.index, pd.RangeIndex)):
+    counts_rows = isinstance(frame.index, pd.RangeIndex) or (frame.index.name is None and frame.index.nlevels == 1
+                                                             and pd.api.types.is_integer_dtype(frame.index))
+    if index is False or (index is None and counts_rows):      # a row count, also of a filtered frame
         style = style.hide(axis="index")
     text = [c for c in frame.columns if (frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c]))
-            and len(frame) and frame[c].map(lambda v: len(str(v))).max() > 16]
+            and len(frame) and frame[c].map(lambda v: len(str(v))).max() > 12]
     if text:
         style = style.set_properties(subset=text, **{"white-space": "normal", "overflow-wrap": "anywhere",
                                                      "min-width": "5em"})
