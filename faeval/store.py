@@ -39,8 +39,8 @@ from .protocol import Monitor
 from .train import Run, fit, history_from_json, history_to_json
 from .usercode import RegisteredAgainWarning
 
-__all__ = ["experiment", "load_run", "list_runs", "results_dir", "run_dir", "load_data", "build_run", "DamagedRunError",
-           "train_and_store", "store_run", "monitor_for", "default_device", "train_seconds"]
+__all__ = ["experiment", "load_run", "load_history", "list_runs", "results_dir", "run_dir", "load_data", "build_run",
+           "DamagedRunError", "train_and_store", "store_run", "monitor_for", "default_device", "train_seconds"]
 
 
 def results_dir(results: str | os.PathLike | None = None) -> Path:
@@ -192,11 +192,17 @@ def load_run(path: str | os.PathLike, device: str | None = None) -> Run:
         method.load_aux_state(ckpt["aux"])
     except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as e:
         raise _damaged(path, "checkpoint.pt", e) from None
+    return Run(model, method, load_history(path), cfg, meta.get("stopped"), path, from_cache=True)
+
+
+def load_history(path: str | os.PathLike) -> list:
+    """A stored run's history alone (its :class:`~faeval.train.EpochRecord` list), without building its
+    model: what reading a run's curves or verdicts needs. A damaged file raises :class:`DamagedRunError`."""
+    path = Path(path)
     try:
-        history = history_from_json(json.loads((path / "history.json").read_text()))
+        return history_from_json(json.loads((path / "history.json").read_text()))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _damaged(path, "history.json", e) from None
-    return Run(model, method, history, cfg, meta.get("stopped"), path, from_cache=True)
 
 
 def _warn_if_other_code(path: Path, cfg: dict) -> None:
