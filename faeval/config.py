@@ -29,7 +29,7 @@ from .methods import method_class, method_hparams
 from .models import arch_class
 from .usercode import code_key
 
-__all__ = ["CACHE_VERSION", "PRECISIONS", "TOP", "canonical_config", "code_of", "config_hash",
+__all__ = ["CACHE_VERSION", "PRECISIONS", "TOP", "check_precision", "canonical_config", "code_of", "config_hash",
            "model_options", "rebase", "train_size"]
 
 #: bump when a change to training or to the history format makes stored runs stale
@@ -64,10 +64,7 @@ def canonical_config(**config) -> dict:
     names the code that trains the run).
     """
     config.pop("code", None)
-    precision = config.pop("precision", "float32")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: valid precisions are {', '.join(map(repr, PRECISIONS))} "
-                         "(float32, the default, or the training step's matmuls in bfloat16)")
+    precision = check_precision(config.pop("precision", "float32"))
     cfg = {k: config.pop(k, v) for k, v in TOP.items()}
     for key, what in (("dataset", "the dataset's name and its options, e.g. dataset='fashion-mnist', "
                                   "subset=10000, label_noise=0.4"),
@@ -106,6 +103,14 @@ def canonical_config(**config) -> dict:
         cfg["precision"] = precision
     json.dumps(cfg)   # raises for a value that cannot be keyed (e.g. a function)
     return cfg
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ``ValueError`` naming the valid ones."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: valid precisions are {', '.join(map(repr, PRECISIONS))} "
+                         "(float32, the default, or the training step's matmuls in bfloat16)")
+    return precision
 
 
 def code_of(method: str, arch: str) -> dict[str, str]:

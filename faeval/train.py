@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import PRECISIONS
+from .config import check_precision
 from .methods import Method, build_method
 from .models import LayeredModel
 from .snapshot import Snapshot, snapshot
@@ -311,9 +311,7 @@ def _adamw_reference(p: torch.Tensor, grads: list[torch.Tensor], lr: float, weig
 
 def _autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a run's ``precision`` (None for float32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: valid precisions are {', '.join(map(repr, PRECISIONS))}")
-    return None if precision == "float32" else getattr(torch, precision)
+    return None if check_precision(precision) == "float32" else getattr(torch, precision)
 
 
 def check_fit_args(epochs, batch_size, lr, lr_fb, weight_decay, eval_n) -> None:
