@@ -239,20 +239,21 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
             model.train()
         return zip(*[ds.batches(batch_size, seed=s, epoch=epoch) for ds, s in zip(datasets, seeds)])
 
-    first = [True]
+    first = True
 
     def one_step(batch):
+        nonlocal first
         x = torch.stack([b[0] for b in batch])
         y = torch.stack([b[1] for b in batch])
         opt.zero_grad()
         try:
             losses, stats = vectorised(train_p, fixed, x, y, batched)
         except RuntimeError as err:
-            if not first[0] or _is_oom(err):       # an OOM splits the group (fit_group_splitting)
+            if not first or _is_oom(err):       # an OOM splits the group (fit_group_splitting)
                 raise
             raise ValueError(f"method {methods[0].name!r} cannot train in a vectorised group: {err}. "
                              "Set `ungroupable = '<why>'` on its class, or pass group=False") from err
-        first[0] = False
+        first = False
         losses.sum().backward(inputs=trained)
         opt.step()
         return stats, y.shape[1]
