@@ -106,8 +106,8 @@ def _prepare(args) -> int:
 
     from .experiments import seconds_by_chapter
     from .profiles import get_profile
-    from .schedule import fit_many
-    from .store import results_dir, run_dir
+    from .schedule import train_until_stable
+    from .store import run_dir
 
     logging.basicConfig(level=logging.INFO, format="prepare: %(message)s")
     _exit_on_sigterm()
@@ -121,19 +121,10 @@ def _prepare(args) -> int:
 
         executor = dask_executor(args.scheduler)
         print(f"prepare: sending the runs to the Dask scheduler at {args.scheduler}", flush=True)
-    start, trained = time.perf_counter(), 0
-    todo = [c for c in configs if not run_dir(c, args.results).is_dir()]
-    while todo:          # a plan that grows as its runs are stored (the calibration's seeds) is trained out
-        fit_many(todo, results=args.results, device=args.device, progress=not args.quiet, workers=args.workers,
-                 executor=executor)
-        trained += len(todo)
-        before, todo = todo, [c for c in p.planned_runs() if not run_dir(c, args.results).is_dir()]
-        if todo == before:
-            raise RuntimeError(f"prepare: {len(todo)} runs were trained but are not in the store at "
-                               f"{results_dir(args.results)}; check that nothing else moves or deletes its entries")
-        if todo:
-            print(f"prepare: the plan grew by {len(todo)} runs now that the others are stored", flush=True)
-    print(f"prepare: {trained} runs trained in {time.perf_counter() - start:.0f} s", flush=True)
+    start = time.perf_counter()
+    trained = train_until_stable(p.planned_runs, results=args.results, device=args.device, progress=not args.quiet,
+                                 workers=args.workers, executor=executor)
+    print(f"prepare: {len(trained)} runs trained in {time.perf_counter() - start:.0f} s", flush=True)
     by = seconds_by_chapter(p, args.results)
     total = sum(s for _, s in by.values()) or 1.0
     print("prepare: training time by chapter (worker-seconds of its stored runs; a run that several chapters "

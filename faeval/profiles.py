@@ -31,14 +31,14 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .config import CACHE_VERSION, canonical_config, config_hash, rebase
+from .config import CACHE_VERSION, canonical_config, rebase
 from .data import DATASETS
 from .experiments import plan, planned_runs
 from .methods import METHODS
 from .models import ARCHS
 from .names import check_known
-from .schedule import fit_many
-from .store import default_device, load_data
+from .schedule import fit_many, train_until_stable
+from .store import default_device, load_data, run_dir
 
 __all__ = ["Profile", "PROFILES", "get_profile", "profile_from", "PARAMETERS"]
 
@@ -85,22 +85,24 @@ class Profile:
     def experiment(self, chapter: str) -> dict[str, dict]:
         """Chapter ``chapter``'s runs, ``{part: {key: Run}}``, loaded from the store or trained.
 
-        The runs the store lacks train in one batch through :func:`faeval.schedule.fit_many`:
+        The runs the store lacks train through :func:`faeval.schedule.train_until_stable` (again while the
+        chapter's plan grows as its runs are stored) and :func:`faeval.schedule.fit_many`:
         runs that differ only in seed or penalty as one vectorised model where the rule allows
         it, and on a CPU spread over one process per core.
         """
-        parts, done = self.plan(chapter), {}
-        while True:          # a plan that grows as its runs are stored (the calibration's seeds) is trained out
-            todo = {config_hash(canonical_config(**cfg)): cfg for runs in parts.values() for cfg in runs.values()}
-            todo = {h: cfg for h, cfg in todo.items() if h not in done}
-            done.update(zip(todo, fit_many(list(todo.values()), results=self.results, device=self.device,
-                                           progress=self.progress)))
-            again = self.plan(chapter)
-            if again == parts:
-                break
-            parts = again
-        return {part: {key: done[config_hash(canonical_config(**cfg))] for key, cfg in runs.items()}
-                for part, runs in parts.items()}
+        def configs() -> list[dict]:
+            return [cfg for runs in self.plan(chapter).values() for cfg in runs.values()]
+
+        fresh = {run_dir(c, self.results) for c in
+                 train_until_stable(configs, results=self.results, device=self.device, progress=self.progress)}
+        parts = self.plan(chapter)           # every run stored now: fit_many loads them
+        flat = [(part, key, cfg) for part, runs in parts.items() for key, cfg in runs.items()]
+        loaded = fit_many([cfg for _, _, cfg in flat], results=self.results, device=self.device, progress=False)
+        out: dict[str, dict] = {part: {} for part in parts}
+        for (part, key, _), run in zip(flat, loaded):
+            run.from_cache = run.path not in fresh
+            out[part][key] = run
+        return out
 
     def dataset(self, seed: int | None = None, **overrides):
         """The profile's dataset (as the runs of ``seed`` see it), loaded once per process."""

@@ -56,8 +56,8 @@ from .train import Run, progress_bar
 
 log = logging.getLogger("faeval")
 
-__all__ = ["fit_many", "group_key", "group_runs", "default_workers", "dask_executor", "RunFailedError", "ship",
-           "install"]
+__all__ = ["fit_many", "train_until_stable", "group_key", "group_runs", "default_workers", "dask_executor",
+           "RunFailedError", "ship", "install"]
 
 
 class RunFailedError(RuntimeError):
@@ -86,6 +86,27 @@ def group_key(cfg: dict) -> str:
     rest = {k: v for k, v in cfg.items() if k != "seed"}
     rest["hparams"] = {k: v for k, v in cfg["hparams"].items() if k not in free}
     return json.dumps(rest, sort_keys=True)
+
+
+def train_until_stable(plan: Callable[[], Sequence[Mapping]], *, results=None, **fit_kw) -> list[dict]:
+    """Train what ``plan()`` asks for and the store lacks, then ask again, until it asks for nothing new: a
+    plan may grow as its runs are stored (the calibration's seeds, :func:`faeval.calibration.sequential_plan`).
+    ``fit_kw`` go to :func:`fit_many`. Returns the canonical configs of the runs it trained. A pass whose
+    runs are still missing from the store afterwards raises instead of training them again."""
+    trained: list[dict] = []
+    last = None
+    while True:
+        todo = [c for c in map(lambda c: canonical_config(**c), plan()) if not run_dir(c, results).is_dir()]
+        if not todo:
+            return trained
+        if todo == last:
+            raise RuntimeError(f"{len(todo)} runs were trained but are not in the store at {results_dir(results)}; "
+                               "check that nothing else moves or deletes its entries")
+        if last is not None:
+            log.info("the plan grew by %d runs now that the others are stored", len(todo))
+        fit_many(todo, results=results, **fit_kw)
+        trained += todo
+        last = todo
 
 
 def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False, progress: bool = True,

@@ -288,10 +288,10 @@ def test_a_candidate_with_seeds_still_to_run_does_not_qualify():
     assert choose(rows * 3, n_seeds=3)[0] == "label_noise"
 
 
-def test_the_sequential_calibration_plan_stops_a_candidate_where_the_rule_fails(tmp_path, monkeypatch):
+def test_the_sequential_calibration_plan_stops_a_candidate_where_the_rule_fails(tmp_path, monkeypatch, caplog):
     """Seeds in order: the next seed is planned once the last one's runs are stored and the rule held there."""
     from faeval import calibration as cal
-    from faeval.schedule import fit_many
+    from faeval.schedule import train_until_stable
 
     tiny = {"dataset": "synthetic", "d": 8, "n_train": 64, "n_test": 32, "width": 8, "depth": 1, "eval_n": 32}
     cands = [cal.Candidate(n, n, {**tiny, "alpha": a}) for n, a in (("holds", 1.0), ("fails", 0.5), ("own", 0.0))]
@@ -308,16 +308,22 @@ def test_the_sequential_calibration_plan_stops_a_candidate_where_the_rule_fails(
         return {c.name: sorted({s for (n, s, _) in p if n == c.name}) for c in cands}
 
     assert seeds(plan()) == {"holds": [1], "fails": [1], "own": [1, 2, 3]}     # nothing stored yet
-    rounds = 0
-    while True:
-        p = plan()
-        todo = [cfg for cfg in p.values()]
-        fit_many(todo, results=tmp_path, progress=False, workers=1)
-        rounds += 1
-        if plan() == p:
-            break
+    with caplog.at_level("INFO", logger="faeval"):
+        trained = train_until_stable(lambda: list(plan().values()), results=tmp_path, progress=False, workers=1)
+    p = plan()
     assert seeds(p) == {"holds": [1, 2, 3], "fails": [1], "own": [1, 2, 3]}
-    assert rounds == 3 and all(m in ("dfa", "bp", "frozen") for (_, _, m) in p)
+    assert len(trained) == len(p) == 3 * 7 and all(m in ("dfa", "bp", "frozen") for (_, _, m) in p)
+    assert caplog.text.count("the plan grew by 3 runs") == 2                   # seeds 2 and 3 of "holds"
+    assert train_until_stable(lambda: list(plan().values()), results=tmp_path) == []
+
+
+def test_train_until_stable_refuses_a_pass_that_leaves_its_runs_missing(tmp_path, monkeypatch):
+    from faeval import schedule
+
+    monkeypatch.setattr(schedule, "fit_many", lambda configs, **kw: [])       # trains nothing, stores nothing
+    cfg = {"method": "bp", "dataset": "synthetic", "d": 8, "n_train": 64, "n_test": 32, "width": 8, "depth": 1}
+    with pytest.raises(RuntimeError, match="1 runs were trained but are not in the store"):
+        schedule.train_until_stable(lambda: [cfg], results=tmp_path)
 
 
 def test_a_claim_id_names_its_chapter_and_is_used_once_per_regime():
