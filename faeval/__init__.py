@@ -15,15 +15,15 @@ __all__ = ["ARCHS", "LayeredModel", "build_model", "register_arch", "layered", "
            "FAProtocol", "Monitor", "Report", "Thresholds",
            "METHODS", "Method", "build_method", "register_method",
            "load_dataset", "Dataset", "DATASETS", "fit", "Run", "experiment", "load_run", "list_runs",
-           "get_profile", "profile_from", "PROFILES", "Claims", "paper", "fit_many", "Snapshot"]
+           "get_profile", "profile_from", "PROFILES", "Claims", "check_claims", "paper", "fit_many", "Snapshot"]
 
 _LAZY = {"load_dataset": "data", "Dataset": "data", "DATASETS": "data", "fit": "train", "Run": "train",
          "experiment": "store", "load_run": "store", "list_runs": "store",
          "fit_many": "schedule", "get_profile": "profiles", "PROFILES": "profiles", "Claims": "claims",
-         "paper": "claims", "Snapshot": "snapshot", "profile_from": "profiles"}
+         "paper": "claims", "check_claims": "chapters", "Snapshot": "snapshot", "profile_from": "profiles"}
 _SUBMODULES = ("analysis", "plots", "many", "diagnostics", "pitfalls", "calibration", "store", "profiles", "claims",
                "data", "train", "config", "schedule", "experiments", "methods", "models", "protocol", "adapt",
-               "head", "snapshot", "tap", "errors", "tables", "discrepancies")
+               "head", "snapshot", "tap", "errors", "tables", "discrepancies", "chapters")
 
 
 def __getattr__(name):  # data, training and the store load lazily: protocol-only users need none of them

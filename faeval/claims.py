@@ -16,6 +16,11 @@ Where a chapter measures its claims in both regimes of the output head (:mod:`fa
 row records its ``regime`` and whether it is ``judged``: the judged regime's claims are the
 book's, the other regime's are listed beside them, labelled (:attr:`Claims.regime`).
 
+A chapter declares its claims once, in ``faeval/chapters/<chapter>.py`` (:class:`Chapter`): each
+:class:`Claim` has its id, its sentence, the key of the paper's value and the function that measures
+ours from the evidence the notebook passes (:func:`faeval.chapters.check_claims`). The notebook's
+last cell evaluates them by id; it holds no claim of its own.
+
 A claims file records the parameters it was measured with (profile, every
 override of it, cache version: ``Profile.parameters()``). A notebook re-run with
 other parameters writes ``<notebook>@<hash>.json`` beside the default file instead of
@@ -30,7 +35,8 @@ import math
 import os
 import tempfile
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,7 +45,8 @@ from .store import results_dir as _results_dir
 from .tables import table
 
 __all__ = ["paper", "Claims", "ledger", "claims_dir", "styled", "describe_parameters", "attach_reasons",
-           "PAPER_VALUES", "REASON_KINDS"]
+           "PAPER_VALUES", "REASON_KINDS", "chapter_of", "Chapter", "Claim", "Family", "Check", "PerSeed", "Evidence",
+           "CHAPTERS"]
 
 PAPER_VALUES = Path(__file__).with_name("reference") / "paper_values.json"
 HELD, NOT_HELD, NOT_EVALUATED = "held", "not held", "not evaluated"
@@ -61,6 +68,12 @@ def paper(key: str) -> dict:
     return values[key]
 
 
+def chapter_of(notebook: str) -> str:
+    """A notebook's chapter: its name without its number (``01_audit`` -> ``audit``)."""
+    head, _, rest = notebook.partition("_")
+    return rest if head.isdigit() and rest else notebook
+
+
 def claims_dir(results_dir=None) -> Path:
     return _results_dir(results_dir) / "claims"
 
@@ -70,7 +83,7 @@ class Claims:
 
     >>> import tempfile
     >>> claims = Claims("01_audit", "smoke")
-    >>> row = claims.check("BP passes on every seed", True, "PASS, PASS", "audit.verdict.bp")
+    >>> row = claims.check("BP passes on every seed", True, "PASS, PASS", "audit.bp_passes")
     >>> path = claims.save(tempfile.mkdtemp())
     >>> [(r["claim"], r["status"], r["paper"]) for r in claims.rows]
     [('BP passes on every seed', 'held', 'trustworthy')]
@@ -159,8 +172,7 @@ class Claims:
     @property
     def chapter(self) -> str:
         """The notebook's name without its number (``01_audit`` -> ``audit``): the prefix of its claims' ids."""
-        head, _, rest = self.notebook.partition("_")
-        return rest if head.isdigit() and rest else self.notebook
+        return chapter_of(self.notebook)
 
     def _check_id(self, id: str | None, claim: str) -> None:
         if id is None:
@@ -213,6 +225,198 @@ class Claims:
         frame = self.table()
         cols = [c for c in ("regime", "claim", "paper", "ours", "status") if c in frame.columns]
         return styled(frame[cols]).to_html()
+
+
+# ---------------------------------------------------------------------------------------
+# declared claims: each chapter's claims, written once in faeval/chapters/<chapter>.py
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    """What a claim measured: ``held`` (None: it could not be evaluated, ``reason`` says why) and ours."""
+
+    held: bool | None
+    ours: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PerSeed:
+    """A claim about every seed: ``holds(value)`` on each of ``values`` (``{seed: value}``), see
+    :meth:`Claims.per_seed`."""
+
+    values: Mapping
+    holds: Callable
+    fmt: str = "{:.3g}"
+    missing: str = "none"
+    reason: str | None = None
+
+
+class Evidence:
+    """What a notebook measured, by name, for its chapter's claims to read (``ev.rows``; ``ev.P`` is the
+    profile). Later mappings override earlier ones: ``Evidence(shared, regime_own)``."""
+
+    def __init__(self, *maps: Mapping) -> None:
+        values: dict = {}
+        for m in maps:
+            values.update(m)
+        reserved = sorted(k for k in values if hasattr(type(self), k))
+        if reserved:
+            raise ValueError(f"evidence names {reserved} are taken by Evidence itself: pass them under other names")
+        self._values = values
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"a claim reads {name!r}, which the notebook did not pass: add {name}=... to "
+                                 f"its check_claims(...) call (it passed {sorted(self._values)})") from None
+
+    def __getitem__(self, name: str):          # str.format_map fills a sentence's {fields} through this
+        return getattr(self, name)
+
+    def names(self) -> list[str]:
+        return sorted(self._values)
+
+    def text(self, sentence: str | Callable) -> str:
+        """The sentence: a template filled from the evidence (``"... ({horizon} epochs)"``), or a function of it."""
+        return sentence(self) if callable(sentence) else sentence.format_map(self)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of a chapter: its id (``<chapter>.<name>``), its sentence (a template filled from the
+    evidence, or a function of it), the function that measures ours (``measure(ev) -> Check | PerSeed``),
+    the key of the paper's value in ``paper_values.json`` (a claim id: its own, or the claim whose value it
+    shares) and whether it is measured once per head regime."""
+
+    id: str
+    sentence: str | Callable
+    measure: Callable[[Evidence], Check | PerSeed]
+    paper: str | None = None
+    per_regime: bool = True
+
+
+@dataclass(frozen=True)
+class Family:
+    """Claims that exist only where the evidence has them (e.g. one per run that stopped early):
+    ``expand(ev)`` yields ``(name, sentence, Check)``; each gets the id ``<prefix>.<name>``."""
+
+    prefix: str
+    expand: Callable[[Evidence], Iterable[tuple[str, str, Check]]]
+    per_regime: bool = True
+
+    @property
+    def id(self) -> str:
+        return f"{self.prefix}.*"
+
+
+#: every declared chapter, by name (the notebook's name without its number): :class:`Chapter` registers itself
+CHAPTERS: dict[str, Chapter] = {}
+
+
+class Chapter:
+    """The claims of one chapter, declared once, in the order its closing table shows them.
+
+    >>> ch = Chapter("doc_example")
+    >>> @ch.claim("doc_example.positive", "The value is positive on every seed", paper=None)
+    ... def _(ev):
+    ...     return PerSeed(ev.values, lambda v: v > 0)
+    >>> claims = ch.check("09_doc_example", "smoke", values={42: 1.5, 7: 2.0})
+    >>> [(r["id"], r["status"], r["ours"]) for r in claims.rows]
+    [('doc_example.positive', 'held', '2/2 seeds; 1.5 to 2 (s42 1.5, s7 2)')]
+    >>> del CHAPTERS["doc_example"]
+    """
+
+    def __init__(self, name: str) -> None:
+        if name in CHAPTERS:
+            raise ValueError(f"chapter {name!r} is declared twice: its claims belong in one module")
+        self.name = name
+        self.items: list[Claim | Family] = []
+        CHAPTERS[name] = self
+
+    def claim(self, id: str, sentence: str | Callable, *, paper: str | bool | None = None,
+              per_regime: bool = True) -> Callable:
+        """Declare the decorated ``measure(ev)`` as claim ``id``. ``paper=True``: the paper's value is the
+        entry ``id`` of ``paper_values.json``; a string: the entry of that (other) claim's id."""
+        def add(measure: Callable) -> Callable:
+            key = id if paper is True else paper or None
+            self._add(Claim(id, sentence, measure, key, per_regime))
+            return measure
+        return add
+
+    def family(self, prefix: str, *, per_regime: bool = True) -> Callable:
+        """Declare the decorated ``expand(ev)`` as a :class:`Family` of claims with ids ``<prefix>.<name>``."""
+        def add(expand: Callable) -> Callable:
+            self._add(Family(prefix, expand, per_regime))
+            return expand
+        return add
+
+    def _add(self, item: Claim | Family) -> None:
+        name = item.prefix if isinstance(item, Family) else item.id
+        if not name.startswith(f"{self.name}.") or len(name) <= len(self.name) + 1:
+            raise ValueError(f"claim id {name!r} must read '{self.name}.<name>'")
+        if any(i.id == item.id for i in self.items):
+            raise ValueError(f"claim id {item.id!r} is declared twice in chapter {self.name!r}")
+        if isinstance(item, Claim) and item.paper is not None:
+            paper(item.paper)                      # a clear error now, not when a notebook reaches it
+        self.items.append(item)
+
+    def ids(self) -> list[str]:
+        return [i.id for i in self.items]
+
+    def check(self, notebook: str, profile, *, judged: str | None = None, regimes: Mapping | None = None,
+              **evidence) -> Claims:
+        """Evaluate every claim of the chapter and return them as :class:`Claims`.
+
+        ``evidence``: what the notebook measured, by name (a claim reads ``ev.<name>``; ``ev.P`` is the
+        profile). ``regimes``: ``{regime: {name: value}}``, the evidence of each head regime, in the order
+        the table shows them; each per-regime claim is then measured once per regime, with that regime's
+        evidence beside the shared one, and the other claims once, after them. A claim whose measurement
+        raises is recorded as not evaluated, with the error (never dropped)."""
+        claims = Claims(notebook, profile, judged=judged)
+        if claims.chapter != self.name:
+            raise ValueError(f"notebook {notebook!r} is chapter {claims.chapter!r}, not {self.name!r}")
+        shared = {"P": profile, **evidence}
+        for regime, own in (regimes or {}).items():
+            claims.regime = regime
+            ev = Evidence(shared, own)
+            for item in self.items:
+                if item.per_regime:
+                    _record(claims, item, ev)
+        claims.regime = None
+        for item in self.items:
+            if not (regimes and item.per_regime):
+                _record(claims, item, Evidence(shared))
+        return claims
+
+
+def _record(claims: Claims, item: Claim | Family, ev: Evidence) -> None:
+    if isinstance(item, Family):
+        for name, sentence, outcome in item.expand(ev):
+            _outcome(claims, f"{item.prefix}.{name}", sentence, None, lambda outcome=outcome: outcome)
+        return
+    _outcome(claims, item.id, ev.text(item.sentence), item.paper, lambda: item.measure(ev))
+
+
+def _outcome(claims: Claims, id: str, sentence: str, paper_key: str | None, measure: Callable) -> dict:
+    try:
+        out = measure()
+        if isinstance(out, PerSeed):
+            return claims.per_seed(sentence, out.values, out.holds, out.fmt, paper_key, out.reason, out.missing,
+                                   id=id)
+    except Exception as e:  # noqa: BLE001 - the claim is recorded, not dropped
+        if isinstance(e, AttributeError) and "the notebook did not pass" in str(e):
+            raise                                  # the notebook's mistake, not the measurement's
+        last = traceback.extract_tb(e.__traceback__)[-1]
+        return claims.check(sentence, None, "", paper_key,
+                            f"could not be evaluated: {type(e).__name__}: {e} (line {last.lineno})", id=id)
+    if not isinstance(out, Check):
+        raise TypeError(f"claim {id!r}: its measure returned {type(out).__name__}; return a Check or a PerSeed")
+    if out.held is None:
+        return claims.check(sentence, None, out.ours, paper_key, out.reason or "could not be evaluated", id=id)
+    return claims.check(sentence, out.held, out.ours, paper_key, out.reason, id=id)
 
 
 STATUS_COLOURS = {HELD: "color: #1a7f37", NOT_HELD: "color: #cf222e", NOT_EVALUATED: "color: #9a6700"}

@@ -136,13 +136,13 @@ def _ep_bounded(r):
 
 #: the paper's DFA signatures, in the order the issue states them (each counted on every seed)
 SIGNATURES: tuple[Signature, ...] = (
-    Signature("D1 fires on every seed", "audit.growth.dfa", _d1),
-    Signature("D2 fires on every seed", "audit.g_L.dfa", _d2),
-    Signature("DFA below the frozen baseline on every seed", "audit.acc.dfa", _below_frozen),
+    Signature("D1 fires on every seed", "audit.dfa_d1", _d1),
+    Signature("D2 fires on every seed", "audit.dfa_d2", _d2),
+    Signature("DFA below the frozen baseline on every seed", "audit.dfa_d3", _below_frozen),
     Signature("per-layer Gamma: l0 within 0.15 of +0.42, l1..L within 0.05 of 0", "audit.gamma_l0.dfa",
               _gamma_pattern),
     Signature("random-target ||h_L|| above 1e4 by epoch 3", "fa_vs_dfa.random_targets", _random_targets),
-    Signature("FA more accurate than DFA (mean over seeds)", "fa_vs_dfa.acc", _fa_over_dfa),
+    Signature("FA more accurate than DFA (mean over seeds)", "fa_vs_dfa.fa_more_accurate", _fa_over_dfa),
     Signature("EP at least 10x below DFA under random targets", "fa_vs_dfa.random_targets", _ep_bounded),
 )
 

@@ -43,6 +43,8 @@ __all__ = [
     "layer0_dominance_pitfall",
     "norm_dim_pitfall",
     "run_all",
+    "details_table",
+    "DETAILS",
     "self_cosine_fallback_pitfall",
 ]
 
@@ -357,3 +359,24 @@ def run_all(seed: int = 0) -> list[PitfallResult]:
     return [norm_dim_pitfall(), cosine_eps_pitfall(seed=seed), fp16_underflow_pitfall(seed=seed),
             fresh_feedback_pitfall(seed=seed), aggregation_pitfall(seed=seed), layer0_dominance_pitfall(seed=seed),
             self_cosine_fallback_pitfall(seed=seed)]
+
+
+#: the details the mechanisms table shows: (pitfall number, detail key, label)
+DETAILS = [("2", "median_ref_norm", "median ||g|| of the reference"),
+           ("2", "ratio_right_over_wrong", "right / wrong cosine"),
+           ("3", "fp16_zero_fraction", "float16 gradient entries that became 0"),
+           ("3", "bf16_zero_fraction", "bfloat16 gradient entries that became 0"),
+           ("4", "fresh_std", "fresh-feedback Gamma std over draws"),
+           ("5", "spread", "spread of the four aggregations (max - min)"),
+           ("5", "sign_flip", "the aggregations disagree in sign"),
+           ("6", "layer0", "layer 0 Gamma"),
+           ("6", "hidden_only_mean", "hidden-only mean (layers 1..L)")]
+
+
+def details_table(results: list[PitfallResult]):
+    """The mechanisms behind the wrong numbers, as the reproducers recorded them (:data:`DETAILS`): one row
+    each, labelled ``"<number>: <what>"``."""
+    import pandas as pd
+
+    by = {r.number: r for r in results}
+    return pd.Series({f"{n}: {label}": by[n].details[key] for n, key, label in DETAILS}, name="measured").to_frame()

@@ -148,8 +148,7 @@ def audit_figure(df, thresholds: Thresholds | None = None, frozen_acc: float | N
         if line is not None:
             _threshold(ax, line, note)
         if paper:
-            key = {"growth": "growth", "g_L": "g_L", "acc": "acc"}.get(col)
-            marks = [(i, _paper_number(f"audit.{key}.{m}")) for i, m in enumerate(order)] if key else []
+            marks = [(i, _paper_number(AUDIT_MARKS[col, m])) for i, m in enumerate(order) if (col, m) in AUDIT_MARKS]
             marks = [(i, v) for i, v in marks if v is not None]
             if marks:
                 ax.scatter([i for i, _ in marks], [v for _, v in marks], **PAPER_STYLE)
@@ -180,11 +179,15 @@ def _seed_and_paper_legend(fig, axes) -> None:
     fig.tight_layout(rect=(0, 0.07, 1, 1))
 
 
+#: the paper's per-rule values the audit figure marks, by (column, rule): entries of ``paper_values.json``,
+#: keyed by the id of the claim that shows the same number where there is one
+AUDIT_MARKS = {("growth", "bp"): "audit.growth.bp", ("growth", "dfa"): "audit.dfa_d1",
+               ("g_L", "bp"): "audit.g_L.bp", ("g_L", "dfa"): "audit.dfa_d2", ("acc", "dfa"): "audit.dfa_d3",
+               **{("acc", m): f"audit.acc.{m}" for m in ("bp", "fa", "ep", "state_bridge", "credit_bridge", "frozen")}}
+
+
 def _paper_number(key: str):
-    try:
-        v = paper_value(key)
-    except KeyError:
-        return None
+    v = paper_value(key)
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
@@ -241,7 +244,7 @@ def penalty_figure(quality, frozen_acc: float | None = None, thresholds: Thresho
     q = quality.assign(lam=[f"{v:g}" for v in quality["lambda"]])
     lams = list(dict.fromkeys(q["lam"]))
     fig, axes = _grid(4, 2, 2.5)
-    panels = [("h_L", "median ‖h_L‖", True, "penalty.h_L"), ("g_L", "median ‖g_L‖", True, "penalty.g_L"),
+    panels = [("h_L", "median ‖h_L‖", True, "penalty.cuts_h_L"), ("g_L", "median ‖g_L‖", True, "penalty.keeps_g_L"),
               ("deep Gamma", "deep-layer Γ", False, "penalty.deep_gamma"), ("acc", "test accuracy", False,
                                                                          "penalty.acc")]
     for ax, (col, title, log, key) in zip(axes, panels):
@@ -278,7 +281,7 @@ def depth_figure(depth_rows, thresholds: Thresholds | None = None, paper: bool =
     fig, axes = _grid(4, 2, 2.4)
     panels = [("acc", "test accuracy", False, "fa_vs_dfa.depth_acc"),
               ("margin_pp", "accuracy - frozen (pp)", False, None),
-              ("deep Gamma", "deep-layer Γ", False, "fa_vs_dfa.depth_gamma"),
+              ("deep Gamma", "deep-layer Γ", False, "fa_vs_dfa.fa_gamma_falls_with_depth"),
               ("growth", "max per-block growth (x)", True, None)]
     for ax, (col, title, log, key) in zip(axes, panels):
         sns.lineplot(data=depth_rows, x="depth", y=col, hue="method", marker="o", ax=ax, legend=ax is axes[0])

@@ -3,7 +3,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["table"]
+__all__ = ["table", "COLUMN_FORMATS"]
+
+#: how the book shows its recurring quantities, by column name (a column of a pivot by its first level);
+#: a caller's ``fmt`` overrides them. Columns starting ``g_L`` show in e-notation and ``... epoch`` columns
+#: as whole epochs; any other float shows 3 significant figures.
+COLUMN_FORMATS = {"acc": "{:.4f}", "margin_pp": "{:+.1f}", "gamma": "{:+.3f}", "deep Gamma": "{:+.3f}",
+                  "null deep Gamma": "{:+.4f}", "null std": "{:.4f}", "deep rho": "{:+.3f}"}
+
+
+def column_format(col) -> str:
+    """The format of a float column named ``col`` (:data:`COLUMN_FORMATS`)."""
+    name = str(col[0] if isinstance(col, tuple) else col)
+    if name in COLUMN_FORMATS:
+        return COLUMN_FORMATS[name]
+    if name.startswith("g_L"):
+        return "{:.2e}"
+    return "{:.0f}" if name.endswith("epoch") or name.startswith(("D1 epoch", "D2 epoch")) else "{:.3g}"
 
 
 def table(frame, fmt: Mapping | str | None = None, na_rep: str = "-", index: bool | None = None):
@@ -17,7 +33,8 @@ def table(frame, fmt: Mapping | str | None = None, na_rep: str = "-", index: boo
     False
 
     ``fmt`` maps columns to format strings (or is one format for every number); floats default
-    to 3 significant figures. NaN shows as ``na_rep``.
+    to :func:`column_format` (the book's format of a quantity it names, else 3 significant figures).
+    NaN shows as ``na_rep``.
     """
     import pandas as pd
 
@@ -25,7 +42,7 @@ def table(frame, fmt: Mapping | str | None = None, na_rep: str = "-", index: boo
     formats = {}
     for col in frame.columns:
         if pd.api.types.is_float_dtype(frame[col]):
-            formats[col] = "{:.3g}"
+            formats[col] = column_format(col)
     if isinstance(fmt, str):
         formats = {c: fmt for c in formats}
     elif fmt:

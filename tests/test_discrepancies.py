@@ -49,22 +49,6 @@ def test_crossing_epoch_extrapolates_a_log_linear_trend():
     assert X.crossing_epoch(e, rising, 50.0) == pytest.approx(math.log10(50) / 0.1)
 
 
-def test_every_registered_probe_names_a_claim_of_the_book():
-    """Each probe's id is a claim id some chapter notebook gives (literally, or as its f-string template)."""
-    import json
-    import re
-    from pathlib import Path
-
-    given = set()
-    for path in (Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"):
-        code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
-        given |= {re.sub(r"\{[^}]*\}", "*", i) for i in re.findall(r'\bid=f?"([^"]+)"', code)}
-    templates = [re.compile("^" + re.escape(g).replace(r"\*", "[^.]+") + "$") for g in given]
-    assert X.PROBES, "no probes registered"
-    orphans = [i for i in X.PROBES if not any(t.match(i) for t in templates)]
-    assert not orphans, f"probes for claim ids no notebook gives: {orphans}"
-
-
 def test_the_head_probe_names_the_head_where_the_other_regime_holds_and_only_judged_claims_are_explained(
         monkeypatch):
     import pandas as pd

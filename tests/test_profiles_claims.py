@@ -179,7 +179,7 @@ def test_planned_runs_are_the_union_of_the_chapters(name):
 def test_a_per_seed_claim_states_k_of_n_and_the_spread():
     claims = C.Claims("01_audit", "quick")
     row = claims.per_seed("DFA fires D1 on every seed", {42: 70.9, 123: 7.6, 456: 51.2}, lambda v: v > 50,
-                          "{:.3g}", "audit.growth.dfa")
+                          "{:.3g}", "audit.dfa_d1")
     assert row["status"] == "not held"
     assert row["ours"] == "2/3 seeds; 7.6 to 70.9 (s42 70.9, s123 7.6, s456 51.2)"
     assert claims.per_seed("same", {1: 0, 2: 0}, lambda n: n == 0, "{:.0f} firings")["ours"] == \
@@ -336,27 +336,3 @@ def test_a_claim_id_names_its_chapter_and_is_used_once_per_regime():
         claims.check("y", True, "1", id="temporal.y")
     claims.regime = "head fixed"                     # the same claim in the other regime keeps its id
     assert claims.check("x", False, "0", id="audit.x")["regime"] == "head fixed"
-
-
-def test_every_claim_of_the_book_has_an_id_of_its_chapter():
-    """Read from the notebooks' code: each claims.check / per_seed / evaluate call passes id="<chapter>.<name>"."""
-    import ast
-    from pathlib import Path
-
-    ids = []
-    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("0*.ipynb")):
-        chapter = path.stem.partition("_")[2]
-        for cell in json.loads(path.read_text())["cells"]:
-            if cell["cell_type"] != "code":
-                continue
-            for node in ast.walk(ast.parse("".join(cell["source"]))):
-                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "claims"
-                        and node.func.attr in ("check", "per_seed", "evaluate")):
-                    given = [k.value for k in node.keywords if k.arg == "id"]
-                    assert given, f"{path.name}: a claim without an id (line {node.lineno} of its cell)"
-                    text = ast.unparse(given[0])
-                    assert text.lstrip("f").strip("'\"").startswith(f"{chapter}."), f"{path.name}: id {text}"
-                    ids.append(text)
-    literal = [i for i in ids if not i.startswith("f")]
-    assert len(ids) >= 50 and len(literal) == len(set(literal)), "a claim id is given twice"

@@ -1,0 +1,100 @@
+"""The cross-architecture chapter's claims (notebook ``03_cross_arch``).
+
+Evidence, per head regime: ``rows``, the summary table (one row per architecture label and method: the
+final growth and g_L, the first epoch each diagnostic fired, ``terminal LN``) and ``runs``
+(``{(label, method): Run}``); shared: ``archs``, the architecture labels in the profile's order.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..claims import Chapter, Check
+from ..protocol import Monitor
+
+CLAIMS = Chapter("cross_arch")
+
+
+def row(ev, label: str, method: str = "dfa") -> pd.Series:
+    return ev.rows[(ev.rows.architecture == label) & (ev.rows.method == method)].iloc[0]
+
+
+def fired(ev, label: str, diag: str, method: str = "dfa") -> bool:
+    return not pd.isna(row(ev, label, method)[f"{diag} epoch"])
+
+
+def no_ln(ev) -> list[str]:
+    """The labels whose model has no terminal LayerNorm (the model says so: ``has_out_ln``)."""
+    return [label for label in ev.archs if not row(ev, label)["terminal LN"]]
+
+
+def of_arch(ev, arch: str) -> list[str]:
+    """The labels of one architecture (``"vit"``, ``"cnn"``...), read from the runs' configs."""
+    return [label for label in ev.archs if ev.runs[label, "dfa"].config["arch"] == arch]
+
+
+@CLAIMS.claim("cross_arch.bp_never_fires", "BP fires neither D1 nor D2 on any architecture",
+              paper="temporal.bp_never_fires")
+def _(ev):
+    fires = {label: fired(ev, label, "D1", "bp") or fired(ev, label, "D2", "bp") for label in ev.archs}
+    return Check(not any(fires.values()),
+                 ", ".join(f"{label}: {'fires' if f else 'quiet'}" for label, f in fires.items()))
+
+
+@CLAIMS.claim("cross_arch.no_ln_no_d2", "Without a terminal LN, DFA never fires D2", paper=True)
+def _(ev):
+    return Check(not any(fired(ev, label, "D2") for label in no_ln(ev)),
+                 ", ".join(f"{label}: g_L {row(ev, label).g_L:.1e}" for label in no_ln(ev)))
+
+
+@CLAIMS.claim("cross_arch.no_ln_dfa_d1", "Without a terminal LN, DFA still fires D1 (the stream grows)",
+              paper="cross_arch.no_ln_no_d2")
+def _(ev):
+    return Check(all(fired(ev, label, "D1") for label in no_ln(ev)),
+                 ", ".join(f"{label}: growth {row(ev, label).growth:.3g}" for label in no_ln(ev)))
+
+
+@CLAIMS.claim("cross_arch.ln_dfa_d2", "With a terminal LN, DFA fires D2", paper="cross_arch.vit_dfa_d1")
+def _(ev):
+    with_ln = [label for label in ev.archs if label not in no_ln(ev)]
+    return Check(all(fired(ev, label, "D2") for label in with_ln),
+                 ", ".join(f"{label}: g_L {row(ev, label).g_L:.1e}" for label in with_ln))
+
+
+@CLAIMS.claim("cross_arch.vit_dfa_d1", "DFA fires D1 on ViT-Mini", paper=True)
+def _(ev):
+    vit = of_arch(ev, "vit")
+    return Check(any(fired(ev, label, "D1") for label in vit),
+                 ", ".join(f"growth {row(ev, label).growth:.3g}" for label in vit))
+
+
+@CLAIMS.claim("cross_arch.cnn_dfa_d1", "DFA fires D1 on SmallCNN", paper=True)
+def _(ev):
+    cnn = of_arch(ev, "cnn")
+    return Check(any(fired(ev, label, "D1") for label in cnn),
+                 ", ".join(f"growth {row(ev, label).growth:.3g}" for label in cnn))
+
+
+@CLAIMS.family("cross_arch.trained")
+def _(ev):
+    for (label, method), run in ev.runs.items():
+        if run.stopped:
+            yield (f"{method}.{label}", f"{method} on {label} trained to the end",
+                   Check(None, "", f"the run stopped: {run.stopped}"))
+
+
+def summary_table(regimes, order, log_batch: int) -> pd.DataFrame:
+    """One row per run of each head regime (``regimes``: ``{regime: {(label, method): Run}}``, in ``order``):
+    whether the model has a terminal LN, the accuracy, the final snapshot's growth, h_L and g_L (also read
+    at batch ``log_batch``), and the first epoch D1 and D2 fired, replayed from the epoch records."""
+    summary = []
+    for regime in order:
+        for (label, method), run in regimes[regime].items():
+            first = Monitor().replay(run.history)
+            first_log = Monitor(d2_batch=log_batch).replay(run.history)
+            last = run.history[-1]["diag"]
+            summary.append({
+                "regime": regime, "architecture": label, "method": method, "terminal LN": run.model.has_out_ln,
+                "acc": run.test_acc, "growth": last.max_block_growth, "h_L": last.h_L, "g_L": last.g_L,
+                f"g_L (batch {log_batch})": last.g_L_at(log_batch), "D1 epoch": first["D1"], "D2 epoch": first["D2"],
+                f"D2 epoch (batch {log_batch})": first_log["D2"], "stopped": run.stopped or ""})
+    return pd.DataFrame(summary)
