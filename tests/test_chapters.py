@@ -136,3 +136,12 @@ def test_every_chapter_reads_prose_first(capsys):
     assert len(shares) >= 10
     over = {name: round(s, 3) for name, s in shares.items() if s > MAX_CODE_SHARE}
     assert not over, f"more than {MAX_CODE_SHARE:.0%} code: {over}; move machinery into faeval/ or explain more"
+
+
+def test_the_paper_values_figures_and_the_head_rule_read_exist():
+    from faeval import head, plots
+
+    keys = [*plots.AUDIT_MARKS.values(), *(s.paper_key for s in head.SIGNATURES)]
+    assert len(keys) >= 15
+    for key in keys:
+        C.paper(key)        # a KeyError names the missing entry
