@@ -353,6 +353,16 @@ class Chapter:
             return expand
         return add
 
+    def stopped_runs(self, prefix: str, runs: str, name: str, sentence: str) -> None:
+        """Declare one not-evaluated claim per run of the evidence ``runs`` (``{key: Run}``) that stopped early:
+        id ``<prefix>.<name>`` and ``sentence``, both formatted with the run's key (``"{0}.s{1}"``)."""
+        def expand(ev):
+            for key, run in getattr(ev, runs).items():
+                if run.stopped:
+                    key = key if isinstance(key, tuple) else (key,)
+                    yield name.format(*key), sentence.format(*key), Check(None, "", f"the run stopped: {run.stopped}")
+        self._add(Family(prefix, expand))
+
     def _add(self, item: Claim | Family) -> None:
         name = item.prefix if isinstance(item, Family) else item.id
         if not name.startswith(f"{self.name}.") or len(name) <= len(self.name) + 1:

@@ -63,6 +63,10 @@ def chapter():
 
 
 def test_a_declared_chapter_is_measured_per_regime_and_records_what_could_not_be_evaluated(chapter):
+    from types import SimpleNamespace
+
+    ok, stopped = SimpleNamespace(stopped=None), SimpleNamespace(stopped="non-finite loss")
+
     @chapter.claim("tchapter.bigger", "The value exceeds {bar} on every seed")
     def _(ev):
         return C.PerSeed(ev.values, lambda v: v > ev.bar)
@@ -71,29 +75,28 @@ def test_a_declared_chapter_is_measured_per_regime_and_records_what_could_not_be
     def _(ev):
         return C.Check(ev.values[999] > 0, "")
 
-    @chapter.family("tchapter.stopped")
-    def _(ev):
-        for seed, why in ev.stopped.items():
-            yield f"s{seed}", f"seed {seed} trained to the end", C.Check(None, "", f"the run stopped: {why}")
+    chapter.stopped_runs("tchapter.stopped", "runs", "{0}.s{1}", "{0} seed {1} trained to the end")
 
     @chapter.claim("tchapter.once", "Measured once, outside the regimes", per_regime=False)
     def _(ev):
         return C.Check(ev.bar == 1, f"bar {ev.bar}")
 
     claims = check_claims("09_tchapter", "smoke", judged="head fixed", bar=1,
-                          regimes={"head fixed": {"values": {42: 2.0, 7: 3.0}, "stopped": {}},
-                                   "head trained": {"values": {42: 0.5, 7: 3.0}, "stopped": {7: "non-finite loss"}}})
+                          regimes={"head fixed": {"values": {42: 2.0, 7: 3.0}, "runs": {("dfa", 7): ok}},
+                                   "head trained": {"values": {42: 0.5, 7: 3.0},
+                                                    "runs": {("dfa", 42): ok, ("dfa", 7): stopped}}})
     got = [(r["id"], r["regime"], r["judged"], r["status"]) for r in claims.rows]
     assert got == [("tchapter.bigger", "head fixed", True, "held"),
                    ("tchapter.broken", "head fixed", True, "not evaluated"),
                    ("tchapter.bigger", "head trained", False, "not held"),
                    ("tchapter.broken", "head trained", False, "not evaluated"),
-                   ("tchapter.stopped.s7", "head trained", False, "not evaluated"),
+                   ("tchapter.stopped.dfa.s7", "head trained", False, "not evaluated"),
                    ("tchapter.once", "", True, "held")]
     assert claims.rows[0]["claim"] == "The value exceeds 1 on every seed"
     assert claims.rows[2]["ours"] == "1/2 seeds; 0.5 to 3 (s42 0.5, s7 3)"
     assert claims.rows[1]["reason"].startswith("could not be evaluated: KeyError: 999")
     assert claims.rows[4]["reason"] == "the run stopped: non-finite loss"
+    assert claims.rows[4]["claim"] == "dfa seed 7 trained to the end"
 
 
 def test_evidence_a_notebook_did_not_pass_is_an_error_that_names_it(chapter):

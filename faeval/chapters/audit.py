@@ -72,12 +72,7 @@ for _m in ("state_bridge", "credit_bridge"):
         return PerSeed(of(ev, m, "verdict"), lambda v: v != "PASS")
 
 
-@CLAIMS.family("audit.trained")
-def _(ev):
-    for (method, seed), run in ev.runs.items():
-        if run.stopped:
-            yield (f"{method}.s{seed}", f"{method} seed {seed} trained to the end",
-                   Check(None, "", f"the run stopped: {run.stopped}"))
+CLAIMS.stopped_runs("audit.trained", "runs", "{0}.s{1}", "{0} seed {1} trained to the end")
 
 
 @CLAIMS.claim("audit.shallow_vs_frozen",

@@ -74,12 +74,7 @@ def _(ev):
                  ", ".join(f"growth {row(ev, label).growth:.3g}" for label in cnn))
 
 
-@CLAIMS.family("cross_arch.trained")
-def _(ev):
-    for (label, method), run in ev.runs.items():
-        if run.stopped:
-            yield (f"{method}.{label}", f"{method} on {label} trained to the end",
-                   Check(None, "", f"the run stopped: {run.stopped}"))
+CLAIMS.stopped_runs("cross_arch.trained", "runs", "{1}.{0}", "{1} on {0} trained to the end")
 
 
 def summary_table(regimes, order, log_batch: int) -> pd.DataFrame:

@@ -77,12 +77,7 @@ def _(ev):
                  ", ".join(f"{lam:g}: {m:+.2f} pp" for lam, m in ev.d3["mean margin (pp)"].items()))
 
 
-@CLAIMS.family("penalty.trained")
-def _(ev):
-    for (lam, seed), run in ev.sweep.items():
-        if run.stopped:
-            yield (f"{lam:g}.s{seed}", f"DFA lambda={lam:g} seed {seed} trained to the end",
-                   Check(None, "", f"the run stopped: {run.stopped}"))
+CLAIMS.stopped_runs("penalty.trained", "sweep", "{0:g}.s{1}", "DFA lambda={0:g} seed {1} trained to the end")
 
 
 def quality_table(sweeps, order, frozen_acc, x_eval, y_eval) -> pd.DataFrame:
