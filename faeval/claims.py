@@ -46,7 +46,7 @@ from .tables import table
 
 __all__ = ["paper", "Claims", "ledger", "claims_dir", "styled", "describe_parameters", "attach_reasons",
            "PAPER_VALUES", "REASON_KINDS", "chapter_of", "Chapter", "Claim", "Family", "Check", "PerSeed", "Evidence",
-           "CHAPTERS"]
+           "MissingEvidence", "CHAPTERS"]
 
 PAPER_VALUES = Path(__file__).with_name("reference") / "paper_values.json"
 HELD, NOT_HELD, NOT_EVALUATED = "held", "not held", "not evaluated"
@@ -251,6 +251,11 @@ class PerSeed:
     reason: str | None = None
 
 
+class MissingEvidence(AttributeError):
+    """A claim reads a name the notebook did not pass to :func:`faeval.chapters.check_claims`: the notebook's
+    mistake, raised at once, never recorded as a claim that could not be evaluated."""
+
+
 class Evidence:
     """What a notebook measured, by name, for its chapter's claims to read (``ev.rows``; ``ev.P`` is the
     profile). Later mappings override earlier ones: ``Evidence(shared, regime_own)``."""
@@ -270,8 +275,8 @@ class Evidence:
         try:
             return self._values[name]
         except KeyError:
-            raise AttributeError(f"a claim reads {name!r}, which the notebook did not pass: add {name}=... to "
-                                 f"its check_claims(...) call (it passed {sorted(self._values)})") from None
+            raise MissingEvidence(f"a claim reads {name!r}, which the notebook did not pass: add {name}=... to "
+                                  f"its check_claims(...) call (it passed {self.names()})") from None
 
     def __getitem__(self, name: str):          # str.format_map fills a sentence's {fields} through this
         return getattr(self, name)
@@ -416,12 +421,12 @@ def _outcome(claims: Claims, id: str, sentence: str, paper_key: str | None, meas
         if isinstance(out, PerSeed):
             return claims.per_seed(sentence, out.values, out.holds, out.fmt, paper_key, out.reason, out.missing,
                                    id=id)
+    except MissingEvidence:
+        raise
     except Exception as e:  # noqa: BLE001 - the claim is recorded, not dropped
-        if isinstance(e, AttributeError) and "the notebook did not pass" in str(e):
-            raise                                  # the notebook's mistake, not the measurement's
         last = traceback.extract_tb(e.__traceback__)[-1]
-        return claims.check(sentence, None, "", paper_key,
-                            f"could not be evaluated: {type(e).__name__}: {e} (line {last.lineno})", id=id)
+        return claims.check(sentence, None, "", paper_key, f"could not be evaluated: {type(e).__name__}: {e} "
+                            f"({Path(last.filename).name} line {last.lineno})", id=id)
     if not isinstance(out, Check):
         raise TypeError(f"claim {id!r}: its measure returned {type(out).__name__}; return a Check or a PerSeed")
     if out.held is None:

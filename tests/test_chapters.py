@@ -94,7 +94,7 @@ def test_a_declared_chapter_is_measured_per_regime_and_records_what_could_not_be
                    ("tchapter.once", "", True, "held")]
     assert claims.rows[0]["claim"] == "The value exceeds 1 on every seed"
     assert claims.rows[2]["ours"] == "1/2 seeds; 0.5 to 3 (s42 0.5, s7 3)"
-    assert claims.rows[1]["reason"].startswith("could not be evaluated: KeyError: 999")
+    assert claims.rows[1]["reason"].startswith("could not be evaluated: KeyError: 999 (test_chapters.py line ")
     assert claims.rows[4]["reason"] == "the run stopped: non-finite loss"
     assert claims.rows[4]["claim"] == "dfa seed 7 trained to the end"
 
@@ -104,7 +104,7 @@ def test_evidence_a_notebook_did_not_pass_is_an_error_that_names_it(chapter):
     def _(ev):
         return C.Check(ev.rows is not None, "")
 
-    with pytest.raises(AttributeError, match=r"reads 'rows', which the notebook did not pass: add rows=\.\.\."):
+    with pytest.raises(C.MissingEvidence, match=r"reads 'rows', which the notebook did not pass: add rows=\.\.\."):
         check_claims("09_tchapter", "smoke", row=[1])
 
 
