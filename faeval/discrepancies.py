@@ -274,11 +274,13 @@ def d2_horizon(row, ctx: Context) -> Reason:
     """Plain DFA at 3x the horizon: does g_L cross the D2 floor, or does its trend?"""
     run = ctx.probe_runs("long")["dfa"]
     reason = _horizon_reason(run, "D2", ctx.P.epochs, f"DFA (seed {run.config['seed']})")
-    wide = [r for (label, m), r in ctx.runs("cross_arch")["runs"].items() if m == "dfa" and "512" in label]
-    if wide:
-        f = _first(wide[0], "D2")
-        reason = Reason(reason.kind, reason.text + (f"; at width 512 D2 fires at epoch {f} of the same horizon"
-                                                    if f is not None else "; at width 512 it does not fire either"),
+    base = run.config["model"]["width"]
+    wide = [r for (label, m), r in ctx.runs("cross_arch")["runs"].items()
+            if m == "dfa" and r.config["arch"] == run.config["arch"] and r.config["model"]["width"] > base]
+    if wide:           # the cross-architecture chapter's wider model of the same architecture
+        f, w = _first(wide[0], "D2"), wide[0].config["model"]["width"]
+        reason = Reason(reason.kind, reason.text + (f"; at width {w} D2 fires at epoch {f} of the same horizon"
+                                                    if f is not None else f"; at width {w} it does not fire either"),
                         reason.probe)
     return reason
 
