@@ -158,16 +158,8 @@ class Claims:
     def evaluate(self, claim: str, fn: Callable[[], tuple[bool, str]], paper_key: str | None = None,
                  reason: str | None = None, *, id: str | None = None) -> dict:
         """Check a claim computed by ``fn() -> (held, ours)``; an exception or a non-finite
-        measurement records it as not evaluated, with the reason."""
-        try:
-            held, ours = fn()
-        except Exception as e:  # noqa: BLE001 - the claim is recorded, not dropped
-            last = traceback.extract_tb(e.__traceback__)[-1]
-            return self.check(claim, None, "", paper_key,
-                              f"could not be evaluated: {type(e).__name__}: {e} (line {last.lineno})", id=id)
-        if held is None:
-            return self.check(claim, None, ours, paper_key, reason or "could not be evaluated", id=id)
-        return self.check(claim, held, ours, paper_key, reason, id=id)
+        measurement records it as not evaluated, with the reason (as a declared claim's: :class:`Chapter`)."""
+        return _outcome(self, id, claim, paper_key, lambda: Check(*fn(), reason))
 
     @property
     def chapter(self) -> str:
@@ -351,13 +343,6 @@ class Chapter:
             return measure
         return add
 
-    def family(self, prefix: str, *, per_regime: bool = True) -> Callable:
-        """Declare the decorated ``expand(ev)`` as a :class:`Family` of claims with ids ``<prefix>.<name>``."""
-        def add(expand: Callable) -> Callable:
-            self._add(Family(prefix, expand, per_regime))
-            return expand
-        return add
-
     def stopped_runs(self, prefix: str, runs: str, name: str, sentence: str) -> None:
         """Declare one not-evaluated claim per run of the evidence ``runs`` (``{key: Run}``) that stopped early:
         id ``<prefix>.<name>`` and ``sentence``, both formatted with the run's key (``"{0}.s{1}"``)."""
@@ -415,7 +400,9 @@ def _record(claims: Claims, item: Claim | Family, ev: Evidence) -> None:
     _outcome(claims, item.id, ev.text(item.sentence), item.paper, lambda: item.measure(ev))
 
 
-def _outcome(claims: Claims, id: str, sentence: str, paper_key: str | None, measure: Callable) -> dict:
+def _outcome(claims: Claims, id: str | None, sentence: str, paper_key: str | None, measure: Callable) -> dict:
+    """Record the claim ``measure()`` measures (a :class:`Check` or a :class:`PerSeed`): one that raises is
+    not evaluated, with the error and where it was raised; one whose ``held`` is None is not evaluated."""
     try:
         out = measure()
         if isinstance(out, PerSeed):
