@@ -87,9 +87,13 @@ class Diagnostic:
     needs_baseline: bool = False    # judged against the frozen-blocks baseline's accuracy
     details: tuple[str, ...] = ()   # facts of the measurement its report entry records (e.g. "n_batches")
 
+    def judgeable(self, value: float | None, baseline: float | None = None) -> bool:
+        """Whether ``value`` can be judged: measured, and with a baseline where it ``needs_baseline``."""
+        return value is not None and not (self.needs_baseline and baseline is None)
+
     def fires(self, value: float | None, th: Thresholds, baseline: float | None = None) -> bool | None:
         """Whether it fires for ``value`` at thresholds ``th`` (None: not evaluated)."""
-        if value is None or (self.needs_baseline and baseline is None):
+        if not self.judgeable(value, baseline):
             return None
         return self.judge(value, getattr(th, self.threshold), baseline)
 
@@ -567,7 +571,7 @@ class FAProtocol:
 def _result(d: Diagnostic, value: float | None, th: Thresholds, baseline: float | None,
             facts: Mapping[str, Any]) -> Result | None:
     """Diagnostic ``d``'s :class:`Result` (None where it is not evaluated: no value, or no baseline)."""
-    if value is None or (d.needs_baseline and baseline is None):
+    if not d.judgeable(value, baseline):
         return None
     return Result(d.name, value, getattr(th, d.threshold), d.fires(value, th, baseline), d.what,
                   baseline if d.needs_baseline else None, {k: facts[k] for k in d.details})
