@@ -591,7 +591,6 @@ def ep_sweep_table(ctx: Context):
     """One row per (beta, steps): accuracy, margin over frozen, per-layer and deep Gamma, layers without credit."""
     import pandas as pd
 
-
     runs = ctx.probe_runs("ep_sweep")
     frozen = ctx.probe_runs("ep_reference")["frozen"].test_acc
     rows = []

@@ -219,7 +219,6 @@ def default_workers(jobs: int) -> int:
 _WORTH_PROCESSES = 300_000
 
 
-
 def _cost(cfg: dict) -> float:
     scale = arch_class(cfg["arch"]).step_cost(cfg["model"])
     return cfg["epochs"] * train_size(cfg) * method_class(cfg["method"]).step_cost(cfg["hparams"]) * scale
