@@ -15,17 +15,15 @@ changes the paper did not make, which are shown but never chosen.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 
 from .config import canonical_config, train_size
 from .protocol import Monitor, Thresholds
 from .schedule import fit_many
-from .store import load_history, run_dir
+from .store import load_history, load_meta, run_dir
 
 __all__ = ["Candidate", "CANDIDATES", "run_config", "plan", "sequential_plan", "summarise", "summarise_all",
            "calibrate", "first_firing", "choose"]
@@ -161,8 +159,7 @@ def sequential_plan(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *
 def _stored(path) -> SimpleNamespace:
     """What :func:`summarise` reads of a stored run (history, final accuracy, why it stopped), without its model."""
     history = load_history(path)
-    stopped = json.loads((Path(path) / "config.json").read_text()).get("stopped")
-    return SimpleNamespace(history=history, test_acc=history[-1].test_acc, stopped=stopped)
+    return SimpleNamespace(history=history, test_acc=history[-1].test_acc, stopped=load_meta(path).get("stopped"))
 
 
 def summarise_all(runs: Mapping[tuple, object], thresholds=None) -> list[dict]:

@@ -39,8 +39,9 @@ from .protocol import Monitor
 from .train import Run, fit, history_from_json, history_to_json
 from .usercode import RegisteredAgainWarning
 
-__all__ = ["experiment", "load_run", "load_history", "list_runs", "results_dir", "run_dir", "load_data", "build_run",
-           "DamagedRunError", "train_and_store", "store_run", "monitor_for", "default_device", "train_seconds"]
+__all__ = ["experiment", "load_run", "load_meta", "load_history", "list_runs", "results_dir", "run_dir", "load_data",
+           "build_run", "DamagedRunError", "train_and_store", "store_run", "monitor_for", "default_device",
+           "train_seconds"]
 
 
 def results_dir(results: str | os.PathLike | None = None) -> Path:
@@ -173,10 +174,7 @@ def load_run(path: str | os.PathLike, device: str | None = None) -> Run:
     if missing:
         raise FileNotFoundError(f"{path} is not a complete faeval run ({', '.join(missing)} missing); "
                                 "delete it and train again")
-    try:
-        meta = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise _damaged(path, "config.json", e) from None
+    meta = load_meta(path)
     if meta.get("cache_version") != CACHE_VERSION:
         raise ValueError(f"{path} was stored with cache version {meta.get('cache_version')}, this faeval uses "
                          f"{CACHE_VERSION}: train again (experiment(..., retrain=True))")
@@ -193,6 +191,16 @@ def load_run(path: str | os.PathLike, device: str | None = None) -> Run:
     except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as e:
         raise _damaged(path, "checkpoint.pt", e) from None
     return Run(model, method, load_history(path), cfg, meta.get("stopped"), path, from_cache=True)
+
+
+def load_meta(path: str | os.PathLike) -> dict:
+    """A stored run's ``config.json`` (its config, hash, cache version, ``stopped`` and the facts beside them).
+    A damaged file raises :class:`DamagedRunError`."""
+    path = Path(path)
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise _damaged(path, "config.json", e) from None
 
 
 def load_history(path: str | os.PathLike) -> list:
