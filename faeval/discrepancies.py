@@ -36,7 +36,7 @@ from .claims import REASON_KINDS, attach_reasons
 from .diagnostics import deep_mean, layer_mean, no_credit_layers
 from .experiments import CANDIDATE_TASKS
 from .methods import method_hparams
-from .protocol import TABLE, Monitor, Thresholds
+from .protocol import TABLE, Monitor, Thresholds, diagnostic_of_column
 
 __all__ = ["KINDS", "Reason", "PROBES", "probe", "explain", "head_probe", "save_reasons", "crossing_epoch", "Context"]
 
@@ -207,7 +207,7 @@ def _first(run, diag: str, **monitor_kw) -> int | None:
 def _series(run, key: str) -> tuple[list[int], list[float]]:
     """``(epochs, values)`` of a per-epoch diagnostic's ``field`` (``growth``, ``g_L``, ...) or of ``h_L``."""
     recs = run.history[1:]
-    diag = next((d for d in TABLE.values() if d.field == key), None)
+    diag = diagnostic_of_column(key)
     get = (lambda s: s.h_L) if diag is None else diag.read
     return [r["epoch"] for r in recs], [get(r["diag"]) for r in recs]
 

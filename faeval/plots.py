@@ -17,7 +17,7 @@ import functools
 from collections.abc import Mapping, Sequence
 
 from .claims import paper
-from .protocol import TABLE, Thresholds
+from .protocol import TABLE, Thresholds, diagnostic_of_column
 from .tables import table
 
 #: figure width in inches: the book's content column (about 700 CSS pixels at 96 per inch)
@@ -191,12 +191,6 @@ def _paper_number(key: str):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _diagnostic_of(metric: str):
-    """The diagnostic of :data:`~faeval.protocol.TABLE` whose value a history column holds (``g_L_1024``: D2's,
-    at another scale), or None."""
-    return next((d for d in TABLE.values() if metric == d.field or metric.startswith(d.field + "_")), None)
-
-
 @book_figure
 def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), row: str = "label",
                       hue: str = "method", thresholds: Thresholds | None = None, x: str = "epoch",
@@ -220,7 +214,7 @@ def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), r
         sub = df[df[row] == r]
         sns.lineplot(data=sub, x=x, y=m, hue=hue, units="seed", estimator=None, ax=ax, marker="o",
                      markersize=3, legend=k == 0)
-        diag = _diagnostic_of(m)
+        diag = diagnostic_of_column(m)
         if m == "h_L" or (diag is not None and diag.log_scale):
             ax.set_yscale("log")
         if diag is not None and diag.per_epoch:

@@ -43,9 +43,9 @@ import torch.nn as nn
 from .snapshot import Snapshot, snapshot
 from .tap import Tap, check_against_model, check_xy
 
-__all__ = ["Diagnostic", "TABLE", "register_diagnostic", "per_epoch_diagnostics", "Thresholds", "FAProtocol",
-           "Report", "Result", "PerLayer", "Monitor", "fires", "verdict_from", "DIAGNOSTICS", "VERDICT_ON",
-           "VERDICT_RULES"]
+__all__ = ["Diagnostic", "TABLE", "register_diagnostic", "per_epoch_diagnostics", "diagnostic_of_column", "Thresholds",
+           "FAProtocol", "Report", "Result", "PerLayer", "Monitor", "fires", "verdict_from", "DIAGNOSTICS",
+           "VERDICT_ON", "VERDICT_RULES"]
 
 #: how the fired verdict diagnostics become a verdict
 VERDICT_RULES = {
@@ -157,6 +157,12 @@ VERDICT_ON = ("D1", "D2", "D3")        # the paper's three-diagnostic verdict; C
 def per_epoch_diagnostics() -> tuple[str, ...]:
     """The diagnostics a :class:`Monitor` judges every epoch (those that need no baseline run)."""
     return tuple(n for n, d in TABLE.items() if d.per_epoch)
+
+
+def diagnostic_of_column(column: str) -> Diagnostic | None:
+    """The diagnostic whose value a table or history column holds: the column named as its ``field``
+    (``growth``, ``g_L``), or that field read at another scale (``g_L_1024``: D2's); None for any other."""
+    return next((d for d in TABLE.values() if column == d.field or column.startswith(d.field + "_")), None)
 
 
 def _diagnostic(name: str) -> Diagnostic:
