@@ -40,6 +40,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from .methods import Method
 from .train import (
     EpochRecord,
+    EpochTotals,
     Run,
     adamw,
     check_fit_args,
@@ -185,98 +186,108 @@ def fit_group(models: Sequence[nn.Module], methods: Sequence[Method], datasets: 
     device = next(models[0].parameters()).device
     datasets = [ds if ds.x_train.device == device else ds.to(device) for ds in datasets]
     _check_group(methods, datasets, batch_size)
-    monitors = list(monitors or [None] * R)
-    configs = list(configs or [{}] * R)
-
-    names = _trainable_names(methods[0])
-    params, buffers = stack_module_state(list(models))
-    train_p = {n: params[n].detach().clone() for n in names}
-    fixed = {n: params[n].detach() for n in params if n not in names}
-    fixed.update({n: b.detach() for n, b in buffers.items()})
-    prefixed = lambda d: {f"model.{n}": t for n, t in d.items()}  # noqa: E731
-    shared, batched = _stack_state(methods)
-    step_module = _Step(methods[0])
-
-    def one(tp, fx, x, y, state):
-        return functional_call(step_module, (prefixed(tp), prefixed(fx)), (x, y, {**shared, **state}),
-                               strict=False)
-
-    # The forward of all R runs is vectorised; the gradient is ordinary autograd of the summed
-    # surrogates (each run's parameters only reach its own loss), which costs less per step than
-    # vmap(grad(...)) (benchmarks/README.md).
-    vectorised = vmap(one, in_dims=(0, 0, 0, 0, 0))
-    trained = list(train_p.values())
-    for p in trained:
-        p.requires_grad_(True)
-    opt = adamw(_stacked_groups(methods[0], train_p, lr), lr=lr, weight_decay=weight_decay)
-
-    evals = [ds.eval_batch(min(eval_n, ds.n_test)) for ds in datasets]
-    histories: list[list[EpochRecord]] = [[] for _ in range(R)]
-    stopped: list[str | None] = [None] * R
-
-    def sync_back():
-        with torch.no_grad():
-            for r, model in enumerate(models):
-                own = dict(model.named_parameters())
-                for n in names:
-                    own[n].copy_(train_p[n][r])
-
-    def records(epoch, sums, n_batches, n_seen, seconds, step):
-        for r in range(R):
-            if stopped[r]:
-                continue
-            s = {k: float(v[r]) for k, v in sums.items()}
-            if "penalty" in s and not methods[r].penalised:
-                s.pop("penalty")
-            rec = epoch_record(models[r], methods[r], datasets[r], evals[r], epoch, step, s, n_batches, n_seen,
-                               seconds)
-            bad = non_finite(s)
-            stopped[r] = stop_reason(rec, epoch, monitors[r], bad and f"non-finite {bad} at epoch {epoch}, step {step}")
-            histories[r].append(rec)
-
-    def batches(epoch):
-        for model in models:
-            model.train()
-        return zip(*[ds.batches(batch_size, seed=s, epoch=epoch) for ds, s in zip(datasets, seeds)])
-
-    first = True
-
-    def one_step(batch):
-        nonlocal first
-        x = torch.stack([b[0] for b in batch])
-        y = torch.stack([b[1] for b in batch])
-        opt.zero_grad()
-        try:
-            losses, stats = vectorised(train_p, fixed, x, y, batched)
-        except RuntimeError as err:
-            if not first or _is_oom(err):       # an OOM splits the group (fit_group_splitting)
-                raise
-            raise ValueError(f"method {methods[0].name!r} cannot train in a vectorised group: {err}. "
-                             "Set `ungroupable = '<why>'` on its class, or pass group=False") from err
-        first = False
-        losses.sum().backward(inputs=trained)
-        opt.step()
-        return stats, y.shape[1]
-
-    def end_epoch(epoch, t):
-        seconds = t.seconds / R
-        sync_back()
-        records(epoch, t.sums, t.n_batches, t.n_seen, seconds, t.step)
-        bar.set_postfix(loss=f"{float(t.sums['loss'].mean()) / t.n_batches:.3f}", refresh=False)
-        return all(stopped)
-
+    group = _Group(models, methods, datasets, seeds, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                   eval_n=eval_n, monitors=monitors)
     steps_per_epoch = math.ceil(datasets[0].n_train / batch_size)
-    bar = progress_bar(epochs * steps_per_epoch, f"{methods[0].name} x{R} {models[0].arch}", progress)
+    bar = group.bar = progress_bar(epochs * steps_per_epoch, f"{methods[0].name} x{R} {models[0].arch}", progress)
     try:
-        records(0, {}, 0, 0, 0.0, 0)
-        if not all(stopped):
-            epoch_loop(epochs, batches, one_step, end_epoch, bar=bar)
+        group.record(0, EpochTotals({}, 0, 0, 0.0, 0))
+        if not all(group.stopped):
+            epoch_loop(epochs, group.batches, group.step, group.end_epoch, bar=bar)
     finally:
         bar.close()
-    sync_back()
+    group.sync_back()
     for model in models:
         model.eval()
-    return [Run(models[r], methods[r], histories[r], dict(configs[r]), stopped[r]) for r in range(R)]
+    configs = list(configs or [{}] * R)
+    return [Run(models[r], methods[r], group.histories[r], dict(configs[r]), group.stopped[r]) for r in range(R)]
+
+
+class _Group:
+    """R runs training as one vectorised model: their stacked parameters, the vectorised step, the optimiser
+    and each run's history, with the three calls :func:`~faeval.train.epoch_loop` makes (:meth:`batches`,
+    :meth:`step`, :meth:`end_epoch`), as :func:`~faeval.train.fit` gives them for one run."""
+
+    def __init__(self, models, methods, datasets, seeds, *, batch_size: int, lr: float, weight_decay: float,
+                 eval_n: int, monitors) -> None:
+        self.models, self.methods, self.datasets, self.seeds = list(models), list(methods), list(datasets), seeds
+        self.batch_size, self.R = batch_size, len(models)
+        self.bar = None             # fit_group's progress bar (end_epoch shows the loss on it)
+        self.monitors = list(monitors or [None] * self.R)
+        self.names = _trainable_names(methods[0])
+        params, buffers = stack_module_state(self.models)
+        self.train_p = {n: params[n].detach().clone() for n in self.names}
+        self.fixed = {n: params[n].detach() for n in params if n not in self.names}
+        self.fixed.update({n: b.detach() for n, b in buffers.items()})
+        self.shared, self.batched = _stack_state(methods)
+        self.step_module = _Step(methods[0])
+        # The forward of all R runs is vectorised; the gradient is ordinary autograd of the summed
+        # surrogates (each run's parameters only reach its own loss), which costs less per step than
+        # vmap(grad(...)) (benchmarks/README.md).
+        self.vectorised = vmap(self._one, in_dims=(0, 0, 0, 0, 0))
+        self.trained = list(self.train_p.values())
+        for p in self.trained:
+            p.requires_grad_(True)
+        self.opt = adamw(_stacked_groups(methods[0], self.train_p, lr), lr=lr, weight_decay=weight_decay)
+        self.evals = [ds.eval_batch(min(eval_n, ds.n_test)) for ds in datasets]
+        self.histories: list[list[EpochRecord]] = [[] for _ in range(self.R)]
+        self.stopped: list[str | None] = [None] * self.R
+        self.first_step = True
+
+    def _one(self, tp, fx, x, y, state):
+        """One run's loss and statistics, with its parameters ``tp`` (trained) and ``fx`` (fixed, buffers)."""
+        prefixed = ({f"model.{n}": t for n, t in d.items()} for d in (tp, fx))
+        return functional_call(self.step_module, tuple(prefixed), (x, y, {**self.shared, **state}), strict=False)
+
+    def batches(self, epoch: int):
+        for model in self.models:
+            model.train()
+        return zip(*[ds.batches(self.batch_size, seed=s, epoch=epoch) for ds, s in zip(self.datasets, self.seeds)])
+
+    def step(self, batch) -> tuple[dict, int]:
+        x = torch.stack([b[0] for b in batch])
+        y = torch.stack([b[1] for b in batch])
+        self.opt.zero_grad()
+        try:
+            losses, stats = self.vectorised(self.train_p, self.fixed, x, y, self.batched)
+        except RuntimeError as err:
+            if not self.first_step or _is_oom(err):       # an OOM splits the group (fit_group_splitting)
+                raise
+            raise ValueError(f"method {self.methods[0].name!r} cannot train in a vectorised group: {err}. "
+                             "Set `ungroupable = '<why>'` on its class, or pass group=False") from err
+        self.first_step = False
+        losses.sum().backward(inputs=self.trained)
+        self.opt.step()
+        return stats, y.shape[1]
+
+    def end_epoch(self, epoch: int, t: EpochTotals) -> bool:
+        self.sync_back()
+        self.record(epoch, t)
+        self.bar.set_postfix(loss=f"{float(t.sums['loss'].mean()) / t.n_batches:.3f}", refresh=False)
+        return all(self.stopped)
+
+    def record(self, epoch: int, t: EpochTotals) -> None:
+        """Append each running run's record of ``epoch`` (its share of the group's time), and see whether it stops."""
+        for r in range(self.R):
+            if self.stopped[r]:
+                continue
+            s = {k: float(v[r]) for k, v in t.sums.items()}
+            if "penalty" in s and not self.methods[r].penalised:
+                s.pop("penalty")
+            rec = epoch_record(self.models[r], self.methods[r], self.datasets[r], self.evals[r], epoch, t.step, s,
+                               t.n_batches, t.n_seen, t.seconds / self.R)
+            bad = non_finite(s)
+            self.stopped[r] = stop_reason(rec, epoch, self.monitors[r],
+                                          bad and f"non-finite {bad} at epoch {epoch}, step {t.step}")
+            self.histories[r].append(rec)
+
+    def sync_back(self) -> None:
+        """Copy each run's slice of the stacked parameters into its own model."""
+        with torch.no_grad():
+            for r, model in enumerate(self.models):
+                own = dict(model.named_parameters())
+                for n in self.names:
+                    own[n].copy_(self.train_p[n][r])
 
 
 def _is_oom(err: BaseException) -> bool:
