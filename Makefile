@@ -69,7 +69,7 @@ $(VENV)/.stamp: pyproject.toml
 
 env-check:
 	@test -n "$(PY)" || { echo "USE_ENV=1: no 'python' on PATH (activate your environment)"; exit 1; }
-	@$(PY) -c "import faeval, torch, papermill, jupyter_book, pytest" 2>/dev/null || { \
+	@$(PY) -c "import faeval, faeval.book, torch, papermill, jupyter_book, pytest" 2>/dev/null || { \
 	  echo "USE_ENV=1: $(PY) lacks faeval or its book/test extras; run: $(PY) -m pip install -e '.[book,test]'"; \
 	  exit 1; }
 	@echo "env: using $(PY) (torch $$($(PY) -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'))"
@@ -115,7 +115,7 @@ $(PLAYWRIGHT_CORE)/package.json:
 notebooks: $(ENV_READY) data
 	@$(PY) scripts/book_toc.py --check
 	@echo "== training the runs the notebooks ask for (profile $(PROFILE); stored runs are reused)"
-	@$(PY) -m faeval prepare --profile $(PROFILE) --results "$${FAEVAL_RESULTS:-$(CURDIR)/results}" \
+	@$(PY) -m faeval.book prepare --profile $(PROFILE) --results "$${FAEVAL_RESULTS:-$(CURDIR)/results}" \
 	  $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 	@$(PY) scripts/run_notebooks.py --profile $(PROFILE)
 

@@ -1,7 +1,7 @@
 """Calibrate the quick profile (issue 7): when do D1/D2 fire for DFA on each candidate setting?
 
 Trains DFA, BP and the frozen-blocks baseline on every candidate of
-``faeval.calibration.CANDIDATES`` (the paper's recipe on Fashion-MNIST, per-pixel
+``faeval.book.calibration.CANDIDATES`` (the paper's recipe on Fashion-MNIST, per-pixel
 standardisation, 40% label noise, the teacher-student task, width 512) for about
 ``--steps`` steps each, through the run store (stored runs are reused), and prints per
 candidate and seed: the step and training seconds at which D1 and D2 first fire
@@ -22,7 +22,7 @@ import json
 import os
 import tempfile
 
-from faeval.calibration import CANDIDATES, calibrate
+from faeval.book.calibration import CANDIDATES, calibrate
 
 
 def _when(f) -> str:

@@ -39,9 +39,9 @@ from step_cost import CountFlops, matmul_peak_gflops
 from torch.utils.data import DataLoader, TensorDataset
 
 import faeval as fe
+from faeval.book.profiles import PROFILES
 from faeval.config import train_size
 from faeval.many import fit_group, why_not_groupable
-from faeval.profiles import PROFILES
 from faeval.schedule import default_workers, group_key
 from faeval.train import adamw, fit
 

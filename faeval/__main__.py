@@ -1,4 +1,7 @@
-"""Command line: ``python -m faeval {train,runs,audit,prepare} --help``."""
+"""Command line: ``python -m faeval {train,runs,audit} --help``.
+
+(The book's ``prepare``, which trains every run a profile's notebooks ask for, is ``python -m faeval.book
+prepare``.)"""
 from __future__ import annotations
 
 import argparse
@@ -100,54 +103,12 @@ def _audit(args) -> int:
     return 0
 
 
-def _prepare(args) -> int:
-    import logging
-    import time
-
-    from .experiments import seconds_by_chapter
-    from .profiles import get_profile
-    from .schedule import train_until_stable
-    from .store import run_dir
-
-    logging.basicConfig(level=logging.INFO, format="prepare: %(message)s")
-    _exit_on_sigterm()
-    p = get_profile(args.profile, results_dir=args.results)
-    configs = p.planned_runs()
-    stored = sum(run_dir(c, args.results).is_dir() for c in configs)
-    print(f"prepare: profile {p.name!r} asks for {len(configs)} runs; {stored} already in the store", flush=True)
-    executor = None
-    if args.scheduler:
-        from .schedule import dask_executor
-
-        executor = dask_executor(args.scheduler)
-        print(f"prepare: sending the runs to the Dask scheduler at {args.scheduler}", flush=True)
-    start = time.perf_counter()
-    trained = train_until_stable(p.planned_runs, results=args.results, device=args.device, progress=not args.quiet,
-                                 workers=args.workers, executor=executor)
-    print(f"prepare: {len(trained)} runs trained in {time.perf_counter() - start:.0f} s", flush=True)
-    by = seconds_by_chapter(p, args.results)
-    total = sum(s for _, s in by.values()) or 1.0
-    print("prepare: training time by chapter (worker-seconds of its stored runs; a run that several chapters "
-          "plan counts for the first):\n" + "\n".join(f"  {name:14s} {n:4d} runs {s:8.0f} s {100 * s / total:5.1f}%"
-                                                      for name, (n, s) in by.items()), flush=True)
-    return 0
-
-
-def _exit_on_sigterm() -> None:
-    """SIGTERM (a job scheduler stopping the build) ends this process as an exception would, so that
-    ``fit_many`` stops its worker processes first instead of leaving them training."""
-    import signal
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m faeval", description=(
         "faeval: train learning rules into the run store, list the store, and audit stored runs."))
     sub = parser.add_subparsers(dest="command", required=True)
+    if (argv if argv is not None else sys.argv[1:])[:1] == ["prepare"]:
+        parser.error("prepare is the book's command: python -m faeval.book prepare --profile quick")
 
     tr = sub.add_parser("train", help="train one run (or load it from the store) and print its final record",
                         description="Train one run, or load it when the store already holds this exact config, "
@@ -182,25 +143,16 @@ def main(argv=None) -> int:
     au.add_argument("--json", action="store_true", help="print the report as JSON")
     au.set_defaults(func=_audit)
 
-    pr = sub.add_parser("prepare", help="train every run a profile's notebooks ask for (before `make book`)",
-                        description="Train every run the book's notebooks request at a profile "
-                                    "(faeval.experiments), grouped and spread over processes, so the notebooks "
-                                    "then only load them. Stored runs are skipped.")
-    pr.add_argument("--profile", default="quick", help="smoke, quick or paper (default quick)")
-    pr.add_argument("--workers", type=int, default=None, help="processes (default: one per core on a CPU)")
-    pr.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    pr.add_argument("--scheduler", metavar="ADDRESS",
-                    help="send the runs to the Dask scheduler at ADDRESS (e.g. tcp://10.0.0.5:8786); the store "
-                         "(--results) must be a path every worker sees. Needs the 'cluster' extra")
-    pr.add_argument("--quiet", action="store_true", help="no progress bar")
-    pr.set_defaults(func=_prepare)
-
-    for p in (tr, ls, au, pr):
+    for p in (tr, ls, au):
         p.add_argument("--results", help="the store's directory (default $FAEVAL_RESULTS or ./results)")
     for p in (tr, au):
         p.add_argument("--data-root", help="directory holding the dataset files")
 
-    args = parser.parse_args(argv)
+    return dispatch(parser.parse_args(argv))
+
+
+def dispatch(args) -> int:
+    """Run a parsed command (``args.func``); a bad input prints ``error: ...`` and returns 2, failed runs 1."""
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError, ConnectionError) as e:

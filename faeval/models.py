@@ -477,3 +477,8 @@ def build_model(arch: str, input_shape: Sequence[int], num_classes: int, seed: i
         raise TypeError(f"build_model({arch!r}): {e}") from None
     model.input_shape = tuple(int(s) for s in input_shape)   # the learning rules probe state shapes with it
     return model
+
+
+#: the architectures ``import faeval`` registers, as it registers them: a fresh worker process has these, and
+#: :func:`faeval.schedule.ship` sends it any other a run needs
+PACKAGE_ARCHS: dict[str, type[LayeredModel]] = dict(ARCHS)

@@ -24,11 +24,13 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
@@ -37,8 +39,8 @@ from tqdm import tqdm
 
 from . import many
 from .config import canonical_config, train_size
-from .methods import METHODS, method_class
-from .models import ARCHS, arch_class
+from .methods import METHODS, PACKAGE_METHODS, method_class
+from .models import ARCHS, PACKAGE_ARCHS, arch_class
 from .store import (
     DamagedRunError,
     build_run,
@@ -57,7 +59,7 @@ from .train import Run, progress_bar
 log = logging.getLogger("faeval")
 
 __all__ = ["fit_many", "train_until_stable", "group_key", "group_runs", "default_workers", "dask_executor",
-           "RunFailedError", "ship", "install"]
+           "exit_on_sigterm", "RunFailedError", "ship", "install"]
 
 
 class RunFailedError(RuntimeError):
@@ -90,7 +92,7 @@ def group_key(cfg: dict) -> str:
 
 def train_until_stable(plan: Callable[[], Sequence[Mapping]], *, results=None, **fit_kw) -> list[dict]:
     """Train what ``plan()`` asks for and the store lacks, then ask again, until it asks for nothing new: a
-    plan may grow as its runs are stored (the calibration's seeds, :func:`faeval.calibration.sequential_plan`).
+    plan may grow as its runs are stored (a sequential plan adds seeds once it has read the first ones).
     ``fit_kw`` go to :func:`fit_many`. Returns the canonical configs of the runs it trained. A pass whose
     runs are still missing from the store afterwards raises instead of training them again."""
     trained: list[dict] = []
@@ -145,66 +147,110 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     runs, :class:`RunFailedError` names every failed run's config and error.
     Returns the runs in the order of ``configs``.
     """
+    job_device = device if executor is not None else None   # workers elsewhere pick their own by default
+    device = device or default_device()
+    plan = _plan(configs, results, retrain, device, data_root, group, workers, executor)
+    _dispatch(plan, results, retrain, device, job_device, data_root, progress, executor)
+    return _load(plan, device)
+
+
+@dataclass
+class _Plan:
+    """What :func:`fit_many` trains, and where: the runs asked for, those to train, and their jobs."""
+
+    cfgs: list[dict]                      # canonical configs, in the order asked for
+    paths: list[Path]                     # their store entries
+    todo: dict[Path, int]                 # entry to train -> the first index asking for it
+    jobs: list[list[int]]                 # jobs for worker processes or the executor (indices into cfgs)
+    here: list[list[int]]                 # jobs to train in this process
+    code: dict[tuple, bytes | None]       # job -> the classes its worker needs (ship)
+    workers: int
+
+    def configs_of(self, idx: Sequence[int]) -> list[dict]:
+        return [self.cfgs[i] for i in idx]
+
+
+def _plan(configs, results, retrain: bool, device: str, data_root, group: bool | None, workers: int | None,
+          executor: Executor | None) -> _Plan:
+    """The runs to train, grouped into jobs (largest first), and the workers that take them."""
     cfgs = [canonical_config(**dict(c)) for c in configs]
     paths = [run_dir(cfg, results) for cfg in cfgs]
-    todo: dict[Path, int] = {}                     # run dir -> first index asking for it
+    todo: dict[Path, int] = {}
     for i, path in enumerate(paths):
         if path not in todo and (retrain or not path.is_dir()):
             todo[path] = i
-    job_device = device if executor is not None else None   # workers elsewhere pick their own by default
-    device = device or default_device()
     group = (device != "cpu" and executor is None) if group is None else group
-    keys: dict[int, str | None] = {}
-    verdicts: dict[str, str | None] = {}           # runs of one group key share the answer: one build per key
-    for i in todo.values():
-        key = group_key(cfgs[i])
-        if group and key not in verdicts:
-            verdicts[key] = ("the vectorised step has no reduced precision" if "precision" in cfgs[i] else
-                             many.why_not_groupable(build_run(cfgs[i], "cpu" if executor else device, data_root)[1]))
-        why = verdicts[key] if group else "grouping is off (group=False)"
-        keys[i] = None if why else key
-        if why and group and len(todo) > 1:
-            log.info("training %s seed %s on its own: %s", cfgs[i]["method"], cfgs[i]["seed"], why)
+    keys = _group_keys(cfgs, list(todo.values()), group, "cpu" if executor else device, data_root)
     jobs = sorted(group_runs(keys), key=lambda idx: -sum(_cost(cfgs[i]) for i in idx))
     if workers is None and executor is None:   # processes cost seconds to start: only worth it for more than a few
         small = sum(_cost(cfgs[i]) for idx in jobs for i in idx) < _WORTH_PROCESSES     # seconds of work
         workers = default_workers(len(jobs)) if device == "cpu" and not small and _spawn_is_safe() else 1
     elsewhere = executor is not None or (workers > 1 and len(jobs) > 1)
     code, here = _ship_user_code(jobs, cfgs) if elsewhere else ({}, jobs)   # user-defined rules travel with their jobs
-    jobs = [idx for idx in jobs if tuple(idx) in code]
+    return _Plan(cfgs, paths, todo, [idx for idx in jobs if tuple(idx) in code], here, code, workers or 0)
+
+
+def _dispatch(plan: _Plan, results, retrain: bool, device: str, job_device: str | None, data_root, progress: bool,
+              executor: Executor | None) -> None:
+    """Train the plan's jobs, each storing its runs: on the executor or in worker processes, then those that
+    stay in this process."""
     if executor is not None:
         root = str(results_dir(results).resolve())
-        _run_jobs(lambda idx: executor.submit(_run_job, [cfgs[i] for i in idx], root, retrain, job_device,
-                                              data_root, False, code=code[tuple(idx)]), jobs, cfgs,
+        _run_jobs(lambda idx: executor.submit(_run_job, plan.configs_of(idx), root, retrain, job_device, data_root,
+                                              False, code=plan.code[tuple(idx)]), plan.jobs, plan.cfgs,
                   "runs (executor)", progress, workers=0)
-    elif jobs:
-        _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers, progress, code)
-    if here:
-        _run_jobs(lambda idx: _done(_run_job, [cfgs[i] for i in idx], results, retrain, device, data_root,
-                                    progress), here, cfgs, None, progress)
+    elif plan.jobs:
+        _run_jobs_in_processes(plan, results, retrain, device, data_root, progress)
+    if plan.here:
+        _run_jobs(lambda idx: _done(_run_job, plan.configs_of(idx), results, retrain, device, data_root, progress),
+                  plan.here, plan.cfgs, None, progress)
+
+
+def _group_keys(cfgs: list[dict], todo: list[int], group: bool, device: str, data_root) -> dict[int, str | None]:
+    """Each run's :func:`group_key`, or None where it trains on its own (grouping off, or its rule or model
+    cannot be grouped: asked once per key, of a run built on ``device``; the reason is logged)."""
+    keys: dict[int, str | None] = {}
+    verdicts: dict[str, str | None] = {}
+    for i in todo:
+        key = group_key(cfgs[i])
+        if group and key not in verdicts:
+            verdicts[key] = ("the vectorised step has no reduced precision" if "precision" in cfgs[i] else
+                             many.why_not_groupable(build_run(cfgs[i], device, data_root)[1]))
+        why = verdicts[key] if group else "grouping is off (group=False)"
+        keys[i] = None if why else key
+        if why and group and len(todo) > 1:
+            log.info("training %s seed %s on its own: %s", cfgs[i]["method"], cfgs[i]["seed"], why)
+    return keys
+
+
+def _load(plan: _Plan, device: str) -> list[Run]:
+    """Every run of the plan from the store, in the order asked for (each entry read once); every damaged
+    entry is named at once."""
     runs: dict[Path, Run] = {}
     damaged: list[str] = []
-    for path in paths:
+    for path in plan.paths:
         if path not in runs:
             try:
                 runs[path] = load_run(path, device=device)
             except DamagedRunError as e:
                 damaged.append(str(e))
                 continue
-            runs[path].from_cache = path not in todo
-    if damaged:      # every damaged entry at once, not the first one
-        raise DamagedRunError(f"{len(damaged)} of {len(set(paths))} stored runs cannot be read back:\n  "
+            runs[path].from_cache = path not in plan.todo
+    if damaged:
+        raise DamagedRunError(f"{len(damaged)} of {len(set(plan.paths))} stored runs cannot be read back:\n  "
                               + "\n  ".join(damaged))
-    return [runs[p] for p in paths]
+    return [runs[p] for p in plan.paths]
 
 
 def _spawn_is_safe() -> bool:
-    """Whether worker processes may start by default: in Jupyter/IPython, ``python -c`` and
-    ``python -m faeval``. A script run as ``python script.py`` is re-imported by every spawned
+    """Whether worker processes may start by default: in Jupyter/IPython, ``python -c`` and faeval's
+    own command lines (``python -m faeval``, ``python -m faeval.book``). A script run as
+    ``python script.py`` is re-imported by every spawned
     worker, which re-runs its top level unless it is guarded by ``if __name__ == "__main__":``;
     such scripts train in-process unless they ask for ``workers=N`` themselves."""
     main = sys.modules.get("__main__")
-    return getattr(main, "__file__", None) is None or getattr(main.__spec__, "name", "") == "faeval.__main__"
+    name = getattr(getattr(main, "__spec__", None), "name", "")
+    return getattr(main, "__file__", None) is None or (name.split(".")[0] == "faeval" and name.endswith(".__main__"))
 
 
 def default_workers(jobs: int) -> int:
@@ -225,12 +271,14 @@ def _cost(cfg: dict) -> float:
 
 
 def ship(configs: Iterable[Mapping]) -> bytes | None:
-    """The user classes that canonical ``configs`` need, serialised for a worker process
-    (``None`` when every rule and architecture is faeval's own)."""
+    """The classes that canonical ``configs`` need and a worker that imports faeval afresh lacks, serialised
+    (``None`` when ``import faeval`` registers every one of them): rules and architectures defined outside
+    faeval (by value for a notebook's, by reference for a module's), and those of a module ``import faeval``
+    does not load (the book's probe rules)."""
     classes = {}
     for cfg in configs:
-        for kind, registry in (("method", METHODS), ("arch", ARCHS)):
-            if kind in cfg.get("code", {}):
+        for kind, registry, package in (("method", METHODS, PACKAGE_METHODS), ("arch", ARCHS, PACKAGE_ARCHS)):
+            if package.get(cfg[kind]) is not registry[cfg[kind]]:
                 classes[kind, cfg[kind]] = registry[cfg[kind]]
     if not classes:
         return None
@@ -445,18 +493,18 @@ def _exit_with_parent(parent: int, every: float = 0.5) -> None:
             os._exit(70)
 
 
-def _run_jobs_in_processes(jobs, cfgs, results, retrain, device, data_root, workers: int, progress: bool,
-                           code: Mapping[tuple, bytes | None]) -> None:
+def _run_jobs_in_processes(plan: _Plan, results, retrain, device, data_root, progress: bool) -> None:
+    workers = plan.workers
     threads = max(1, torch.get_num_threads() // workers)
     root = str(results_dir(results).resolve())
-    log.info("training %d job(s) (%d runs) in %d processes of %d thread(s)", len(jobs), sum(map(len, jobs)),
-             workers, threads)
+    log.info("training %d job(s) (%d runs) in %d processes of %d thread(s)", len(plan.jobs),
+             sum(map(len, plan.jobs)), workers, threads)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init, initargs=(threads, log.getEffectiveLevel(), os.getpid()))
     try:
-        _run_jobs(lambda idx: pool.submit(_run_job, [cfgs[i] for i in idx], root, retrain, device, data_root, False,
-                                          threads, code[tuple(idx)]), jobs, cfgs, f"runs ({workers} processes)",
-                  progress, workers)
+        _run_jobs(lambda idx: pool.submit(_run_job, plan.configs_of(idx), root, retrain, device, data_root, False,
+                                          threads, plan.code[tuple(idx)]), plan.jobs, plan.cfgs,
+                  f"runs ({workers} processes)", progress, workers)
     except BaseException:       # an interrupt, a signal turned into SystemExit, a failed job: no worker trains on
         _stop_workers(pool)
         raise
@@ -472,6 +520,15 @@ def _stop_workers(pool) -> None:
             p.terminate()
     for p in procs:
         p.join(timeout=5)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (a job scheduler stopping a build) end this process as an exception would, so that
+    :func:`fit_many` stops its worker processes first instead of leaving them training."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def dask_executor(address: str, timeout: float = 5.0) -> Executor:

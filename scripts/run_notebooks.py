@@ -77,7 +77,7 @@ def own_kernel_dir() -> str:
     spec_dir = Path(data_dir, "kernels", "python3")
     spec_dir.mkdir(parents=True)
     spec = {
-        # figures as SVG: sharp at any zoom, and their text keeps its size (faeval.plots)
+        # figures as SVG: sharp at any zoom, and their text keeps its size (faeval.book.plots)
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
                  "--InlineBackend.figure_formats=svg"],
         "display_name": "Python 3 (faeval)",

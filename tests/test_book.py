@@ -99,7 +99,7 @@ def test_every_notebook_ran_and_saved_its_claims(built_book):
             assert c["status"] in ("held", "not held", "not evaluated"), c
             assert c["status"] != "not evaluated" or c["reason"], c
             assert not c["reason"].startswith("could not be evaluated:"), c   # a declared claim's measure raised
-    from faeval.profiles import get_profile
+    from faeval.book.profiles import get_profile
     from faeval.store import run_dir
 
     stored = {p.name for p in (built_book / "results").iterdir() if p.name != "claims" and not p.name.startswith(".")}
@@ -174,7 +174,7 @@ def test_citations_and_api_are_rendered(built_book):
         assert author in intro, f"bibliography lacks {author}"
     api = html.joinpath("api.html").read_text(encoding="utf-8")
     for name in ("faeval.models.build_model", "faeval.data.load_dataset", "faeval.schedule.fit_many",
-                 "faeval.profiles.get_profile", "faeval.claims.Claims", "faeval.many.fit_group"):
+                 "faeval.book.profiles.get_profile", "faeval.book.claims.Claims", "faeval.many.fit_group"):
         assert f'id="{name}"' in api, f"api page does not document {name}"
 
 
@@ -311,12 +311,12 @@ def test_notebook_code_fits_the_content_column():
 
 @pytest.mark.book
 def test_every_figure_call_shows_a_sharp_figure(built_book):
-    """Every cell that draws a figure (fe.plots.*_figure) shows it, as SVG (a figure after the first
+    """Every cell that draws a figure (fb.plots.*_figure) shows it, as SVG (a figure after the first
     of a kernel was once dropped by matplotlib's rc_context restoring the backend)."""
     cells = 0
     for path in sorted((built_book / "book" / "executed").glob("*.ipynb")):
         for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
-            if cell.cell_type == "code" and re.search(r"fe\.plots\.\w+_figure\(", cell.source):
+            if cell.cell_type == "code" and re.search(r"fb\.plots\.\w+_figure\(", cell.source):
                 cells += 1
                 kinds = [k for o in cell.outputs for k in o.get("data", {})]
                 assert "image/svg+xml" in kinds, f"{path.name} cell {i} drew no SVG figure: {kinds}"

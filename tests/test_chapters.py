@@ -1,4 +1,4 @@
-"""Each chapter's claims, declared once in faeval/chapters/: ids, paper values, probes, evaluation, and the
+"""Each chapter's claims, declared once in faeval/book/chapters/: ids, paper values, probes, evaluation, and the
 chapters' share of code."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from faeval import claims as C
-from faeval import discrepancies as X
-from faeval.chapters import CHAPTERS, check_claims
+from faeval.book import claims as C
+from faeval.book import discrepancies as X
+from faeval.book.chapters import CHAPTERS, check_claims
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
@@ -24,7 +24,7 @@ def test_every_notebook_evaluates_its_chapters_declared_claims_and_declares_none
     assert {C.chapter_of(p.stem) for p in NOTEBOOKS} == set(CHAPTERS)
     for path in NOTEBOOKS:
         code = _code(path)
-        assert f'fe.check_claims(\n    "{path.stem}"' in code or f'fe.check_claims("{path.stem}"' in code, path.name
+        assert f'fb.check_claims(\n    "{path.stem}"' in code or f'fb.check_claims("{path.stem}"' in code, path.name
         assert not re.search(r"\bClaims\(|\.per_seed\(|claims\.check\(|claims\.evaluate\(", code), path.name
 
 
@@ -117,7 +117,7 @@ def test_declaring_a_claim_refuses_a_foreign_or_repeated_id_and_an_unknown_paper
         chapter.claim("audit.a", "a")(measure)
     with pytest.raises(KeyError, match="no paper value 'tchapter.nope'"):
         chapter.claim("tchapter.nope", "n", paper=True)(measure)
-    with pytest.raises(KeyError, match="declare them in faeval/chapters/nochapter.py"):
+    with pytest.raises(KeyError, match="declare them in faeval/book/chapters/nochapter.py"):
         check_claims("09_nochapter", "smoke")
 
 
@@ -138,11 +138,11 @@ def test_every_chapter_reads_prose_first(capsys):
         print("\ncode share: " + ", ".join(f"{name} {s:.0%}" for name, s in shares.items()))
     assert len(shares) >= 10
     over = {name: round(s, 3) for name, s in shares.items() if s > MAX_CODE_SHARE}
-    assert not over, f"more than {MAX_CODE_SHARE:.0%} code: {over}; move machinery into faeval/ or explain more"
+    assert not over, f"more than {MAX_CODE_SHARE:.0%} code: {over}; move machinery into faeval/book/ or explain more"
 
 
 def test_the_paper_values_figures_and_the_head_rule_read_exist():
-    from faeval import head, plots
+    from faeval.book import head, plots
 
     keys = [*plots.AUDIT_MARKS.values(), *(s.paper_key for s in head.SIGNATURES)]
     assert len(keys) >= 15

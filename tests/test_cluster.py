@@ -154,7 +154,7 @@ def test_an_unreachable_scheduler_is_named_within_seconds():
 
 def test_prepare_with_an_unreachable_scheduler_says_so_and_trains_nothing(tmp_path):
     start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "faeval", "prepare", "--profile", "smoke", "--quiet", "--results",
+    r = subprocess.run([sys.executable, "-m", "faeval.book", "prepare", "--profile", "smoke", "--quiet", "--results",
                         str(tmp_path), "--scheduler", "tcp://127.0.0.1:9"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "error: no Dask scheduler answered at 'tcp://127.0.0.1:9' within 5 s" in r.stderr
@@ -198,8 +198,8 @@ def test_workers_stop_when_their_parent_is_stopped_and_store_nothing(tmp_path, h
     long = dict(SLOW, epochs=40)
     script = textwrap.dedent(f"""
         import faeval
-        from faeval.__main__ import _exit_on_sigterm
-        _exit_on_sigterm()
+        from faeval.schedule import exit_on_sigterm
+        exit_on_sigterm()
         faeval.fit_many([dict({long!r}, method="bp", seed=s) for s in (0, 1)], results={str(tmp_path)!r},
                         workers=2, progress=False)
     """)

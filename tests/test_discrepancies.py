@@ -1,9 +1,13 @@
 """The discrepancies appendix's machinery: probes match claims, every reason has one of five kinds."""
 import math
+import subprocess
+import sys
 
 import pytest
+import torch
 
-from faeval import discrepancies as X
+from faeval import build_method, build_model
+from faeval.book import discrepancies as X
 
 
 def test_a_reason_must_be_one_of_the_five_kinds():
@@ -53,7 +57,7 @@ def test_the_head_probe_names_the_head_where_the_other_regime_holds_and_only_jud
         monkeypatch):
     import pandas as pd
 
-    from faeval.profiles import get_profile
+    from faeval.book.profiles import get_profile
 
     monkeypatch.setattr(X, "PROBES", {})
     X.probe("audit.d1")(lambda row, ctx: X.Reason("not explained", "ruled out the horizon"))
@@ -84,7 +88,7 @@ def test_where_dfa_fires_the_stop_probe_reports_the_stop_not_a_horizon(monkeypat
     the quick profile): the reason gives the stop and the accuracies, never 'no firing within the horizon'."""
     from types import SimpleNamespace
 
-    from faeval.profiles import get_profile
+    from faeval.book.profiles import get_profile
     from faeval.snapshot import Snapshot
 
     def run(growths, accs):
@@ -106,3 +110,34 @@ def test_where_dfa_fires_the_stop_probe_reports_the_stop_not_a_horizon(monkeypat
     monkeypatch.setattr(ctx, "judged_runs", lambda chapter, part: quiet)
     monkeypatch.setattr(X, "d2_horizon", lambda row, ctx: X.Reason("horizon", "the firing's reason", "longer"))
     assert X.stop_accuracy({}, ctx).text == "the firing's reason"
+
+
+def test_dfa_input_credit_trains_block_l_on_the_credit_of_its_input():
+    """The pairing probe of the discrepancies appendix: dfa_input_credit with feedback B_0..B_L trains
+    exactly as DFA whose feedback for h_{l+1} is B_l (and keeps B_0 for the embedding)."""
+    model = build_model("resmlp", (12,), 5, seed=3, width=16, depth=3)
+    x, y = torch.randn(32, 12, generator=torch.Generator().manual_seed(3)), torch.arange(32) % 5
+    probe = build_method("dfa_input_credit", model, seed=3)
+    plain = build_method("dfa", model, seed=3)
+    fb = probe.feedback
+    plain.feedback = [fb[0], *fb[:-1]]
+    grads = []
+    for rule in (probe, plain):
+        model.zero_grad()
+        rule.loss(x, y)[0].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b) for a, b in zip(*grads))
+    # Gamma reads the credit at each state, as for DFA: a_l = e B_l at h_l
+    assert all(torch.equal(a, b) for a, b in zip(probe.credit(x, y), build_method("dfa", model, seed=3).credit(x, y)))
+    with pytest.raises(ValueError, match="states of one shape"):
+        build_method("dfa_input_credit", build_model("cnn", (1, 28, 28), 10, seed=0, channels=(4, 8, 8), hidden=8))
+
+
+def test_the_probe_rules_are_the_books_not_the_librarys():
+    """``import faeval`` registers no probe rule of the appendix; the book's experiments register it."""
+    code = "import faeval, faeval.methods as m; print(sorted(m.METHODS))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "'dfa'" in out.stdout and "dfa_input_credit" not in out.stdout
+    from faeval.methods import METHODS
+    assert METHODS["dfa_input_credit"].__module__ == "faeval.book.probe_rules"

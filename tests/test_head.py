@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 import faeval as fe
+import faeval.book as fb
 from faeval import config
 from faeval.many import fit_group
 from faeval.train import fit
@@ -127,17 +128,17 @@ def test_a_layered_model_keeps_its_own_head_fixed():
 
 # -- the two regimes in the book ------------------------------------------------------------
 def test_every_local_rule_of_the_quick_audit_has_a_fixed_head_twin_and_the_references_have_none():
-    P = fe.get_profile("quick")
+    P = fb.get_profile("quick")
     plan = P.plan("audit")
     assert set(plan["fixed_head_runs"]) == {(m, s) for m in P.methods if m != "bp" for s in P.seeds}
     for key, cfg in plan["fixed_head_runs"].items():
         assert {**cfg, "head_lr": 1.0} == {**plan["runs"][key], "head_lr": 1.0} and cfg["head_lr"] == 0.0
-    views = fe.head.by_regime({("bp", 1): "bp run", ("dfa", 1): "dfa run"}, {("dfa", 1): "fixed dfa run"})
+    views = fb.head.by_regime({("bp", 1): "bp run", ("dfa", 1): "dfa run"}, {("dfa", 1): "fixed dfa run"})
     assert views == {"head trained": {("bp", 1): "bp run", ("dfa", 1): "dfa run"},
                      "head fixed": {("bp", 1): "bp run", ("dfa", 1): "fixed dfa run"}}
     # every chapter that shows both regimes plans them; the dose-response spans trained to fixed
     for chapter in ("temporal", "penalty", "fa_vs_dfa"):
-        assert any(part.startswith(fe.head.FIXED) for part in P.plan(chapter)), chapter
+        assert any(part.startswith(fb.head.FIXED) for part in P.plan(chapter)), chapter
     assert sorted(P.plan("calibration")["head_dose"]) == [0.0, 0.01, 0.1, 1.0]
 
 
@@ -165,9 +166,9 @@ def _regime(dfa_paper_like: bool, seeds=(1, 2)):
 def test_the_rule_judges_the_regime_that_matches_more_signatures_and_a_tie_keeps_the_default(
         monkeypatch, fixed_like_paper, trained_like_paper, judged):
     runs = {"head trained": _regime(trained_like_paper), "head fixed": _regime(fixed_like_paper)}
-    monkeypatch.setattr(fe.head, "_regime_runs", lambda P: runs)
-    monkeypatch.setattr(fe.head, "_DECISIONS", {})
-    decision = fe.head.decide(fe.get_profile("smoke"))
+    monkeypatch.setattr(fb.head, "_regime_runs", lambda P: runs)
+    monkeypatch.setattr(fb.head, "_DECISIONS", {})
+    decision = fb.head.decide(fb.get_profile("smoke"))
     assert decision.judged == judged and decision.order == [judged, decision.other]
     assert decision.label(judged) == f"{judged} (judged)" and decision.label(decision.other).endswith("(not judged)")
     # the paper-like fake matches all seven signatures, the healthy one none

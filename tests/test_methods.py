@@ -434,35 +434,12 @@ def test_a_user_rule_registers_trains_and_is_audited():
         METHODS.pop("sign_dfa_test", None)
 
 
-def test_dfa_input_credit_trains_block_l_on_the_credit_of_its_input():
-    """The pairing probe of the discrepancies appendix: dfa_input_credit with feedback B_0..B_L trains
-    exactly as DFA whose feedback for h_{l+1} is B_l (and keeps B_0 for the embedding)."""
-    from faeval import build_method, build_model
-
-    model = build_model("resmlp", (12,), 5, seed=3, width=16, depth=3)
-    x, y = torch.randn(32, 12, generator=torch.Generator().manual_seed(3)), torch.arange(32) % 5
-    probe = build_method("dfa_input_credit", model, seed=3)
-    plain = build_method("dfa", model, seed=3)
-    fb = probe.feedback
-    plain.feedback = [fb[0], *fb[:-1]]
-    grads = []
-    for rule in (probe, plain):
-        model.zero_grad()
-        rule.loss(x, y)[0].backward()
-        grads.append([p.grad.clone() for p in model.parameters()])
-    assert all(torch.allclose(a, b) for a, b in zip(*grads))
-    # Gamma reads the credit at each state, as for DFA: a_l = e B_l at h_l
-    assert all(torch.equal(a, b) for a, b in zip(probe.credit(x, y), build_method("dfa", model, seed=3).credit(x, y)))
-    with pytest.raises(ValueError, match="states of one shape"):
-        build_method("dfa_input_credit", build_model("cnn", (1, 28, 28), 10, seed=0, channels=(4, 8, 8), hidden=8))
-
-
 def test_the_dfa_shallow_baseline_is_dfa_without_blocks():
     """The audit's DFA-shallow baseline: DFA on the model without residual blocks, where the embedding
     learns from its DFA credit a_0 = e B_0 and the head (after the terminal LN) from the loss."""
     from faeval import build_method, build_model
-    from faeval.experiments import plan
-    from faeval.profiles import get_profile
+    from faeval.book.experiments import plan
+    from faeval.book.profiles import get_profile
 
     P = get_profile("smoke")
     cfg = plan("audit", P)["runs"]["shallow", P.seeds[0]]

@@ -17,8 +17,8 @@ import pickle
 import numpy as np
 import pytest
 
+from faeval.book.profiles import PROFILES
 from faeval.config import config_hash
-from faeval.profiles import PROFILES
 from faeval.schedule import fit_many
 
 pytestmark = pytest.mark.filterwarnings("ignore:synthetic task")

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from faeval import pitfalls as P
+from faeval.book import pitfalls as P
 from faeval.diagnostics import gamma_per_layer
 from faeval.errors import MissingAuxStateError
 

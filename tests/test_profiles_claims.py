@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from faeval import claims as C
-from faeval.calibration import first_firing, summarise
+from faeval.book import claims as C
+from faeval.book.calibration import first_firing, summarise
+from faeval.book.profiles import PROFILES, get_profile
 from faeval.config import canonical_config
-from faeval.profiles import PROFILES, get_profile
 from faeval.snapshot import Snapshot
 
 
@@ -76,7 +76,7 @@ def test_quick_profile_lists_its_deviations_from_the_paper():
     # a seed count that differs from the paper's is a deviation the book states; the paper's is not
     assert (f"{len(q.seeds)} seeds" in text) == (q.seeds != PROFILES["paper"].seeds)
     # the calibration's rule qualified no candidate on three seeds: the quick profile keeps the paper's recipe
-    from faeval.calibration import run_config
+    from faeval.book.calibration import run_config
     paper_recipe = canonical_config(**run_config("paper", "dfa", steps=1))
     ours = canonical_config(**q.config("dfa", 42))
     assert (ours["data"], ours["model"]) == (paper_recipe["data"], paper_recipe["model"])
@@ -152,7 +152,7 @@ def test_every_declared_chapter_is_asked_for_by_a_notebook_and_vice_versa():
     import re
     from pathlib import Path
 
-    from faeval.experiments import EXPERIMENTS
+    from faeval.book.experiments import EXPERIMENTS
 
     asked = set()
     for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
@@ -164,8 +164,8 @@ def test_every_declared_chapter_is_asked_for_by_a_notebook_and_vice_versa():
 
 @pytest.mark.parametrize("name", list(PROFILES))
 def test_planned_runs_are_the_union_of_the_chapters(name):
+    from faeval.book.experiments import EXPERIMENTS, plan
     from faeval.config import config_hash
-    from faeval.experiments import EXPERIMENTS, plan
 
     p = get_profile(name)
     union = {config_hash(canonical_config(**cfg)) for ch in EXPERIMENTS for part in plan(ch, p).values()
@@ -214,7 +214,7 @@ def test_claims_record_their_parameters_and_overrides_do_not_overwrite_the_defau
 
 
 def test_the_calibration_rule_needs_every_seed():
-    from faeval.calibration import choose
+    from faeval.book.calibration import choose
 
     fire, quiet = {"epoch": 3, "step": 1000, "seconds": 9.0}, None
     rows = [{"candidate": "paper", "D1": fire, "D2": quiet, "bp_fires": []},      # holds on 1 of 2 seeds
@@ -258,7 +258,7 @@ def test_reasons_are_written_into_the_claims_files_they_explain(tmp_path):
 
 
 def test_claims_of_two_head_regimes_record_which_is_judged_and_reasons_reach_only_the_judged(tmp_path):
-    from faeval.claims import Claims, attach_reasons, ledger
+    from faeval.book.claims import Claims, attach_reasons, ledger
 
     claims = Claims("01_audit", "smoke", judged="head fixed")
     for regime, held in (("head fixed", False), ("head trained", False)):
@@ -279,7 +279,7 @@ def test_claims_of_two_head_regimes_record_which_is_judged_and_reasons_reach_onl
 
 
 def test_a_candidate_with_seeds_still_to_run_does_not_qualify():
-    from faeval.calibration import choose
+    from faeval.book.calibration import choose
 
     fire = {"epoch": 3, "step": 1000, "seconds": 9.0}
     rows = [{"candidate": "label_noise", "D1": fire, "D2": None, "bp_fires": []}]
@@ -290,7 +290,7 @@ def test_a_candidate_with_seeds_still_to_run_does_not_qualify():
 
 def test_the_sequential_calibration_plan_stops_a_candidate_where_the_rule_fails(tmp_path, monkeypatch, caplog):
     """Seeds in order: the next seed is planned once the last one's runs are stored and the rule held there."""
-    from faeval import calibration as cal
+    from faeval.book import calibration as cal
     from faeval.schedule import train_until_stable
 
     tiny = {"dataset": "synthetic", "d": 8, "n_train": 64, "n_test": 32, "width": 8, "depth": 1, "eval_n": 32}

@@ -246,6 +246,16 @@ def test_cli_help_works_for_every_subcommand(cmd, tmp_path):
     assert r.returncode == 0 and "usage: python -m faeval" in r.stdout
 
 
+def test_the_books_command_line_is_its_own(tmp_path):
+    """``prepare`` belongs to the book: ``python -m faeval.book prepare``; the library's CLI says where it went."""
+    r = subprocess.run([sys.executable, "-m", "faeval.book", "prepare", "--help"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 0 and "usage: python -m faeval.book prepare" in r.stdout and "--profile" in r.stdout
+    r = _cli("prepare", "--profile", "quick", cwd=tmp_path)
+    assert r.returncode == 2 and "prepare is the book's command: python -m faeval.book prepare" in r.stderr
+    assert not (tmp_path / "results").exists()
+
+
 def test_cli_bad_input_is_one_clear_line(tmp_path):
     r = _cli("train", "--method", "dfx", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: unknown method 'dfx'")

@@ -19,8 +19,8 @@ import torch
 
 import faeval
 from faeval import config, store
+from faeval.book.profiles import get_profile
 from faeval.methods.dfa import DFA
-from faeval.profiles import get_profile
 from faeval.schedule import install, ship
 from faeval.usercode import RegisteredAgainWarning, fingerprint
 
@@ -142,6 +142,26 @@ def test_shipped_classes_register_in_a_fresh_process(registered, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_rule_of_a_module_that_faeval_does_not_import_reaches_a_fresh_worker(tmp_path):
+    """The book's probe rules are faeval's own (keyed by name alone) but ``import faeval`` does not register
+    them: they travel to a worker by reference, and unpickling there imports their module."""
+    import faeval.book.probe_rules  # noqa: F401  (registers dfa_input_credit)
+
+    cfg = config.canonical_config(method="dfa_input_credit", **SMALL)
+    assert not cfg.get("code") and fingerprint(faeval.METHODS["dfa_input_credit"]) is None
+    (tmp_path / "blob").write_bytes(ship([cfg]))
+    script = textwrap.dedent(f"""
+        import faeval
+        from faeval.schedule import install
+        assert "dfa_input_credit" not in faeval.METHODS
+        install(open({str(tmp_path / 'blob')!r}, 'rb').read())
+        print(faeval.METHODS["dfa_input_credit"].__module__)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "faeval.book.probe_rules"
+
+
 def test_a_rule_and_an_architecture_defined_in_a_kernel_train_in_workers_and_on_dask(tmp_path):
     """As a reader does: cells of a real Jupyter kernel define a rule and an architecture; two worker
     processes and a Dask LocalCluster train them; the rule is edited and re-run."""

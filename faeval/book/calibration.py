@@ -20,10 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from .config import canonical_config, train_size
-from .protocol import Monitor, Thresholds
-from .schedule import fit_many
-from .store import load_history, load_meta, run_dir
+from ..config import canonical_config, train_size
+from ..protocol import Monitor, Thresholds
+from ..schedule import fit_many
+from ..store import load_history, load_meta, run_dir
 
 __all__ = ["Candidate", "CANDIDATES", "run_config", "plan", "sequential_plan", "summarise", "summarise_all",
            "calibrate", "first_firing", "choose"]
@@ -136,7 +136,7 @@ def sequential_plan(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *
     A candidate qualifies only if the rule holds on every seed (:func:`choose`), so once it fails on one
     seed the later seeds cannot change the outcome: the next seed is planned only after every run of the
     seed before it is in the store (``results``) and the rule held there. A plan therefore grows as its
-    runs are stored; :meth:`faeval.profiles.Profile.experiment` and ``python -m faeval prepare`` train until
+    runs are stored; :meth:`faeval.book.profiles.Profile.experiment` and ``python -m faeval prepare`` train until
     it stops growing. Candidates named in ``every_seed`` take every seed (e.g. the profile's own task,
     whose runs other chapters plan anyway).
     """

@@ -1,6 +1,6 @@
 """Claims: what each notebook set out to show, checked against what it measured.
 
-The paper's numbers live in one sourced data file, ``faeval/reference/paper_values.json``
+The paper's numbers live in one sourced data file, ``faeval/book/reference/paper_values.json``
 (each entry names its source); :func:`paper` reads an entry. A notebook's last
 cell builds a :class:`Claims`, checks each claim from measured values and saves
 it to ``<results_dir>/claims/<notebook>.json``; the book's claims ledger gathers
@@ -12,13 +12,13 @@ such, never dropped. A claim about every seed is checked per seed
 (:meth:`Claims.per_seed`) and states how many of the seeds it held on, with the
 spread of the measured values.
 
-Where a chapter measures its claims in both regimes of the output head (:mod:`faeval.head`), each
+Where a chapter measures its claims in both regimes of the output head (:mod:`faeval.book.head`), each
 row records its ``regime`` and whether it is ``judged``: the judged regime's claims are the
 book's, the other regime's are listed beside them, labelled (:attr:`Claims.regime`).
 
-A chapter declares its claims once, in ``faeval/chapters/<chapter>.py`` (:class:`Chapter`): each
+A chapter declares its claims once, in ``faeval/book/chapters/<chapter>.py`` (:class:`Chapter`): each
 :class:`Claim` has its id, its sentence, the key of the paper's value and the function that measures
-ours from the evidence the notebook passes (:func:`faeval.chapters.check_claims`). The notebook's
+ours from the evidence the notebook passes (:func:`faeval.book.chapters.check_claims`). The notebook's
 last cell evaluates them by id; it holds no claim of its own.
 
 A claims file records the parameters it was measured with (profile, every
@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .config import CACHE_VERSION
-from .store import results_dir as _results_dir
+from ..config import CACHE_VERSION
+from ..store import results_dir as _results_dir
 from .tables import table
 
 __all__ = ["paper", "Claims", "ledger", "claims_dir", "styled", "describe_parameters", "attach_reasons",
@@ -50,7 +50,7 @@ __all__ = ["paper", "Claims", "ledger", "claims_dir", "styled", "describe_parame
 
 PAPER_VALUES = Path(__file__).with_name("reference") / "paper_values.json"
 HELD, NOT_HELD, NOT_EVALUATED = "held", "not held", "not evaluated"
-#: the kinds of reason a claim that does not hold can have (:mod:`faeval.discrepancies` measures them)
+#: the kinds of reason a claim that does not hold can have (:mod:`faeval.book.discrepancies` measures them)
 REASON_KINDS = ("horizon", "data", "measurement convention", "implementation choice", "not explained")
 
 
@@ -90,9 +90,9 @@ class Claims:
     """
 
     def __init__(self, notebook: str, profile, judged: str | None = None) -> None:
-        """``profile``: the :class:`~faeval.profiles.Profile` the notebook ran (its parameters are
+        """``profile``: the :class:`~faeval.book.profiles.Profile` the notebook ran (its parameters are
         recorded), or a profile name (then recorded as that profile's defaults). ``judged``: the
-        head regime whose claims are the book's (:func:`faeval.head.decide`); set :attr:`regime`
+        head regime whose claims are the book's (:func:`faeval.book.head.decide`); set :attr:`regime`
         before checking the claims of each regime."""
         self.notebook = notebook
         if isinstance(profile, str):
@@ -137,7 +137,7 @@ class Claims:
 
         ``id`` names the claim for good: ``<chapter>.<name>`` (the chapter is the notebook's name without
         its number, e.g. ``audit.dfa_d1``), unique in the notebook per head regime, so unique in the book.
-        The discrepancies appendix's probes register for ids (:func:`faeval.discrepancies.probe`): the
+        The discrepancies appendix's probes register for ids (:func:`faeval.book.discrepancies.probe`): the
         sentence can be reworded without losing its reason. Every claim of the book has one.
         """
         self._check_id(id, claim)
@@ -220,7 +220,7 @@ class Claims:
 
 
 # ---------------------------------------------------------------------------------------
-# declared claims: each chapter's claims, written once in faeval/chapters/<chapter>.py
+# declared claims: each chapter's claims, written once in faeval/book/chapters/<chapter>.py
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Check:
@@ -244,7 +244,7 @@ class PerSeed:
 
 
 class MissingEvidence(AttributeError):
-    """A claim reads a name the notebook did not pass to :func:`faeval.chapters.check_claims`: the notebook's
+    """A claim reads a name the notebook did not pass to :func:`faeval.book.chapters.check_claims`: the notebook's
     mistake, raised at once, never recorded as a claim that could not be evaluated."""
 
 
@@ -425,7 +425,7 @@ STATUS_COLOURS = {HELD: "color: #1a7f37", NOT_HELD: "color: #cf222e", NOT_EVALUA
 
 
 def styled(frame):
-    """A claims table for the book (:func:`faeval.plots.table`), the status coloured."""
+    """A claims table for the book (:func:`faeval.book.plots.table`), the status coloured."""
     style = table(frame)
     if "status" in frame.columns:
         style = style.map(lambda s: STATUS_COLOURS.get(s, ""), subset=["status"])

@@ -3,7 +3,7 @@
 The appendix ``notebooks/08_discrepancies.ipynb`` reads the book's claims (the
 ledger), and for every claim that does not hold at the profile's defaults runs the
 probe registered for its id (:data:`PROBES`). A probe reads the runs of the
-``discrepancies`` chapter (:func:`faeval.experiments.discrepancies`) and of the
+``discrepancies`` chapter (:func:`faeval.book.experiments.discrepancies`) and of the
 chapters it refers to, and returns a :class:`Reason` of one of five :data:`KINDS`:
 
 * ``horizon``: the effect appears with longer training;
@@ -14,14 +14,14 @@ chapters it refers to, and returns a :class:`Reason` of one of five :data:`KINDS
   it changes the outcome;
 * ``not explained``: none of the above was shown; the text says what was ruled out.
 
-Where a chapter measures its claims in both regimes of the output head (:mod:`faeval.head`), only
+Where a chapter measures its claims in both regimes of the output head (:mod:`faeval.book.head`), only
 the judged regime's claims are explained, and the first probe is the head itself
 (:func:`head_probe`): where the other regime's same claim holds, the reason is the head
 (``implementation choice``), with both regimes' numbers; where it does not, the reason says so
 and goes on to the claim's own probe.
 
 The reason's text is built from measured numbers only. :func:`save_reasons` writes
-each into the claims file row it explains, and :func:`faeval.claims.ledger` shows it in
+each into the claims file row it explains, and :func:`faeval.book.claims.ledger` shows it in
 the ``reason_kind`` and ``reason`` columns.
 """
 from __future__ import annotations
@@ -30,13 +30,13 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+from ..diagnostics import deep_mean, layer_mean, no_credit_layers
+from ..methods import method_hparams
+from ..protocol import TABLE, Monitor, Thresholds, diagnostic_of_column
 from . import head
 from .calibration import CANDIDATES, summarise_all
 from .claims import REASON_KINDS, attach_reasons
-from .diagnostics import deep_mean, layer_mean, no_credit_layers
 from .experiments import CANDIDATE_TASKS
-from .methods import method_hparams
-from .protocol import TABLE, Monitor, Thresholds, diagnostic_of_column
 
 __all__ = ["KINDS", "Reason", "PROBES", "probe", "explain", "head_probe", "save_reasons", "crossing_epoch", "Context"]
 
@@ -76,7 +76,7 @@ class Context:
         return self._runs[chapter]
 
     def judged_runs(self, chapter: str, part: str) -> dict:
-        """Part ``part`` of a chapter's runs in the judged head regime (:func:`faeval.head.regime_view`)."""
+        """Part ``part`` of a chapter's runs in the judged head regime (:func:`faeval.book.head.regime_view`)."""
         return head.regime_view(self.runs(chapter), part)[self.regime]
 
     def probe_runs(self, part: str) -> dict:
@@ -110,7 +110,7 @@ PROBES: dict[str, Callable] = {}
 
 def probe(*ids: str) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn(row, ctx) -> Reason`` for the claims with these ids
-    (:meth:`faeval.claims.Claims.check`); an id has one probe."""
+    (:meth:`faeval.book.claims.Claims.check`); an id has one probe."""
     def deco(fn: Callable) -> Callable:
         for i in ids:
             if i in PROBES:
@@ -166,7 +166,7 @@ def _head_reason(row: Mapping, other: Mapping | None) -> Reason | None:
 
 def save_reasons(reasons: Sequence[Mapping], profile, results_dir=None) -> list:
     """Write the reasons into the claims they explain, in ``profile``'s claims files at its defaults
-    (:func:`faeval.claims.attach_reasons`); returns the files rewritten."""
+    (:func:`faeval.book.claims.attach_reasons`); returns the files rewritten."""
     return attach_reasons(reasons, profile.name, results_dir)
 
 

@@ -1,15 +1,15 @@
 """Each chapter's runs, declared once, as data.
 
-A chapter's entry is a function of the :class:`~faeval.profiles.Profile` that returns
+A chapter's entry is a function of the :class:`~faeval.book.profiles.Profile` that returns
 ``{part: {key: config}}``: the run configs of each of its experiments (``config`` as
 ``faeval.experiment`` takes it). A notebook asks for them with one call,
 ``P.experiment("penalty")``, which loads the stored runs and trains the rest;
-``P.planned_runs()`` and ``python -m faeval prepare`` are the union over every entry,
+``P.planned_runs()`` and ``python -m faeval.book prepare`` are the union over every entry,
 so what ``prepare`` trains is what the notebooks load, by construction. Adding a
 chapter is its notebook, its entry here (``@chapter("name")``) and a line in the
 table of contents.
 
->>> from faeval.profiles import get_profile
+>>> from faeval.book.profiles import get_profile
 >>> P = get_profile("smoke")
 >>> sorted(EXPERIMENTS)
 ['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'penalty', 'quickstart', 'temporal']
@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import head
+from ..config import canonical_config, config_hash
+from ..store import train_seconds
+from . import head, probe_rules  # noqa: F401  (probe_rules registers the discrepancies' probe rules)
 from .calibration import CANDIDATES, sequential_plan
 from .calibration import run_config as calibration_run_config
-from .config import canonical_config, config_hash
-from .store import train_seconds
 
 #: the calibration candidates that change the task (not the model): their DFA runs 3x longer are probes
 CANDIDATE_TASKS = ("label_noise", "synthetic", "augment")
@@ -93,7 +93,7 @@ def audit(P) -> dict:
     """Every audited rule and the frozen-blocks baseline, on every seed: ``{(method, seed): config}``;
     ``("shallow", seed)`` is the DFA-shallow baseline, DFA on the same model without residual blocks
     (embedding, terminal LN and head; the embedding learns from its DFA credit, the head from the loss).
-    ``fixed_head_runs``: the local rules again with the head at its initialisation (:mod:`faeval.head`; BP and
+    ``fixed_head_runs``: the local rules again with the head at its initialisation (:mod:`faeval.book.head`; BP and
     the baselines keep a trained head), full length: the chapter reads their final verdicts."""
     runs = {(m, s): P.config(m, s) for m in (*P.methods, "frozen") for s in P.seeds}
     if P.base.get("arch", "resmlp") in ("resmlp", "studentnet"):
@@ -111,7 +111,7 @@ def temporal(P) -> dict:
 @chapter("cross_arch")
 def cross_arch(P) -> dict:
     """BP and DFA on each architecture of the profile, first seed: ``{(label, method): config}``;
-    ``fixed_head_runs``: DFA again with the head fixed (:mod:`faeval.head`), except on SmallCNN, whose
+    ``fixed_head_runs``: DFA again with the head fixed (:mod:`faeval.book.head`), except on SmallCNN, whose
     head the seed documents say is always trained by the loss (it keeps its trained run in both regimes)."""
     archs = P.sizes["cross_arch"]["archs"]
     runs = {(label, m): P.config(m, P.seeds[0], **o) for label, o in archs.items() for m in ("bp", "dfa")}
@@ -150,9 +150,9 @@ def fa_vs_dfa(P) -> dict:
 def calibration(P) -> dict:
     """DFA, BP and frozen on every calibration candidate at the profile's horizon: ``{(candidate, seed,
     method): config}``, a candidate's seeds in order until the choice rule is decided on it
-    (:func:`faeval.calibration.sequential_plan`; the paper's recipe, the profile's own task whose runs the
+    (:func:`faeval.book.calibration.sequential_plan`; the paper's recipe, the profile's own task whose runs the
     audit plans, on every seed); ``head_dose``: DFA on the profile's task (first seed) at each
-    ``head_lr`` of the dose-response (:mod:`faeval.head`)."""
+    ``head_lr`` of the dose-response (:mod:`faeval.book.head`)."""
     sub = {"subset": P.base["subset"]} if P.base.get("subset") else {}
     runs = sequential_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds, results=P.results,
                            every_seed=["paper"], **sub)
@@ -162,7 +162,7 @@ def calibration(P) -> dict:
 
 @chapter("discrepancies")
 def discrepancies(P) -> dict:
-    """The probes of the discrepancies appendix (:mod:`faeval.discrepancies`), first seed unless stated:
+    """The probes of the discrepancies appendix (:mod:`faeval.book.discrepancies`), first seed unless stated:
     DFA and State Bridge at ``horizon_factor`` x the horizon (with and without the terminal LN, and without it under
     augmentation); random targets as fixed labels per sample and 3x longer; the other credit
     pairing on ``pairing_seeds`` seeds; FA and frozen on clean labels and BP with one trainable

@@ -18,7 +18,7 @@ counted on every seed of the profile. A tie keeps the package default, ``head tr
 the book's reading needs evidence. The calibration appendix prints the count; every chapter
 states the judged regime and lists the other regime's claims beside, labelled.
 
->>> from faeval.profiles import get_profile
+>>> from faeval.book.profiles import get_profile
 >>> P = get_profile("smoke")
 >>> cfgs = {("dfa", 42): P.config("dfa", 42), ("bp", 42): P.config("bp", 42)}
 >>> sorted(fixed_head(cfgs)), fixed_head(cfgs)["dfa", 42]["head_lr"]
@@ -30,9 +30,9 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from ..diagnostics import layer_mean
+from ..protocol import Thresholds
 from .claims import paper
-from .diagnostics import layer_mean
-from .protocol import Thresholds
 
 __all__ = ["REGIMES", "DEFAULT", "KEEP_TRAINED", "fixed_head", "with_fixed_head", "by_regime", "regime_view",
            "SIGNATURES", "Signature", "Decision", "decide"]

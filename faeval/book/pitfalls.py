@@ -19,18 +19,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .diagnostics import (
+from ..diagnostics import (
     bp_grads,
     gamma_aggregations,
     gamma_per_layer,
     null_calibration,
     per_sample_cosine,
 )
-from .errors import MissingAuxStateError
-from .methods import build_method
-from .models import build_model
-from .seeds import generator
-from .train import adamw
+from ..errors import MissingAuxStateError
+from ..methods import build_method
+from ..models import build_model
+from ..seeds import generator
+from ..train import adamw
 
 __all__ = [
     "CHECKLIST",

@@ -4,7 +4,7 @@ Each function takes a pandas DataFrame built by :func:`history_frame` or by a
 notebook from protocol reports, and returns the matplotlib figure. Threshold
 lines come from :class:`~faeval.protocol.Thresholds`, so a figure always shows
 the thresholds the verdicts used; where the paper gives a value, it is drawn as
-a labelled black cross from ``faeval/reference/paper_values.json``.
+a labelled black cross from ``faeval/book/reference/paper_values.json``.
 
 Every figure is laid out for the book's content column: :data:`WIDTH` inches wide
 (panels in 2 columns where there are four), text of 9-10 pt at that size. The
@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 
+from ..protocol import TABLE, Thresholds, diagnostic_of_column
 from .claims import paper
-from .protocol import TABLE, Thresholds, diagnostic_of_column
 from .tables import table
 
 #: figure width in inches: the book's content column (about 700 CSS pixels at 96 per inch)
@@ -49,7 +49,7 @@ def book_figure(fn):
 
 
 def paper_value(key: str):
-    """The paper's value of ``key`` (:func:`faeval.claims.paper`)."""
+    """The paper's value of ``key`` (:func:`faeval.book.claims.paper`)."""
     return paper(key)["value"]
 
 __all__ = ["history_frame", "audit_figure", "trajectory_figure", "ep_sweep_figure", "penalty_figure", "depth_figure",
@@ -297,7 +297,7 @@ def depth_figure(depth_rows, thresholds: Thresholds | None = None, paper: bool =
 def cosine_clamp_figure(sweep):
     """Pitfall 2: the mean cosine against the reference-gradient norm, for ``F.cosine_similarity``
     (clamped at eps=1e-8) and the unclamped per-sample cosine. ``sweep`` has columns grad_norm,
-    clamped, unclamped (:func:`faeval.pitfalls.cosine_clamp_sweep`)."""
+    clamped, unclamped (:func:`faeval.book.pitfalls.cosine_clamp_sweep`)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(WIDTH, 3.2))

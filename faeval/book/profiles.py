@@ -2,7 +2,7 @@
 
 A notebook's ``parameters`` cell names a profile plus optional overrides, and
 every experiment size it uses comes from here, never from a number typed into a
-cell. The runs each chapter trains are declared once, in :mod:`faeval.experiments`:
+cell. The runs each chapter trains are declared once, in :mod:`faeval.book.experiments`:
 
 >>> P = get_profile("smoke", seeds=[42])
 >>> P.sizes["penalty"]["lambdas"], P.config("dfa", 42)["width"]
@@ -31,14 +31,14 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .config import CACHE_VERSION, canonical_config, rebase
-from .data import DATASETS
+from ..config import CACHE_VERSION, canonical_config, rebase
+from ..data import DATASETS
+from ..methods import METHODS
+from ..models import ARCHS
+from ..names import check_known
+from ..schedule import fit_many, train_until_stable
+from ..store import default_device, load_data, run_dir
 from .experiments import plan, planned_runs
-from .methods import METHODS
-from .models import ARCHS
-from .names import check_known
-from .schedule import fit_many, train_until_stable
-from .store import default_device, load_data, run_dir
 
 __all__ = ["Profile", "PROFILES", "get_profile", "profile_from", "PARAMETERS"]
 
@@ -51,7 +51,7 @@ class Profile:
     options, architecture and its options, optimiser settings); :meth:`config`
     adds a method, a seed and per-experiment overrides. ``seeds``, ``epochs`` and
     ``methods`` are the notebooks' common parameters; ``sizes`` holds one mapping per
-    chapter (its key in :data:`faeval.experiments.EXPERIMENTS`) with that chapter's
+    chapter (its key in :data:`faeval.book.experiments.EXPERIMENTS`) with that chapter's
     own sizes.
     """
 
@@ -79,7 +79,7 @@ class Profile:
         return {**rebase(self.base, overrides), "epochs": self.epochs, **overrides, "method": method, "seed": seed}
 
     def plan(self, chapter: str) -> dict[str, dict]:
-        """The run configs chapter ``chapter`` asks for: ``{part: {key: config}}`` (:mod:`faeval.experiments`)."""
+        """The run configs chapter ``chapter`` asks for: ``{part: {key: config}}`` (:mod:`faeval.book.experiments`)."""
         return plan(chapter, self)
 
     def experiment(self, chapter: str) -> dict[str, dict]:
@@ -146,12 +146,12 @@ _RECIPE = {"batch_size": 128, "lr": 1e-3, "weight_decay": 0.01, "lr_fb": 1e-3}
 _AUDIT = ("bp", "fa", "ep", "dfa", "state_bridge", "credit_bridge")
 _LAMBDAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 _ASSAY = ("dfa", "fa", "ep")
-_HEAD_DOSE = (1.0, 0.1, 0.01, 0.0)      # head_lr of DFA's dose-response (faeval.head)
+_HEAD_DOSE = (1.0, 0.1, 0.01, 0.0)      # head_lr of DFA's dose-response (faeval.book.head)
 
 
 def _sizes(*, cross_arch, penalty_epochs, lambdas, depths, assay_epochs, calibration_steps, ep_sweep,
            horizon_factor=3) -> dict:
-    """One mapping per chapter (the keys of faeval.experiments.EXPERIMENTS that have sizes)."""
+    """One mapping per chapter (the keys of faeval.book.experiments.EXPERIMENTS that have sizes)."""
     return {"cross_arch": {"archs": cross_arch},        # label -> overrides of ``base`` (may set epochs)
             "penalty": {"epochs": penalty_epochs, "lambdas": lambdas, "lam_on": 1e-2},   # lambdas include 0
             "fa_vs_dfa": {"depths": depths, "assay_epochs": assay_epochs, "assay_methods": _ASSAY},

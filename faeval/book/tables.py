@@ -1,4 +1,4 @@
-"""Tables for the book's content column (pandas Stylers); :func:`faeval.plots.table` is this one."""
+"""Tables for the book's content column (pandas Stylers); :func:`faeval.book.plots.table` is this one."""
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -30,5 +30,9 @@ from .base import (
 )
 from .bridges import BridgeNet
 
+#: the rules ``import faeval`` registers, as it registers them: a fresh worker process has these, and
+#: :func:`faeval.schedule.ship` sends it any other a run needs
+PACKAGE_METHODS: dict[str, type[Method]] = dict(METHODS)
+
 __all__ = ["METHODS", "Method", "LocalRule", "FeedbackRule", "UnsupportedArchError", "build_method",
-           "method_class", "method_hparams", "register_method", "BridgeNet"]
+           "method_class", "method_hparams", "register_method", "BridgeNet", "PACKAGE_METHODS"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .base import FeedbackRule, UnsupportedArchError, error_signal, register_method, state_shapes
+from .base import FeedbackRule, error_signal, register_method, state_shapes
 
 
 @register_method("dfa")
@@ -35,21 +35,3 @@ def direct_feedback(feedback, shapes, logits, y):
     e = error_signal(logits, y) / len(y)
     return [(e @ B).view(len(y), *s) for B, s in zip(feedback, shapes)]
 
-
-@register_method("dfa_input_credit")
-class DFAInputCredit(DFA):
-    """DFA with the other credit pairing: block l trains on the credit of its *input* state,
-    a_l = e B_l, instead of its output's a_{l+1} (the embedding keeps a_0).
-
-    A probe of the discrepancies appendix: which pairing gives the paper's per-layer
-    pattern of early Gamma. Gamma is read as for DFA (a_l at h_l against the BP gradient
-    there); only which block each a_l trains differs. Needs states of equal shape.
-    """
-
-    def check_model(self, model):
-        if not model.equal_width:
-            raise UnsupportedArchError(f"dfa_input_credit pairs block l with the credit of its input state, "
-                                       f"which needs states of one shape; arch {model.arch!r} changes shape")
-
-    def training_credit(self, credit):
-        return [credit[0], *credit[:-1]]

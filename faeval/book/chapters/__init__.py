@@ -1,6 +1,6 @@
 """Each chapter's claims, declared once: one module per chapter, named as the chapter (the notebook's name
-without its number), each with its ``CLAIMS`` (:class:`faeval.claims.Chapter`) and the functions that build
-the tables its claims read from the chapter's runs (e.g. :func:`faeval.chapters.temporal.firing_table`).
+without its number), each with its ``CLAIMS`` (:class:`faeval.book.claims.Chapter`) and the functions that build
+the tables its claims read from the chapter's runs (e.g. :func:`faeval.book.chapters.temporal.firing_table`).
 
 A notebook's last cell evaluates its chapter's claims by id with :func:`check_claims`, passing what it
 measured by name (and, in a chapter with head regimes, each regime's own evidence), then saves them.
@@ -17,9 +17,9 @@ __all__ = ["CHAPTERS", "check_claims", "audit", "calibration", "cross_arch", "di
 
 
 def check_claims(notebook: str, profile, **evidence) -> Claims:
-    """Evaluate the declared claims of ``notebook``'s chapter (:meth:`faeval.claims.Chapter.check`)."""
+    """Evaluate the declared claims of ``notebook``'s chapter (:meth:`faeval.book.claims.Chapter.check`)."""
     chapter = chapter_of(notebook)
     if chapter not in CHAPTERS:
         raise KeyError(f"no declared claims for chapter {chapter!r} (notebook {notebook!r}): declare them in "
-                       f"faeval/chapters/{chapter}.py; declared chapters: {sorted(CHAPTERS)}")
+                       f"faeval/book/chapters/{chapter}.py; declared chapters: {sorted(CHAPTERS)}")
     return CHAPTERS[chapter].check(notebook, profile, **evidence)

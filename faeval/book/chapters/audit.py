@@ -7,8 +7,8 @@ Evidence, per head regime: ``rows`` (one :func:`faeval.analysis.audit_rows` row 
 """
 from __future__ import annotations
 
+from ...protocol import Thresholds
 from ..claims import Chapter, Check, PerSeed
-from ..protocol import Thresholds
 
 CLAIMS = Chapter("audit")
 TH = Thresholds()

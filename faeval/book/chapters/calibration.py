@@ -1,9 +1,9 @@
 """The calibration appendix's claims (notebook ``07_calibration``).
 
-Evidence: ``rows`` (:func:`faeval.calibration.summarise_all`: one row per candidate and seed),
+Evidence: ``rows`` (:func:`faeval.book.calibration.summarise_all`: one row per candidate and seed),
 ``setting`` (the candidate the quick profile's setting is: the rule's pick, or ``"paper"``), ``chosen``
 (the rule's pick, or None), ``follows`` (whether the quick profile's data and model settings are the
-pick's), ``quick_data`` (the quick profile's data settings), ``decision`` (:func:`faeval.head.decide`) and
+pick's), ``quick_data`` (the quick profile's data settings), ``decision`` (:func:`faeval.book.head.decide`) and
 ``dose`` (DFA's dose-response table: one row per head learning rate, with the final growth).
 """
 from __future__ import annotations

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ...protocol import Monitor
 from ..claims import Chapter, Check
-from ..protocol import Monitor
 
 CLAIMS = Chapter("cross_arch")
 

@@ -1,8 +1,8 @@
 """The discrepancies appendix's own claims (notebook ``08_discrepancies``).
 
-Evidence: ``reasons`` (:func:`faeval.discrepancies.explain`: one per claim that does not hold), ``sweep``
-(:func:`faeval.discrepancies.ep_sweep_table`), ``like`` (the EP settings of the sweep that resemble the
-paper's EP) and ``patterns`` (:func:`faeval.discrepancies.pairing_patterns`).
+Evidence: ``reasons`` (:func:`faeval.book.discrepancies.explain`: one per claim that does not hold), ``sweep``
+(:func:`faeval.book.discrepancies.ep_sweep_table`), ``like`` (the EP settings of the sweep that resemble the
+paper's EP) and ``patterns`` (:func:`faeval.book.discrepancies.pairing_patterns`).
 """
 from __future__ import annotations
 

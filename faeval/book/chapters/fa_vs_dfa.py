@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..analysis import credit_quality
+from ...analysis import credit_quality
+from ...protocol import Thresholds
 from ..claims import Chapter, Check, PerSeed
-from ..protocol import Thresholds
 
 CLAIMS = Chapter("fa_vs_dfa")
 

@@ -1,6 +1,6 @@
 """The pitfalls chapter's claims (notebook ``06_pitfalls``).
 
-Evidence: ``results``, the reproducers' results (:func:`faeval.pitfalls.run_all`), each with its number,
+Evidence: ``results``, the reproducers' results (:func:`faeval.book.pitfalls.run_all`), each with its number,
 the wrong and the right value and the details it recorded.
 """
 from __future__ import annotations

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ...protocol import Monitor
 from ..claims import Chapter, PerSeed
-from ..protocol import Monitor
 
 CLAIMS = Chapter("temporal")
 
