@@ -107,8 +107,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m faeval", description=(
         "faeval: train learning rules into the run store, list the store, and audit stored runs."))
     sub = parser.add_subparsers(dest="command", required=True)
-    if (argv if argv is not None else sys.argv[1:])[:1] == ["prepare"]:
-        parser.error("prepare is the book's command: python -m faeval.book prepare --profile quick")
 
     tr = sub.add_parser("train", help="train one run (or load it from the store) and print its final record",
                         description="Train one run, or load it when the store already holds this exact config, "
@@ -148,6 +146,8 @@ def main(argv=None) -> int:
     for p in (tr, au):
         p.add_argument("--data-root", help="directory holding the dataset files")
 
+    if (argv if argv is not None else sys.argv[1:])[:1] == ["prepare"]:
+        parser.error("prepare is the book's command: python -m faeval.book prepare (--help lists its options)")
     return dispatch(parser.parse_args(argv))
 
 

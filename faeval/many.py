@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -224,7 +225,7 @@ class _Group:
         # The forward of all R runs is vectorised; the gradient is ordinary autograd of the summed
         # surrogates (each run's parameters only reach its own loss), which costs less per step than
         # vmap(grad(...)) (benchmarks/README.md).
-        self.vectorised = vmap(self._one, in_dims=(0, 0, 0, 0, 0))
+        self.vectorised = vmap(partial(_one_run, self.step_module, self.shared), in_dims=(0, 0, 0, 0, 0))
         self.trained = list(self.train_p.values())
         for p in self.trained:
             p.requires_grad_(True)
@@ -233,11 +234,6 @@ class _Group:
         self.histories: list[list[EpochRecord]] = [[] for _ in range(self.R)]
         self.stopped: list[str | None] = [None] * self.R
         self.first_step = True
-
-    def _one(self, tp, fx, x, y, state):
-        """One run's loss and statistics, with its parameters ``tp`` (trained) and ``fx`` (fixed, buffers)."""
-        prefixed = ({f"model.{n}": t for n, t in d.items()} for d in (tp, fx))
-        return functional_call(self.step_module, tuple(prefixed), (x, y, {**self.shared, **state}), strict=False)
 
     def batches(self, epoch: int):
         for model in self.models:
@@ -288,6 +284,14 @@ class _Group:
                 own = dict(model.named_parameters())
                 for n in self.names:
                     own[n].copy_(self.train_p[n][r])
+
+
+def _one_run(step_module: _Step, shared: dict, tp, fx, x, y, state):
+    """One run's loss and statistics, with its parameters ``tp`` (trained) and ``fx`` (fixed, buffers): the
+    function ``vmap`` maps over the group (a function of its own, so that the group holds no reference cycle and
+    its stacked tensors go when it does)."""
+    prefixed = ({f"model.{n}": t for n, t in d.items()} for d in (tp, fx))
+    return functional_call(step_module, tuple(prefixed), (x, y, {**shared, **state}), strict=False)
 
 
 def _is_oom(err: BaseException) -> bool:

@@ -131,8 +131,9 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     The default is one process per core, or one per run when there are at most twice as
     many runs as cores and they do not divide evenly; a request that amounts to a few
     seconds of training stays in this process. Each job stores its runs; ``workers=1``
-    trains in this process. Processes start by default only in Jupyter, ``python -c`` and
-    ``python -m faeval``: a script passes ``workers=N`` itself, and must then guard its top
+    trains in this process. Processes start by default only in Jupyter, ``python -c``,
+    ``python -m faeval`` and ``python -m faeval.book``: a script passes ``workers=N`` itself, and must then
+    guard its top
     level with ``if __name__ == "__main__":`` (Python re-imports it in every worker).
     Worker processes stop within a second when this process ends, by a signal or an
     exception, and an interrupted run leaves no entry in the store.

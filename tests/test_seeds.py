@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 
+import faeval.book.probe_rules  # noqa: F401  (the book's probe rules too: every registered rule is checked)
 from faeval.data import Dataset
 from faeval.methods import METHODS, UnsupportedArchError, build_method
 from faeval.models import ARCHS, build_model

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import faeval
+import faeval.book.probe_rules  # noqa: F401  (the book's probe rules too: every registered rule is checked)
 from faeval import config, store
 from faeval import diagnostics as D
 from faeval.methods import METHODS, LocalRule, register_method
@@ -253,6 +254,7 @@ def test_the_books_command_line_is_its_own(tmp_path):
     assert r.returncode == 0 and "usage: python -m faeval.book prepare" in r.stdout and "--profile" in r.stdout
     r = _cli("prepare", "--profile", "quick", cwd=tmp_path)
     assert r.returncode == 2 and "prepare is the book's command: python -m faeval.book prepare" in r.stderr
+    assert "{train,runs,audit}" in r.stderr           # the usage line lists the library's commands
     assert not (tmp_path / "results").exists()
 
 

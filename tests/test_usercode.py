@@ -141,7 +141,6 @@ def test_shipped_classes_register_in_a_fresh_process(registered, tmp_path):
     install(None)
 
 
-@pytest.mark.slow
 def test_a_rule_of_a_module_that_faeval_does_not_import_reaches_a_fresh_worker(tmp_path):
     """The book's probe rules are faeval's own (keyed by name alone) but ``import faeval`` does not register
     them: they travel to a worker by reference, and unpickling there imports their module."""
@@ -162,6 +161,7 @@ def test_a_rule_of_a_module_that_faeval_does_not_import_reaches_a_fresh_worker(t
     assert out.stdout.strip() == "faeval.book.probe_rules"
 
 
+@pytest.mark.slow
 def test_a_rule_and_an_architecture_defined_in_a_kernel_train_in_workers_and_on_dask(tmp_path):
     """As a reader does: cells of a real Jupyter kernel define a rule and an architecture; two worker
     processes and a Dask LocalCluster train them; the rule is edited and re-run."""

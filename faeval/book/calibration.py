@@ -136,8 +136,8 @@ def sequential_plan(candidates: Iterable[Candidate | str] = tuple(CANDIDATES), *
     A candidate qualifies only if the rule holds on every seed (:func:`choose`), so once it fails on one
     seed the later seeds cannot change the outcome: the next seed is planned only after every run of the
     seed before it is in the store (``results``) and the rule held there. A plan therefore grows as its
-    runs are stored; :meth:`faeval.book.profiles.Profile.experiment` and ``python -m faeval prepare`` train until
-    it stops growing. Candidates named in ``every_seed`` take every seed (e.g. the profile's own task,
+    runs are stored; :meth:`faeval.book.profiles.Profile.experiment` and ``python -m faeval.book prepare``
+    train until it stops growing. Candidates named in ``every_seed`` take every seed (e.g. the profile's own task,
     whose runs other chapters plan anyway).
     """
     out: dict[tuple, dict] = {}

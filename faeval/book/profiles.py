@@ -119,7 +119,7 @@ class Profile:
 
     def planned_runs(self) -> list[dict]:
         """The canonical configs of every run the book's chapters declare at this profile, deduplicated
-        (what ``python -m faeval prepare`` trains)."""
+        (what ``python -m faeval.book prepare`` trains)."""
         return planned_runs(self)
 
     def parameters(self) -> dict:

@@ -109,7 +109,9 @@ def method_hparams(name: str) -> dict[str, object]:
 
 def method_class(name: str) -> type[Method]:
     """The registered class of rule ``name``; an unknown name raises, listing the valid ones."""
-    check_known("method", name, METHODS, " (or register your own with @faeval.register_method)")
+    check_known("method", name, METHODS, " (or register your own with @faeval.register_method; a rule that a "
+                "module registers needs that module imported first, e.g. the book's probe rules: "
+                "import faeval.book.probe_rules)")
     return METHODS[name]
 
 
