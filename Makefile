@@ -6,6 +6,7 @@
 #   make check-book                         open every built page in headless Chromium
 #   make test [PYTEST_ARGS=...]             set up .venv, data and the browser; run pytest
 #   make bench                              set up .venv and data; run benchmarks/*.py
+#   make gpu-check-prepare                  copy the GPU check's data and CPU claims into .gpu_check/
 #
 # Every target sets up what it needs, from a machine with python3 (>= 3.10), pip, npm and
 # apt. To use an environment you manage yourself (e.g. the conda environment of
@@ -41,10 +42,10 @@ ENV_READY := $(VENV)/.stamp
 endif
 BIN := $(dir $(PY))
 
-.PHONY: help venv env-check data mathjax browser notebooks book check-book test bench clean distclean
+.PHONY: help venv env-check data mathjax browser notebooks book check-book test bench gpu-check-prepare clean distclean
 
 help:
-	@sed -n '2,14s/^# \{0,1\}//p' Makefile
+	@sed -n '2,15s/^# \{0,1\}//p' Makefile
 
 # --- environments ------------------------------------------------------------------------
 
@@ -69,7 +70,7 @@ $(VENV)/.stamp: pyproject.toml
 
 env-check:
 	@test -n "$(PY)" || { echo "USE_ENV=1: no 'python' on PATH (activate your environment)"; exit 1; }
-	@$(PY) -c "import faeval, faeval.book, torch, papermill, jupyter_book, pytest" 2>/dev/null || { \
+	@$(PY) -c "import faeval, faeval.book, torch, papermill, jupyter_book, pytest, importlinter" 2>/dev/null || { \
 	  echo "USE_ENV=1: $(PY) lacks faeval or its book/test extras; run: $(PY) -m pip install -e '.[book,test]'"; \
 	  exit 1; }
 	@echo "env: using $(PY) (torch $$($(PY) -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'))"
@@ -139,6 +140,11 @@ bench: $(ENV_READY) data
 	@shopt -s nullglob; files=(benchmarks/[!_]*.py); \
 	if [ $${#files[@]} -eq 0 ]; then echo "bench: no benchmarks/*.py"; exit 0; fi; \
 	for f in "$${files[@]}"; do echo "== $$f"; $(PY) "$$f"; done
+
+# the GPU check's inputs (scripts/gpu_check.py), into the ignored .gpu_check/ that a GPU machine is sent with:
+# Fashion-MNIST's four files, CIFAR-10 where found and small enough to travel, results/claims/01_audit.json
+gpu-check-prepare: $(ENV_READY) data
+	@$(PY) scripts/gpu_check.py --prepare
 
 clean:
 	rm -rf _build book/executed

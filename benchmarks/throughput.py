@@ -27,28 +27,21 @@ Run: .venv/bin/python benchmarks/throughput.py [--steps 150] [--epochs 4] [--est
 from __future__ import annotations
 
 import argparse
-import math
 import resource
 import tempfile
 import time
-from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from _timing import projection, sync
 from step_cost import CountFlops, matmul_peak_gflops
 from torch.utils.data import DataLoader, TensorDataset
 
 import faeval as fe
 from faeval.book.profiles import PROFILES
-from faeval.config import train_size
-from faeval.many import fit_group, why_not_groupable
-from faeval.schedule import default_workers, group_key
+from faeval.many import fit_group
+from faeval.schedule import default_workers
 from faeval.train import adamw, fit
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def fashion_subset(n: int, device):
@@ -119,48 +112,6 @@ def peak_memory(device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated() / 2 ** 20:.0f} MiB (CUDA max allocated)"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (peak resident set of the process)"
-
-
-def _shape(cfg: dict) -> tuple:
-    if cfg["dataset"] == "synthetic":
-        return (cfg["data"].get("d", 128),)
-    return (1, 28, 28) if cfg["dataset"] in ("fashion-mnist", "mnist") else (3, 32, 32)
-
-
-def step_time(cfg: dict, device, steps: int, cache: dict) -> float:
-    """Seconds per training step of a run like ``cfg`` on random data of its input shape."""
-    shape = _shape(cfg)
-    key = (cfg["method"], cfg["arch"], str(sorted(cfg["model"].items())), shape)
-    if key in cache:
-        return cache[key]
-    model = fe.build_model(cfg["arch"], shape, 10, seed=0, **cfg["model"]).to(device)
-    rule = fe.build_method(cfg["method"], model, seed=0)
-    rule.start_training(1)               # a schedule past any warm-up (Credit Bridge's): the steady-state step
-    opt = torch.optim.AdamW(rule.parameters(), lr=1e-3)
-    aux = rule.aux_parameters()
-    opt_fb = torch.optim.AdamW(aux, lr=1e-3) if aux else None
-    x = torch.randn(128, *shape, device=device)
-    y = torch.randint(0, 10, (128,), device=device)
-
-    def one():
-        opt.zero_grad(set_to_none=True)
-        if opt_fb:
-            opt_fb.zero_grad(set_to_none=True)
-        rule.step(x, y)
-        opt.step()
-        if opt_fb:
-            opt_fb.step()
-        rule.after_step()
-
-    for _ in range(2):
-        one()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        one()
-    sync(device)
-    cache[key] = (time.perf_counter() - start) / steps
-    return cache[key]
 
 
 def main() -> None:
@@ -234,33 +185,16 @@ def main() -> None:
         return
     paper = PROFILES["paper"]
     planned = paper.planned_runs()
-    cache: dict = {}
-    alone_s, grouped_s = 0.0, 0.0
-    kinds = defaultdict(float)
-    groups = defaultdict(list)
-    for cfg in planned:
-        steps = cfg["epochs"] * math.ceil(train_size(cfg) / cfg["batch_size"])
-        t = steps * step_time(cfg, device, args.estimate_steps, cache)
-        alone_s += t
-        kinds[cfg["method"]] += t
-        model = fe.build_model(cfg["arch"], _shape(cfg), 10, **cfg["model"])
-        why = why_not_groupable(fe.build_method(cfg["method"], model))
-        groups[None if why else group_key(cfg)].append(t)
     # GPU: fit_many trains groupable runs as vectorised groups; CPU: every run in 1-thread processes
     factor = max(group_speedup.values()) if device.type != "cpu" else min(many_speedup.values())
-    for key, ts in groups.items():
-        if device.type == "cpu":
-            grouped_s += sum(ts) / factor
-        elif key is None or len(ts) == 1:
-            grouped_s += sum(ts)
-        else:
-            grouped_s += sum(ts) / factor
+    est = projection(planned, device, args.estimate_steps, factor if device.type != "cpu" else 1.0)
+    grouped_s = est["grouped"] if device.type != "cpu" else est["alone"] / factor
     print(f"\npaper profile: {len(planned)} runs (CIFAR-10 for {paper.epochs} epochs, plus the appendix's "
           f"Fashion-MNIST and synthetic runs; per-step times measured here, {args.estimate_steps} steps per kind "
-          "of run)")
-    for m, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
+          f"of run, {est['kinds']} kinds)")
+    for m, t in sorted(est["by_method"].items(), key=lambda kv: -kv[1]):
         print(f"  {m:14s} {t / 3600:8.2f} h")
-    print(f"  every run alone, one after another: {alone_s / 3600:.2f} h; through fit_many ({_how(device)}, "
+    print(f"  every run alone, one after another: {est['alone'] / 3600:.2f} h; through fit_many ({_how(device)}, "
           f"measured speed-up {factor:.2f}x applied): {grouped_s / 3600:.2f} h on {name}")
     print("  (training steps only: per-epoch diagnostics add a few percent; notebooks' own analysis not included)")
 

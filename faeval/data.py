@@ -38,7 +38,7 @@ import torch
 
 from .seeds import generator
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "dataset_options", "train_size"]
+__all__ = ["DATASETS", "Dataset", "load_dataset", "dataset_files", "dataset_options", "train_size"]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
 
@@ -269,6 +269,20 @@ def _search_dirs(name: str, root) -> list[Path]:
     if name in _SYSTEM_DIRS:
         dirs.append(_SYSTEM_DIRS[name])
     return dirs
+
+
+def dataset_files(name: str, root=None) -> list[Path]:
+    """The files :func:`load_dataset` reads for ``name``, found where it looks for them (the module docstring);
+    none for ``synthetic``. A dataset whose files are missing raises the ``FileNotFoundError`` that loading it
+    would, naming every folder searched."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    if name == "synthetic":
+        return []
+    if name in _CIFAR:
+        folder, spec = _find_cifar(name, root, download=False), _CIFAR[name]
+        return [folder / f for f in spec["train"] + spec["test"]]
+    return list(_find_idx(name, root).values())
 
 
 def _cache_dir(name: str) -> Path:
