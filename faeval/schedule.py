@@ -132,9 +132,9 @@ def fit_many(configs: Sequence[Mapping], *, results=None, retrain: bool = False,
     many runs as cores and they do not divide evenly; a request that amounts to a few
     seconds of training stays in this process. Each job stores its runs; ``workers=1``
     trains in this process. Processes start by default only in Jupyter, ``python -c``,
-    ``python -m faeval`` and ``python -m faeval.book``: a script passes ``workers=N`` itself, and must then
-    guard its top
-    level with ``if __name__ == "__main__":`` (Python re-imports it in every worker).
+    ``python -m faeval`` and ``python -m faeval.book``: a script passes ``workers=N`` itself, and
+    must then guard its top level with ``if __name__ == "__main__":`` (Python re-imports it in
+    every worker).
     Worker processes stop within a second when this process ends, by a signal or an
     exception, and an interrupted run leaves no entry in the store.
 
@@ -246,9 +246,9 @@ def _load(plan: _Plan, device: str) -> list[Run]:
 def _spawn_is_safe() -> bool:
     """Whether worker processes may start by default: in Jupyter/IPython, ``python -c`` and faeval's
     own command lines (``python -m faeval``, ``python -m faeval.book``). A script run as
-    ``python script.py`` is re-imported by every spawned
-    worker, which re-runs its top level unless it is guarded by ``if __name__ == "__main__":``;
-    such scripts train in-process unless they ask for ``workers=N`` themselves."""
+    ``python script.py`` is re-imported by every spawned worker, which re-runs its top level unless
+    it is guarded by ``if __name__ == "__main__":``; such scripts train in-process unless they ask
+    for ``workers=N`` themselves."""
     main = sys.modules.get("__main__")
     name = getattr(getattr(main, "__spec__", None), "name", "")
     return getattr(main, "__file__", None) is None or (name.split(".")[0] == "faeval" and name.endswith(".__main__"))
