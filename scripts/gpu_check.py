@@ -67,7 +67,7 @@ from faeval.store import load_meta  # noqa: E402
 from faeval.train import fit  # noqa: E402
 
 #: rules whose training step may run in bfloat16: the CPU check on the audit's runs of every seed (benchmarks/
-#: README.md, 2026-12-06) kept every claim's status for these; EP's credit and State Bridge's do not survive it
+#: README.md, 2026-12-05) kept every claim's status for these; EP's credit and State Bridge's do not survive it
 BF16_RULES = ("bp", "fa", "dfa", "credit_bridge", "frozen")
 AUDIT_NOTEBOOK = ROOT / "notebooks" / "01_audit.ipynb"
 DEFAULT_CPU_CLAIMS = ROOT / ".gpu_check" / "claims" / "01_audit.json"
