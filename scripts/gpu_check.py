@@ -203,7 +203,7 @@ def check_steps(report: Report, P, device: str) -> None:
                 continue
             stats = stepper.step()
             credit = stepper.rule.credit(stepper.x, stepper.y)
-            snap = snapshot(stepper.model, stepper.x, stepper.y, credit_fn=stepper.rule.credit)
+            snap = snapshot(stepper.model, stepper.x, stepper.y, credit_fn=stepper.rule.credit)   # as fit takes it
             loss = float(stats["loss"])
             credit_ok = all(c is None or bool(torch.isfinite(c).all()) for c in credit)
             snap_ok = _finite(snap.h_L, snap.g_L, snap.max_block_growth, *snap.hidden_norms)
@@ -291,6 +291,7 @@ def check_paper_cost(report: Report, device: str, smoke: bool) -> None:
     shape, n_steps = (3, 32, 32), (2 if smoke else 60)
     ds = _random_images(128 * n_steps, shape).to(device)
     group_rates, speedups = {}, {}
+
     def build(method, seed):
         model = fe.build_model(base["arch"], shape, 10, seed=seed, **base["model"]).to(device)
         return model, fe.build_method(method, model, seed=seed)
@@ -408,7 +409,7 @@ def check_bfloat16(report: Report, P, device: str, budget: Budget, smoke: bool) 
             b16 = Stepper(run.config, device, precision="bfloat16").seconds_per_step(steps)
             speed[name] = round(f32 / b16, 2)
             low = fe.experiment(**run.config, precision="bfloat16", results=P.results, device=device, progress=False)
-            spread = {k: _spread([f(r) for (m, _), r in runs.items() if m == method], k) for k, f in READ.items()}
+            spread = {k: _spread([f(r) for (m, _), r in runs.items() if m == method]) for k, f in READ.items()}
             row = {}
             for k, f in READ.items():
                 a, b = f(run), f(low)
@@ -426,7 +427,7 @@ def check_bfloat16(report: Report, P, device: str, budget: Budget, smoke: bool) 
                 return
 
 
-def _spread(values, key) -> float:
+def _spread(values) -> float:
     nums = [v for v in values if v is not None and math.isfinite(v)]
     return max(nums) - min(nums) if len(nums) > 1 else 0.0
 
