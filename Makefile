@@ -51,7 +51,7 @@ help:
 
 venv: $(ENV_READY)
 
-$(VENV)/.stamp: pyproject.toml
+$(VENV)/.stamp: pyproject.toml Makefile
 	@echo "== venv: $(VENV) (torch: $(TORCH_SPEC))"
 	@start=$$(date +%s); \
 	if [ ! -x "$(VENV)/bin/python" ]; then \
@@ -65,13 +65,14 @@ $(VENV)/.stamp: pyproject.toml
 	fi; \
 	"$(VENV)/bin/python" -m pip install $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'; \
 	"$(VENV)/bin/python" -m pip install -e '.[book,test,cluster]'; \
+	"$(VENV)/bin/python" -m pip install --no-deps 'biotorch==0.0.16'; \
 	echo "venv: ready in $$(( $$(date +%s) - start )) s"
 	@touch $@
 
 env-check:
 	@test -n "$(PY)" || { echo "USE_ENV=1: no 'python' on PATH (activate your environment)"; exit 1; }
-	@$(PY) -c "import faeval, faeval.book, torch, papermill, jupyter_book, pytest, importlinter" 2>/dev/null || { \
-	  echo "USE_ENV=1: $(PY) lacks faeval or its book/test extras; run: $(PY) -m pip install -e '.[book,test]'"; \
+	@$(PY) -c "import faeval, faeval.book, torch, papermill, jupyter_book, pytest, importlinter, biotorch.layers" 2>/dev/null || { \
+	  echo "USE_ENV=1: $(PY) lacks faeval, its book/test extras or biotorch; run: $(PY) -m pip install -e '.[book,test]' && $(PY) -m pip install --no-deps biotorch==0.0.16"; \
 	  exit 1; }
 	@echo "env: using $(PY) (torch $$($(PY) -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'))"
 

@@ -435,7 +435,7 @@ def epoch_record(model, method, dataset, eval_xy, epoch: int, step: int, sums: d
     return EpochRecord(epoch=epoch, step=step, train_loss=loss / n_batches if n_batches else None,
                        train_acc=correct / n_seen if n_seen else None, test_loss=test_loss, test_acc=test_acc,
                        seconds=seconds, diag=snapshot(model, *eval_xy, credit_fn=method.credit),
-                       stats={k: v / n_batches for k, v in sums.items() if n_batches})
+                       stats={**{k: v / n_batches for k, v in sums.items() if n_batches}, **method.epoch_stats()})
 
 
 def stop_reason(rec: EpochRecord, epoch: int, monitor: Callable[[int, Mapping], bool] | None,

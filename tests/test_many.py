@@ -30,7 +30,9 @@ def _close(a, b, rtol=1e-4):
 
 
 @pytest.mark.parametrize("method, hps", [("dfa", [{}, {"penalty": 1e-2}, {}]), ("bp", [{}, {"penalty": 0.1}]),
-                                         ("fa", [{}, {}]), ("frozen", [{}, {}])])
+                                         ("fa", [{}, {}]), ("frozen", [{}, {}]), ("drtp", [{}, {}]),
+                                         ("fa_layer", [{}, {"penalty": 1e-2}]), ("usf", [{}, {}]),
+                                         ("frsf", [{}, {}])])
 def test_a_group_matches_the_runs_trained_one_by_one(data, method, hps):
     seeds = list(range(len(hps)))
     alone = [fit(*_build(data, method, s, **hp), data, 2, s, progress=False) for s, hp in zip(seeds, hps)]

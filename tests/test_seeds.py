@@ -12,6 +12,7 @@ import torch
 import faeval.book.probe_rules  # noqa: F401  (the book's probe rules too: every registered rule is checked)
 from faeval.data import Dataset
 from faeval.methods import METHODS, UnsupportedArchError, build_method
+from faeval.methods.kp import KolenPollack
 from faeval.models import ARCHS, build_model
 from faeval.seeds import generator, seeded, stream_seed
 
@@ -27,7 +28,7 @@ SHAPES = {"resmlp": ((784,), dict(width=256)), "studentnet": ((784,), dict(width
 def _tensors(obj, prefix=""):
     """Every floating tensor in a nested aux_state() dict / list."""
     if torch.is_tensor(obj):
-        if obj.is_floating_point() and obj.numel() > 1 and obj.std() > 0:   # constants are not draws
+        if obj.is_floating_point() and obj.numel() > 1 and bool((obj != obj.flatten()[0]).any()):   # constants are not draws
             yield prefix, obj.detach().flatten()
     elif isinstance(obj, dict):
         for k, v in obj.items():
@@ -38,12 +39,15 @@ def _tensors(obj, prefix=""):
 
 
 def _aux_tensors(rule):
-    out = dict(_tensors(rule.aux_state()))
-    g = getattr(rule, "generator", None)           # a rule's own noise stream (Credit Bridge)
-    if isinstance(g, torch.Generator):
-        clone = torch.Generator(device=g.device)
-        clone.set_state(g.get_state())
-        out["generator draws"] = torch.randn(N, generator=clone, device=g.device)
+    if isinstance(rule, KolenPollack):     # it stores W - B, which holds W by construction: its draw is B
+        out = {f"B[{i}]": B.flatten() for i, B in enumerate(rule.backward_matrices())}
+    else:
+        out = dict(_tensors(rule.aux_state()))
+    for name, g in vars(rule).items():     # a rule's own noise streams (Credit Bridge, brSF, weight mirroring)
+        if isinstance(g, torch.Generator):
+            clone = torch.Generator(device=g.device)
+            clone.set_state(g.get_state())
+            out[f"{name} draws"] = torch.randn(N, generator=clone, device=g.device)
     return out
 
 
@@ -81,12 +85,13 @@ def test_no_auxiliary_tensor_correlates_with_a_model_parameter(arch):
             assert abs(r) < LIMIT, f"{arch}/{method} seed {seed}: {an} correlates {r:+.3f} with {pn}"
             checked[method] = checked.get(method, 0) + 1
     # the rules with random auxiliary state were all measured on this arch (the test cannot pass empty)
-    expected = {"dfa", "credit_bridge", "state_bridge"} | ({"fa"} if arch not in ("cnn", "resnet") else set())
+    expected = ({"dfa", "drtp", "credit_bridge", "state_bridge", "fa_layer", "frsf", "brsf", "kp", "wm"}
+                | ({"fa"} if arch not in ("cnn", "resnet") else set()))
     assert expected <= set(checked), f"{arch}: pairs checked per rule {checked}"
 
 
 def test_named_streams_are_independent_of_each_other_and_of_the_model_init():
-    purposes = ["model-init", "feedback", "bridge-net", "bridge-noise", "null-feedback", "data-order/0",
+    purposes = ["model-init", "feedback", "bridge-net", "bridge-noise", "feedback-redraw", "mirror-noise", "null-feedback", "data-order/0",
                 "data-order/1", "augment/0", "random-targets/0", "subset", "label-noise", "eval-subset"]
     for seed in SEEDS:
         draws = {p: torch.randn(N, generator=generator(seed, p)) for p in purposes}

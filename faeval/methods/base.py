@@ -58,7 +58,7 @@ from ..names import check_known
 from ..seeds import generator
 from ..usercode import warn_if_changed
 
-__all__ = ["Method", "LocalRule", "FeedbackRule", "METHODS", "register_method", "build_method", "method_hparams",
+__all__ = ["Method", "LocalRule", "FeedbackRule", "METHODS", "register_method", "InheritedCreditWarning", "build_method", "method_hparams",
            "method_class", "UnsupportedArchError", "check_range", "error_signal", "ce_stats"]
 
 
@@ -84,10 +84,39 @@ def register_method(name: str) -> Callable[[type], type]:
             raise TypeError(f"@register_method({name!r}) decorates a subclass of faeval.methods.Method, "
                             f"not {cls!r}")
         cls.name = name
+        _warn_if_credit_inherited(name, cls)
         warn_if_changed("method", name, METHODS.get(name), cls)
         METHODS[name] = cls
         return cls
     return deco
+
+
+class InheritedCreditWarning(UserWarning):
+    """A registered rule changes how it trains but reports the credit of the rule it derives from."""
+
+
+#: the methods that define the credit a rule reports (Gamma reads it), and those that define how it trains
+_CREDIT = ("credit", "local_credit", "credit_from")
+_TRAINING = ("loss", "step", "training_credit")
+
+
+def _warn_if_credit_inherited(name: str, cls: type) -> None:
+    """Warn when ``cls`` overrides how it trains (``loss``, ``step``, ``training_credit``) below a rule that
+    defines its credit, but none of the methods that define the credit: its Gamma would read the parent's
+    credit (for a subclass of BP, 1.0) whatever the new rule does."""
+    trains = [m for m in _TRAINING if m in vars(cls)]
+    if not trains or any(m in vars(cls) for m in _CREDIT):
+        return
+    source = next((k for k in cls.__mro__[1:] if any(m in vars(k) for m in _CREDIT)), None)
+    if source is None or source is Method:
+        return
+    import warnings
+    warnings.warn(
+        f"method {name!r} ({cls.__name__}) overrides {', '.join(trains)}() but not how its credit is computed: "
+        f"it inherits {source.__name__}'s credit, so the protocol's Gamma would measure {source.__name__}'s "
+        f"credit (for BP's, 1.0 by construction), not this rule's. Override credit() (or local_credit() for "
+        "a LocalRule) to return what the new rule sends to each hidden state.", InheritedCreditWarning,
+        stacklevel=3)
 
 
 def method_hparams(name: str) -> dict[str, object]:
@@ -226,6 +255,11 @@ class Method:
 
     def after_step(self) -> None:
         """Called by the trainer after the optimisers stepped (EMA updates)."""
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Statistics of the rule's own state, read once per epoch into the history's record (e.g. the
+        layer-wise rules' angle between each layer's B and W); by default none."""
+        return {}
 
     def start_training(self, total_steps: int) -> None:
         """Called by the trainer before the first step with the number of steps it will take
