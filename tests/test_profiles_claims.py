@@ -93,7 +93,7 @@ def test_every_paper_value_names_its_source():
     for key, v in entries.items():
         assert set(v) == {"value", "text", "source"}, key
         # a section of the spec, or the original document itself (shared/reference/) where the spec is silent
-        assert v["source"].startswith(("SPEC ", "reference/")), key
+        assert v["source"].startswith(("SPEC ", "reference/", "literature: ")), key
     with pytest.raises(KeyError, match="audit.acc.bp"):
         C.paper("audit.acc.bpp")
 

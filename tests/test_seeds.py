@@ -28,7 +28,8 @@ SHAPES = {"resmlp": ((784,), dict(width=256)), "studentnet": ((784,), dict(width
 def _tensors(obj, prefix=""):
     """Every floating tensor in a nested aux_state() dict / list."""
     if torch.is_tensor(obj):
-        if obj.is_floating_point() and obj.numel() > 1 and bool((obj != obj.flatten()[0]).any()):   # constants are not draws
+        # constants are not draws (uSF's stored scale)
+        if obj.is_floating_point() and obj.numel() > 1 and bool((obj != obj.flatten()[0]).any()):
             yield prefix, obj.detach().flatten()
     elif isinstance(obj, dict):
         for k, v in obj.items():
@@ -91,7 +92,8 @@ def test_no_auxiliary_tensor_correlates_with_a_model_parameter(arch):
 
 
 def test_named_streams_are_independent_of_each_other_and_of_the_model_init():
-    purposes = ["model-init", "feedback", "bridge-net", "bridge-noise", "feedback-redraw", "mirror-noise", "null-feedback", "data-order/0",
+    purposes = ["model-init", "feedback", "bridge-net", "bridge-noise", "feedback-redraw", "mirror-noise",
+                "null-feedback", "data-order/0",
                 "data-order/1", "augment/0", "random-targets/0", "subset", "label-noise", "eval-subset"]
     for seed in SEEDS:
         draws = {p: torch.randn(N, generator=generator(seed, p)) for p in purposes}

@@ -12,7 +12,7 @@ table of contents.
 >>> from faeval.book.profiles import get_profile
 >>> P = get_profile("smoke")
 >>> sorted(EXPERIMENTS)
-['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'penalty', 'quickstart', 'temporal']
+['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'more_rules', 'penalty', 'quickstart', 'temporal']
 >>> plan("audit", P)["runs"]["dfa", 42]["method"]
 'dfa'
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config import canonical_config, config_hash
-from ..store import train_seconds
+from ..store import run_dir, train_seconds
 from . import head, probe_rules  # noqa: F401  (probe_rules registers the discrepancies' probe rules)
 from .calibration import CANDIDATES, sequential_plan
 from .calibration import run_config as calibration_run_config
@@ -144,6 +144,42 @@ def fa_vs_dfa(P) -> dict:
         "assay": {m: P.config(m, s0, epochs=size["assay_epochs"], random_targets=True)
                   for m in size["assay_methods"]},
     })
+
+
+#: the rules the "More rules under the protocol" chapter adds to the audit's (its BioTorch subset on SmallCNN)
+MORE_RULES = ("fa_layer", "usf", "frsf", "brsf", "kp", "wm", "drtp")
+BIOTORCH_RULES = ("fa_layer", "usf", "frsf", "brsf")
+
+
+@chapter("more_rules")
+def more_rules(P) -> dict:
+    """The layer-wise family and DRTP beside the audit's rules (whose runs are the audit's, shared through
+    the store): ``runs`` ``{(method, seed): config}`` with the head trained, ``fixed_head_runs`` the local and
+    layer-wise rules with it fixed (:func:`faeval.book.chapters.more_rules.regimes` reads both); the new rules on
+    every seed in the regime the book judges (:func:`faeval.book.head.decide`), the first seed in
+    the other. Until the runs the decision reads are stored the plan holds the first seed of both regimes,
+    and grows once they are (``train_until_stable``). ``cnn``: BP, DFA and BioTorch's four rules on the
+    cross-architecture chapter's SmallCNN, first seed, head trained (as BioTorch trains it)."""
+    s0 = P.seeds[0]
+    judged = _judged_regime(P)
+    seeds = {regime: (P.seeds if regime == judged else (s0,)) for regime in head.REGIMES}
+    every = head.with_fixed_head({"runs": {(m, s): P.config(m, s) for m in (*P.methods, "frozen", *MORE_RULES)
+                                           for s in P.seeds}})
+    parts = {part: {k: c for k, c in every[part].items()      # the audit's rules on every seed, the new ones
+                    if k[0] not in MORE_RULES or k[1] in seeds[regime]}   # on the seeds of their regime
+             for part, regime in (("runs", "head trained"), ("fixed_head_runs", "head fixed"))}
+    cnn = next((o for o in P.sizes["cross_arch"]["archs"].values() if o.get("arch") == "cnn"), None)
+    if cnn is not None:
+        parts["cnn"] = {m: P.config(m, s0, **cnn) for m in ("bp", "dfa", *BIOTORCH_RULES)}
+    return parts
+
+
+def _judged_regime(P) -> str | None:
+    """The regime :func:`faeval.book.head.decide` picks, once every run it reads is stored (else None)."""
+    needed = [c for name in ("audit", "fa_vs_dfa") for runs in plan(name, P).values() for c in runs.values()]
+    if not all(run_dir(canonical_config(**c), P.results).is_dir() for c in needed):
+        return None
+    return head.decide(P).judged
 
 
 @chapter("calibration")

@@ -53,7 +53,7 @@ def paper_value(key: str):
     return paper(key)["value"]
 
 __all__ = ["history_frame", "audit_figure", "trajectory_figure", "ep_sweep_figure", "penalty_figure", "depth_figure",
-           "cosine_clamp_figure", "claims_figure", "table", "METRIC_LABELS", "PAPER_LOG_BATCH", "WIDTH"]
+           "cosine_clamp_figure", "claims_figure", "rules_figure", "table", "METRIC_LABELS", "PAPER_LOG_BATCH", "WIDTH"]
 
 #: the batch size of the paper's per-epoch logs, at which its g_L reads about 8x below batch 128
 PAPER_LOG_BATCH = 1024
@@ -359,4 +359,37 @@ def ep_sweep_figure(table):
         ax.set_xlabel("relaxation steps")
         ax.set_ylabel("beta")
     fig.tight_layout()
+    return fig
+
+
+@book_figure
+def rules_figure(summary, thresholds: Thresholds | None = None):
+    """Every rule of one head regime (``summary``: :func:`faeval.book.chapters.more_rules.summary` rows of that
+    regime, in its order: by verdict, then accuracy), three panels of horizontal bars: the margin over the frozen
+    baseline with D3's bar, deep Gamma, and the max per-block growth (log) with D1's threshold. A bar is green
+    where every seed passed the protocol (rule "any"), red otherwise."""
+    import matplotlib.pyplot as plt
+
+    th = thresholds or Thresholds()
+    rows = summary.reset_index()
+    names = list(rows["method"])
+    colours = ["#1a7f37" if p.split("/")[0] == p.split("/")[1] else "#b42318" for p in rows["PASS (any)"]]
+    fig, axes = plt.subplots(1, 3, figsize=(WIDTH, 0.28 * len(names) + 1.4), sharey=True)
+    panels = [("margin_pp", "accuracy - frozen (pp)", th.d3_margin_pp, "D3"), ("deep Gamma", "deep-layer Γ", None, ""),
+              ("growth", "max per-block growth (x)", th.d1_growth, "D1")]
+    y = range(len(names))
+    for ax, (col, label, bar, what) in zip(axes, panels):
+        ax.barh(list(y), rows[col], color=colours)
+        ax.set_title(label)
+        if bar is not None:
+            ax.axvline(bar, color="crimson", ls="--", lw=1)
+            ax.annotate(what, (bar, 1.0), xycoords=("data", "axes fraction"), color="crimson", fontsize=9,
+                        ha="left", va="bottom")
+    axes[2].set_xscale("log")
+    axes[0].set_yticks(list(y), names)
+    axes[0].invert_yaxis()
+    from matplotlib.patches import Patch
+    fig.legend([Patch(color="#1a7f37"), Patch(color="#b42318")], ["PASS on every seed", "FAIL on a seed"],
+               loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig

@@ -58,7 +58,8 @@ from ..names import check_known
 from ..seeds import generator
 from ..usercode import warn_if_changed
 
-__all__ = ["Method", "LocalRule", "FeedbackRule", "METHODS", "register_method", "InheritedCreditWarning", "build_method", "method_hparams",
+__all__ = ["Method", "LocalRule", "FeedbackRule", "METHODS", "register_method", "InheritedCreditWarning",
+           "build_method", "method_hparams",
            "method_class", "UnsupportedArchError", "check_range", "error_signal", "ce_stats"]
 
 
@@ -97,11 +98,11 @@ class InheritedCreditWarning(UserWarning):
 
 #: the methods that define the credit a rule reports (Gamma reads it), and those that define how it trains
 _CREDIT = ("credit", "local_credit", "credit_from")
-_TRAINING = ("loss", "step", "training_credit")
+_TRAINING = ("loss", "step")
 
 
 def _warn_if_credit_inherited(name: str, cls: type) -> None:
-    """Warn when ``cls`` overrides how it trains (``loss``, ``step``, ``training_credit``) below a rule that
+    """Warn when ``cls`` overrides how it trains (``loss``, ``step``) below a rule that
     defines its credit, but none of the methods that define the credit: its Gamma would read the parent's
     credit (for a subclass of BP, 1.0) whatever the new rule does."""
     trains = [m for m in _TRAINING if m in vars(cls)]

@@ -10,10 +10,21 @@ A new chapter's claims are one new module here, added to the import below.
 from __future__ import annotations
 
 from ..claims import CHAPTERS, Claims, chapter_of
-from . import audit, calibration, cross_arch, discrepancies, fa_vs_dfa, penalty, pitfalls, quickstart, temporal
+from . import (
+    audit,
+    calibration,
+    cross_arch,
+    discrepancies,
+    fa_vs_dfa,
+    more_rules,
+    penalty,
+    pitfalls,
+    quickstart,
+    temporal,
+)
 
 __all__ = ["CHAPTERS", "check_claims", "audit", "calibration", "cross_arch", "discrepancies", "fa_vs_dfa",
-           "penalty", "pitfalls", "quickstart", "temporal"]
+           "more_rules", "penalty", "pitfalls", "quickstart", "temporal"]
 
 
 def check_claims(notebook: str, profile, **evidence) -> Claims:

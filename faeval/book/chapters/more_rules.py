@@ -1,0 +1,153 @@
+"""The "More rules under the protocol" chapter's claims and tables (notebook ``09_more_rules``).
+
+Evidence, per head regime: ``table`` (:func:`rules_table`: one row per run of every rule but the frozen
+baseline); shared: ``cnn`` (:func:`cnn_table`). The claims come from the rules' own papers where they give a
+number (the values file's ``literature:`` entries), not from the paper the book reproduces.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ...analysis import audit_rows, credit_quality
+from ..claims import Chapter, Check, paper
+from ..head import KEEP_TRAINED
+
+CLAIMS = Chapter("more_rules")
+
+#: the layer-wise family, block-level rules and the rest, in the order the tables list them before sorting
+FAMILY = {"bp": "reference", "fa": "block-level", "dfa": "block-level", "ep": "block-level",
+          "state_bridge": "block-level", "credit_bridge": "block-level", "drtp": "block-level",
+          "fa_layer": "layer-wise", "usf": "layer-wise", "frsf": "layer-wise", "brsf": "layer-wise",
+          "kp": "layer-wise", "wm": "layer-wise"}
+SIGN_CONCORDANT = ("usf", "frsf", "brsf")
+
+
+def regimes(runs) -> dict[str, dict]:
+    """``{regime: {(method, seed): Run}}`` from the chapter's runs (``P.experiment("more_rules")``): ``head fixed``
+    takes the rules' fixed-head runs and shares BP's and the frozen baseline's (the new rules have every seed in
+    the judged regime only, so the two regimes do not hold the same keys)."""
+    fixed = {k: r for k, r in runs["runs"].items() if k[0] in KEEP_TRAINED}
+    return {"head trained": dict(runs["runs"]), "head fixed": {**fixed, **runs["fixed_head_runs"]}}
+
+
+def _angles(run) -> dict[str, float]:
+    """The last record's angle between each layer's B and W (layer-wise rules; empty for the others)."""
+    rec = run.history[-1]
+    return {k.removeprefix("angle/"): v for k, v in rec.stats.items() if k.startswith("angle/")}
+
+
+def rules_table(regimes, order, frozen_acc, x_eval, y_eval) -> pd.DataFrame:
+    """One row per run (``regimes``: ``{regime: {(method, seed): Run}}``, in ``order``; the frozen baseline is
+    left out): the family, accuracy, margin over the frozen baseline of its seed, growth, g_L, C (direction
+    stability), deep Gamma (layers 1..L, the rule's own credit), the angle between B and W (mean over the
+    layers, and the output layer's; NaN for rules without per-layer feedback) and the verdict under both
+    verdict rules."""
+    out = []
+    for regime in order:
+        runs = {k: r for k, r in regimes[regime].items() if k[0] != "frozen" and isinstance(k[1], int)}
+        for row, ((m, s), run) in zip(audit_rows(runs, x_eval, y_eval, frozen_acc), runs.items()):
+            ang = _angles(run)
+            out.append({"regime": regime, "method": m, "family": FAMILY.get(m, "user"), "seed": s, "acc": row["acc"],
+                        "margin_pp": 100 * (row["acc"] - frozen_acc[s]), "growth": row["growth"], "g_L": row["g_L"],
+                        "C": row["stability"],
+                        "deep Gamma": credit_quality(run, x_eval, y_eval, null_draws=0, rho_directions=0)["deep_gamma"],
+                        "angle": sum(ang.values()) / len(ang) if ang else math.nan,
+                        "head angle": ang.get("out_head", math.nan),
+                        "verdict": row["verdict"], "Mode 1 or D3": row["verdict_mode1_or_d3"]})
+    return pd.DataFrame(out)
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per rule (and regime), with the verdicts as counts of PASS over seeds, sorted by
+    verdict (every seed passing first) then accuracy."""
+    g = table.groupby(["regime", "method"], sort=False)
+    means = g[["acc", "margin_pp", "growth", "g_L", "C", "deep Gamma", "angle", "head angle"]].mean()
+    n = g.size()
+    passes = g["verdict"].apply(lambda v: (v == "PASS").sum())
+    passes_m1 = g["Mode 1 or D3"].apply(lambda v: (v == "PASS").sum())
+    means.insert(0, "family", g["family"].first())
+    means.insert(1, "seeds", n)
+    means["PASS (any)"] = [f"{p}/{k}" for p, k in zip(passes, n)]
+    means["PASS (Mode 1 or D3)"] = [f"{p}/{k}" for p, k in zip(passes_m1, n)]
+    means["_pass"] = passes / n
+    means = means.reset_index()
+    means["_regime"] = means["regime"].map({r: i for i, r in enumerate(dict.fromkeys(table["regime"]))})
+    return (means.sort_values(["_regime", "_pass", "acc"], ascending=[True, False, False])
+            .drop(columns=["_pass", "_regime"]).set_index(["regime", "method"]))
+
+
+def cnn_table(runs) -> pd.DataFrame:
+    """``runs``: ``{method: Run}`` on SmallCNN: test accuracy, top-1 error in % (BioTorch's measure), growth and
+    the mean B-W angle."""
+    rows = []
+    for m, run in runs.items():
+        ang = _angles(run)
+        rows.append({"method": m, "acc": run.test_acc, "error %": 100 * (1 - run.test_acc),
+                     "growth": run.history[-1]["diag"].max_block_growth,
+                     "angle": sum(ang.values()) / len(ang) if ang else math.nan})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def skip_path(table: pd.DataFrame) -> pd.DataFrame:
+    """The seed's block-level FA beside ``fa_layer`` per regime (means over seeds): growth, g_L, deep Gamma and
+    accuracy, the difference the exact skip path makes."""
+    t = table[table.method.isin(["fa", "fa_layer"])]
+    return t.groupby(["regime", "method"], sort=False)[["acc", "growth", "g_L", "deep Gamma"]].mean()
+
+
+def _mean(ev, method, col):
+    t = ev.table
+    return float(t.loc[t.method == method, col].mean())
+
+
+for _m in SIGN_CONCORDANT:
+    @CLAIMS.claim(f"more_rules.sign_near_bp.{_m}",
+                  f"{_m} is within 1 point of BP's accuracy (mean over seeds)", paper=f"more_rules.sign_near_bp.{_m}")
+    def _(ev, m=_m):
+        gap = 100 * (_mean(ev, "bp", "acc") - _mean(ev, m, "acc"))
+        return Check(gap <= 1.0, f"BP {_mean(ev, 'bp', 'acc'):.4f}, {m} {_mean(ev, m, 'acc'):.4f}: {gap:+.2f} points")
+
+
+for _m, _what in (("kp", "Kolen-Pollack"), ("wm", "weight mirroring")):
+    @CLAIMS.claim(f"more_rules.{_m}_aligns",
+                  f"{_what}'s output-layer B aligns with W to within 10 degrees (mean over seeds)",
+                  paper=f"more_rules.{_m}_aligns")
+    def _(ev, m=_m):
+        a = _mean(ev, m, "head angle")
+        return Check(a < 10.0, f"{a:.1f} degrees (mean over layers {_mean(ev, m, 'angle'):.1f})")
+
+
+@CLAIMS.claim("more_rules.fa_layer_aligns",
+              "Under layer-wise FA the output layer's W comes to align with its fixed B (angle below 60 degrees)",
+              paper="more_rules.fa_layer_aligns")
+def _(ev):
+    a = _mean(ev, "fa_layer", "head angle")
+    return Check(a < 60.0, f"{a:.1f} degrees")
+
+
+def skip_path_finding(skip: pd.DataFrame, order) -> str:
+    """One sentence per regime, from :func:`skip_path`'s table: how layer-wise FA's growth and deep Gamma compare
+    with the block-level FA's (the wording follows the measured values)."""
+    out = []
+    for regime in order:
+        if (regime, "fa") not in skip.index or (regime, "fa_layer") not in skip.index:
+            continue
+        b, l = skip.loc[(regime, "fa")], skip.loc[(regime, "fa_layer")]
+        ratio = b["growth"] / l["growth"]
+        grows = (f"grows the stream {ratio:.3g}x more than layer-wise FA" if ratio > 1
+                 else f"grows the stream {1 / ratio:.3g}x less than layer-wise FA")
+        better = "higher" if b["deep Gamma"] > l["deep Gamma"] else "lower"
+        out.append(f"{regime}: block-level FA {grows} (max per-block growth {b['growth']:.3g} against "
+                   f"{l['growth']:.3g}), and its deep Gamma is {better} ({b['deep Gamma']:+.3f} against "
+                   f"{l['deep Gamma']:+.3f}); accuracy {b['acc']:.4f} against {l['acc']:.4f}.")
+    return "\n".join(out) or "FA and fa_layer are not both in this profile's runs."
+
+
+def beside_biotorch(cnn: pd.DataFrame) -> pd.DataFrame:
+    """:func:`cnn_table` with BioTorch's own Fashion-MNIST error beside ours (their model and recipe, labelled)."""
+    theirs = paper("more_rules.biotorch_benchmark")["value"]
+    out = cnn[["error %", "growth", "angle"]].rename(columns={"error %": "error % (ours, SmallCNN)"})
+    out["error % (BioTorch's, their model)"] = [theirs.get(m, math.nan) for m in out.index]
+    return out
