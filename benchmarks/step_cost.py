@@ -30,12 +30,15 @@ from torch.utils.flop_counter import flop_registry
 from faeval import build_method, build_model
 from faeval.snapshot import snapshot
 
-RULES = ["bp", "dfa", "fa", "ep", "state_bridge", "credit_bridge", "frozen"]
+RULES = ["bp", "dfa", "fa", "ep", "state_bridge", "credit_bridge", "frozen",
+         "drtp", "fa_layer", "usf", "frsf", "brsf", "kp", "wm"]
 
 
 def target(name: str, rule) -> tuple[float | None, str]:
-    if name in ("dfa",):
+    if name in ("dfa", "drtp"):
         return 1.1, "<= 1.1x"
+    if name in ("fa_layer", "usf", "frsf", "brsf", "kp", "wm"):      # BP's step with hooks (and B's update)
+        return 1.3, "<= 1.3x"
     if name == "fa":
         return 1.2, "<= 1.2x"
     if name in ("state_bridge", "credit_bridge"):

@@ -73,7 +73,8 @@ def test_their_model_trains_through_the_adapter_and_both_readings_of_the_protoco
     assert len(a["per_layer"]["hidden_norms"]) == 4 and b["per_layer"]["layers"] == LAYERS
 
 
-@pytest.mark.parametrize("method", ["fa", "ep", "state_bridge", "credit_bridge"])
+@pytest.mark.parametrize("method", ["fa", "ep", "state_bridge", "credit_bridge", "drtp", "fa_layer", "usf", "frsf",
+                                    "brsf", "kp", "wm"])
 def test_every_other_rule_steps_on_the_adapted_model(method):
     net = TheirNet(d_in=12, d=16, classes=5)
     model = faeval.layered(net, embed="stem", blocks=LAYERS[1:], readout=["final_norm", "classifier"],

@@ -74,6 +74,25 @@ def test_fit_many_on_a_dask_cluster_equals_the_same_runs_in_process(cluster, ref
     assert all(r.from_cache for r in again)           # stored runs are loaded, not sent
 
 
+#: the layer-wise rules whose feedback is redrawn (brsf) or learns (kp, wm) after every step, and plain fa_layer
+LAYERWISE = [dict(SLOW, n_train=2048, method=m, seed=0) for m in ("fa_layer", "brsf", "kp", "wm")]
+
+
+def test_layerwise_rules_train_the_same_on_the_cluster_and_the_process_pool_and_reload(cluster, tmp_path):
+    ref = _in_process(LAYERWISE, tmp_path / "ref")
+    _assert_same_runs(fit_many(LAYERWISE, results=tmp_path / "dask", executor=cluster.get_executor(),
+                               progress=False), ref)
+    _assert_same_runs(fit_many(LAYERWISE, results=tmp_path / "pool", workers=2, progress=False), ref)
+    x, y = torch.randn(64, 32, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 10
+    for loaded, r in zip(fit_many(LAYERWISE, results=tmp_path / "pool", progress=False), ref):
+        assert loaded.from_cache                  # the feedback matrices came back with the checkpoint
+        for a, b in zip(loaded.method.aux_state()["feedback"], r.method.aux_state()["feedback"]):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        if r.config["method"] != "brsf":          # (brsf redraws at every forward: its credit is a fresh draw)
+            for a, b in zip(loaded.method.credit(x, y), r.method.credit(x, y)):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
 def test_a_worker_killed_in_the_middle_of_a_run_is_retried_and_leaves_no_partial_entry(cluster, reference,
                                                                                          tmp_path):
     pids = cluster.run(os.getpid)                      # worker address -> process id

@@ -383,7 +383,7 @@ def rules_figure(summary, thresholds: Thresholds | None = None):
         ax.set_title(label)
         if bar is not None:
             ax.axvline(bar, color="crimson", ls="--", lw=1)
-            ax.annotate(what, (bar, 1.0), xycoords=("data", "axes fraction"), color="crimson", fontsize=9,
+            ax.annotate(f" {what}", (bar, 0.01), xycoords=("data", "axes fraction"), color="crimson", fontsize=9,
                         ha="left", va="bottom")
     axes[2].set_xscale("log")
     axes[0].set_yticks(list(y), names)

@@ -1,4 +1,4 @@
-"""The "More rules under the protocol" chapter's claims and tables (notebook ``09_more_rules``).
+"""The "More rules under the protocol" chapter's claims and tables (notebook ``05_more_rules``).
 
 Evidence, per head regime: ``table`` (:func:`rules_table`: one row per run of every rule but the frozen
 baseline); shared: ``cnn`` (:func:`cnn_table`). The claims come from the rules' own papers where they give a
@@ -151,3 +151,25 @@ def beside_biotorch(cnn: pd.DataFrame) -> pd.DataFrame:
     out = cnn[["error %", "growth", "angle"]].rename(columns={"error %": "error % (ours, SmallCNN)"})
     out["error % (BioTorch's, their model)"] = [theirs.get(m, math.nan) for m in out.index]
     return out
+
+
+def _acc_angle(row) -> str:
+    angle = "" if math.isnan(row["head angle"]) else f", output layer's B-W angle {row['head angle']:.1f} degrees"
+    return f"accuracy {row['acc']:.4f}{angle}"
+
+
+def regime_finding(summary: pd.DataFrame, order) -> str:
+    """One line per rule whose verdict (rule "any") differs between the head regimes, with its accuracy in each;
+    the wording follows the measured values."""
+    if len(order) < 2:
+        return "This profile has one head regime."
+    a, b = order[0], order[1]
+    lines = []
+    for m in summary.loc[a].index.intersection(summary.loc[b].index):
+        ra, rb = summary.loc[(a, m)], summary.loc[(b, m)]
+        pa, pb = (r["PASS (any)"].split("/") for r in (ra, rb))
+        passes_a, passes_b = pa[0] == pa[1], pb[0] == pb[1]
+        if passes_a != passes_b:
+            lines.append(f"{m}: {'passes' if passes_a else 'fails'} with the {a} ({_acc_angle(ra)}), "
+                         f"{'passes' if passes_b else 'fails'} with the {b} ({_acc_angle(rb)})")
+    return "\n".join(lines) or f"Every rule's verdict is the same with the {a} and with the {b}."
