@@ -591,9 +591,9 @@ def mirror_noise(row, ctx: Context) -> Reason:
     the output layer's mirror phase on the trained run's final weights (judged regime, first seed), from B = W,
     for five time constants: at the run's rate and at a ten times slower one (the paper's mirror phase moves
     B far more slowly: learning rate 0.01 on noise of variance 0.01/12)."""
-    from .chapters.more_rules import regimes
-
     import torch
+
+    from .chapters.more_rules import regimes
 
     s0 = ctx.P.seeds[0]
     run = regimes(ctx.runs("more_rules"))[ctx.regime][("wm", s0)]
