@@ -15,6 +15,7 @@ class BRSF(LayerwiseRule):
     own ``"feedback-redraw"`` stream; the stream's position is saved with checkpoints. The stored
     matrices are the last draw (what the angle is read from)."""
 
+    relative_cost = 1.7       # benchmarks/step_cost.py, 2026-12-07 (its redraw of every layer's magnitudes)
     ungroupable = "it redraws its feedback magnitudes from a random stream at every forward pass"
 
     def __init__(self, model, **common) -> None:

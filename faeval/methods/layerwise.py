@@ -123,7 +123,7 @@ class LayerwiseRule(BP):
     """
 
     ungroupable = None
-    relative_cost = 1.1
+    relative_cost = 1.2       # benchmarks/step_cost.py, 2026-12-07: fa_layer 1.16, usf 1.26, frsf 1.20, kp 1.27
     feedback: list[torch.Tensor] | None = None
 
     def __init__(self, model, *, convention: str = "matched", **common) -> None:

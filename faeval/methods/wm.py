@@ -21,6 +21,8 @@ class WeightMirror(LayerwiseRule):
     x = 0.1 (U - 0.5), learning rate 0.01, with its own decay). B starts as ``fa_layer``'s random draw.
     """
 
+    relative_cost = 1.4       # benchmarks/step_cost.py, 2026-12-07 (its mirror phase)
+
     def __init__(self, model, *, mirror_lr: float = 0.01, decay: float = 0.01, noise_std: float = 1.0,
                  mirror_batch: int = 32, **common) -> None:
         check_range("mirror_lr", mirror_lr, mirror_lr >= 0, ">= 0")
