@@ -350,7 +350,7 @@ def test_every_rule_steps_on_every_arch_it_supports(name, arch):
 
 # -- bad input --------------------------------------------------------------------------------
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown method 'dfx'; valid methods: bp, credit_bridge, dfa"):
+    with pytest.raises(ValueError, match=r"unknown method 'dfx'; valid methods: bp, brsf, credit_bridge, dfa"):
         build_method("dfx", _tiny())
 
 
