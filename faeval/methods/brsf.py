@@ -1,4 +1,4 @@
-"""Batch-wise random-magnitude sign-concordant feedback (Liao et al. 2016; BioTorch's ``brsf``): B = |R| o sign(W),
+"""Batch-wise random-magnitude sign-concordant feedback (Liao et al. 2016; BioTorch's ``brsf``): B = abs(R) * sign(W),
 R redrawn at every forward."""
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from .layerwise import LayerwiseRule
 
 @register_method("brsf")
 class BRSF(LayerwiseRule):
-    """B = |R| * sign(W) with R redrawn (as ``fa_layer``'s B is drawn) at every forward pass, from the run's
+    """B = abs(R) * sign(W) with R redrawn (as ``fa_layer``'s B is drawn) at every forward pass, from the run's
     own ``"feedback-redraw"`` stream; the stream's position is saved with checkpoints. The stored
     matrices are the last draw (what the angle is read from)."""
 
     relative_cost = 1.7       # benchmarks/step_cost.py, 2026-12-07 (its redraw of every layer's magnitudes)
+    streams = ("redraw",)
     ungroupable = "it redraws its feedback magnitudes from a random stream at every forward pass"
 
     def __init__(self, model, **common) -> None:
@@ -27,11 +28,3 @@ class BRSF(LayerwiseRule):
 
     def backward_matrix(self, i, W, R):
         return R.abs() * torch.sign(W)
-
-    def aux_state(self):
-        return {**super().aux_state(), "redraw": self.redraw.get_state()}
-
-    def load_aux_state(self, state):
-        super().load_aux_state(state)
-        if "redraw" in state:
-            self.redraw.set_state(state["redraw"])

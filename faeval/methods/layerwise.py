@@ -123,6 +123,8 @@ class LayerwiseRule(BP):
     """
 
     ungroupable = None
+    #: the names of the rule's own random streams (``torch.Generator`` attributes), saved with every checkpoint
+    streams: tuple[str, ...] = ()
     relative_cost = 1.2       # benchmarks/step_cost.py, 2026-12-07: fa_layer 1.16, usf 1.26, frsf 1.20, kp 1.27
     feedback: list[torch.Tensor] | None = None
 
@@ -220,8 +222,12 @@ class LayerwiseRule(BP):
         return {**super().group_state(), "feedback": self._need("feedback", "feedback matrices")}
 
     def aux_state(self):
-        return {"feedback": [R.detach().cpu() for R in self._need("feedback", "feedback matrices")]}
+        return {"feedback": [R.detach().cpu() for R in self._need("feedback", "feedback matrices")],
+                **{name: getattr(self, name).get_state() for name in self.streams}}
 
     def load_aux_state(self, state):
         self.feedback = load_tensors(self, state, "feedback", [tuple(m.weight.shape) for _, m in self.layers],
                                      "feedback matrices")
+        for name in self.streams:
+            if name in state:
+                getattr(self, name).set_state(state[name])

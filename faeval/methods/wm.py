@@ -21,6 +21,7 @@ class WeightMirror(LayerwiseRule):
     x = 0.1 (U - 0.5), learning rate 0.01, with its own decay). B starts as ``fa_layer``'s random draw.
     """
 
+    streams = ("noise",)
     relative_cost = 1.4       # benchmarks/step_cost.py, 2026-12-07 (its mirror phase)
 
     def __init__(self, model, *, mirror_lr: float = 0.01, decay: float = 0.01, noise_std: float = 1.0,
@@ -49,14 +50,6 @@ class WeightMirror(LayerwiseRule):
             else:
                 mirror = (x @ W.T).T @ x / n
             B.mul_(1.0 - self.decay).add_(mirror, alpha=self.mirror_lr / s ** 2)
-
-    def aux_state(self):
-        return {**super().aux_state(), "noise": self.noise.get_state()}
-
-    def load_aux_state(self, state):
-        super().load_aux_state(state)
-        if "noise" in state:
-            self.noise.set_state(state["noise"])
 
 
 def _input_shapes(model, layers) -> list[tuple[int, ...]]:
