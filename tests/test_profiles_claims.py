@@ -337,3 +337,29 @@ def test_a_claim_id_names_its_chapter_and_is_used_once_per_regime():
         claims.check("y", True, "1", id="temporal.y")
     claims.regime = "head fixed"                     # the same claim in the other regime keeps its id
     assert claims.check("x", False, "0", id="audit.x")["regime"] == "head fixed"
+
+
+def test_the_more_rules_summary_counts_passes_per_regime_and_keeps_angles_to_rules_with_feedback():
+    import math
+
+    import pandas as pd
+
+    from faeval.book.chapters import more_rules as mr
+
+    rows = []
+    for regime, verdicts in (("head fixed", {"fa": ["FAIL(D1)", "PASS"], "kp": ["PASS", "PASS"]}),
+                             ("head trained", {"fa": ["PASS"], "kp": ["FAIL(D3)"]})):
+        for m, vs in verdicts.items():
+            for s, v in enumerate(vs):
+                rows.append({"regime": regime, "method": m, "family": mr.FAMILY[m], "seed": s, "acc": 0.5 + 0.1 * s,
+                             "margin_pp": 3.0, "growth": 1.0, "g_L": 1e-3, "C": 0.9, "deep Gamma": 0.5,
+                             "angle": math.nan if m == "fa" else 10.0 + s, "head angle": math.nan if m == "fa" else 5.0,
+                             "verdict": v, "Mode 1 or D3": "PASS"})
+    summary = mr.summary(pd.DataFrame(rows))
+    assert summary.loc[("head fixed", "kp"), "PASS"] == "2/2" and summary.loc[("head fixed", "fa"), "PASS"] == "1/2"
+    assert summary.loc[("head trained", "kp"), "PASS"] == "0/1" and summary.loc[("head fixed", "kp"), "acc"] == 0.55
+    assert list(summary.loc["head fixed"].index) == ["kp", "fa"]          # every seed passing first
+    assert list(mr.protocol_table(summary, "head fixed").data.columns) == mr.PROTOCOL_COLUMNS
+    angles = mr.angle_table(summary)
+    assert list(angles.index) == ["kp"] and angles.loc["kp", ("head fixed", "angle")] == 10.5
+    assert list(angles.columns.get_level_values(0).unique()) == ["head fixed", "head trained"]

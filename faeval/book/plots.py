@@ -373,7 +373,7 @@ def rules_figure(summary, thresholds: Thresholds | None = None):
     th = thresholds or Thresholds()
     rows = summary.reset_index()
     names = list(rows["method"])
-    colours = ["#1a7f37" if p.split("/")[0] == p.split("/")[1] else "#b42318" for p in rows["PASS (any)"]]
+    colours = ["#1a7f37" if p.split("/")[0] == p.split("/")[1] else "#b42318" for p in rows["PASS"]]
     fig, axes = plt.subplots(1, 3, figsize=(WIDTH, 0.28 * len(names) + 1.4), sharey=True)
     panels = [("margin_pp", "accuracy - frozen (pp)", th.d3_margin_pp, "D3"), ("deep Gamma", "deep-layer Γ", None, ""),
               ("growth", "max per-block growth (x)", th.d1_growth, "D1")]

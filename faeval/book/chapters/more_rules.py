@@ -68,14 +68,34 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     passes = g["verdict"].apply(lambda v: (v == "PASS").sum())
     passes_m1 = g["Mode 1 or D3"].apply(lambda v: (v == "PASS").sum())
     means.insert(0, "family", g["family"].first())
-    means.insert(1, "seeds", n)
-    means["PASS (any)"] = [f"{p}/{k}" for p, k in zip(passes, n)]
-    means["PASS (Mode 1 or D3)"] = [f"{p}/{k}" for p, k in zip(passes_m1, n)]
+    means["PASS"] = [f"{p}/{k}" for p, k in zip(passes, n)]
+    means["PASS M1/D3"] = [f"{p}/{k}" for p, k in zip(passes_m1, n)]
     means["_pass"] = passes / n
     means = means.reset_index()
     means["_regime"] = means["regime"].map({r: i for i, r in enumerate(dict.fromkeys(table["regime"]))})
     return (means.sort_values(["_regime", "_pass", "acc"], ascending=[True, False, False])
             .drop(columns=["_pass", "_regime"]).set_index(["regime", "method"]))
+
+
+#: the protocol's columns of :func:`summary` (its B-W angles are :func:`angle_table`'s)
+PROTOCOL_COLUMNS = ["family", "acc", "margin_pp", "growth", "g_L", "C", "deep Gamma", "PASS", "PASS M1/D3"]
+
+
+def protocol_table(summary: pd.DataFrame, regime: str, caption: str | None = None):
+    """One head regime's rows of :func:`summary`, the protocol's columns, as a book table (one regime per table
+    keeps it inside the content column)."""
+    from ..tables import table
+
+    style = table(summary.loc[regime, PROTOCOL_COLUMNS])
+    return style.set_caption(caption) if caption else style
+
+
+def angle_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The angle between B and W (degrees; mean over layers and the output layer's) of every rule with per-layer
+    feedback: one row per rule, the head regimes side by side."""
+    t = summary[["angle", "head angle"]].dropna(how="all")
+    order = dict.fromkeys(t.index.get_level_values("regime"))
+    return pd.concat({regime: t.loc[regime] for regime in order}, axis=1)
 
 
 def cnn_table(runs) -> pd.DataFrame:
@@ -167,7 +187,7 @@ def regime_finding(summary: pd.DataFrame, order) -> str:
     lines = []
     for m in summary.loc[a].index.intersection(summary.loc[b].index):
         ra, rb = summary.loc[(a, m)], summary.loc[(b, m)]
-        pa, pb = (r["PASS (any)"].split("/") for r in (ra, rb))
+        pa, pb = (r["PASS"].split("/") for r in (ra, rb))
         passes_a, passes_b = pa[0] == pa[1], pb[0] == pb[1]
         if passes_a != passes_b:
             lines.append(f"{m}: {'passes' if passes_a else 'fails'} with the {a} ({_acc_angle(ra)}), "
