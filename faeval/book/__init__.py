@@ -14,7 +14,8 @@ keeps the arrow one way). Here live, in the order data flows through them:
   against the sourced paper values (``reference/paper_values.json``);
 * :mod:`~faeval.book.discrepancies`, :mod:`~faeval.book.pitfalls`: the probes behind every reason;
   the pitfalls' reproducers;
-* :mod:`~faeval.book.plots`, :mod:`~faeval.book.tables`: every figure; the book's column formats.
+* :mod:`~faeval.book.plots`, :mod:`~faeval.book.tables`: every figure; the book's column formats;
+* :mod:`~faeval.book.findings`: the findings page and each chapter's opening, in words computed from the runs.
 
 A notebook imports both halves: ``import faeval as fe`` (the library: models, rules, protocol, training,
 store) and ``import faeval.book as fb`` (the book: ``fb.profile_from``, ``fb.plots``, ``fb.check_claims``, ...).
@@ -45,7 +46,7 @@ __all__ = ["get_profile", "profile_from", "PROFILES", "Claims", "check_claims", 
 _LAZY = {"get_profile": "profiles", "profile_from": "profiles", "PROFILES": "profiles", "Claims": "claims",
          "paper": "claims", "check_claims": "chapters"}
 _SUBMODULES = ("profiles", "experiments", "probe_rules", "head", "calibration", "claims", "chapters", "discrepancies",
-               "pitfalls", "plots", "tables")
+               "pitfalls", "plots", "tables", "findings")
 
 
 def __getattr__(name):  # fb.plots, fb.get_profile, ... load on first use
