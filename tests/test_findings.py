@@ -79,7 +79,9 @@ def glue_refs(text: str) -> set[str]:
     """The glue keys a page's markdown asks for: ``{glue:md} key`` directives and ``{glue:...}`key``` roles (a key
     of another page as ``path::key``)."""
     keys = set(re.findall(r"```\{glue(?::\w+)?\}\s+(\S+)", text))
-    keys |= {k.split(":")[0] if "::" not in k else k for k in re.findall(r"\{glue(?::\w+)?\}`([^`]+)`", text)}
+    for ref in re.findall(r"\{glue(?::\w+)?\}`([^`]+)`", text):     # [doc::]key[:format]
+        doc, sep, key = ref.rpartition("::")
+        keys.add(doc + sep + key.split(":")[0])
     return keys
 
 
@@ -102,6 +104,7 @@ def test_every_glued_name_a_page_asks_for_is_glued_by_the_notebook_it_names():
         for ref in glue_refs(page.read_text()):
             doc, _, key = ref.rpartition("::")
             assert doc.startswith("executed/"), f"{page.name}: {ref!r} names no executed notebook"
-            assert key in glued_keys(notebooks[doc.removeprefix("executed/")]), f"{page.name}: {ref!r} is not glued"
+            nb = notebooks[doc.removeprefix("executed/").removesuffix(".ipynb")]
+            assert key in glued_keys(nb), f"{page.name}: {ref!r} is not glued"
             asked += 1
     assert asked >= 15

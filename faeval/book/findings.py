@@ -78,7 +78,7 @@ def opening(claims, profile=None) -> str:
     judged = [r for r in rows if r["judged"]]
     regime = next((r["regime"] for r in judged if r["regime"]), "")
     where = f" with the head {regime.removeprefix('head ')} (the regime the book judges)" if regime else ""
-    prof = f"the {claims.profile!r} profile"
+    prof = f"the {claims.profile} profile"
     if profile is not None:
         prof += f" ({len(profile.seeds)} seed{'s' * (len(profile.seeds) > 1)}, {profile.epochs} epochs)"
     held = [r for r in judged if r["status"] == HELD]
@@ -239,7 +239,7 @@ def headline(P, ledger, numbers: Mapping | None = None) -> str:
              f"DFA's scale failure reproduces when the output head is {where[0].removeprefix('head ')} and not "
              f"when it is {next(g for g in REGIMES if g not in where).removeprefix('head ')}")
     return (f"{int((rows.status == HELD).sum())} of {len(rows)} of the claims this book checks hold at the "
-            f"{P.name!r} profile, and {scale}.")
+            f"{P.name} profile, and {scale}.")
 
 
 def key_claims(ledger, profile: str) -> str:
@@ -263,7 +263,7 @@ def profile_note(P) -> str:
     """Which profile this page shows and where it departs from the paper (data, epochs, seeds), in MyST."""
     data = P.base.get("dataset", "?")
     sub = f", a {P.base['subset']}-image subset" if P.base.get("subset") else ""
-    lines = [f"This page shows the **{P.name!r}** profile: {data}{sub}, {P.base.get('arch', '?')}, "
+    lines = [f"This page shows the **{P.name}** profile: {data}{sub}, {P.base.get('arch', '?')}, "
              f"{P.epochs} epochs, seeds {', '.join(str(s) for s in P.seeds)}. The paper trains on CIFAR-10 for 100 "
              "epochs."]
     if P.deviations:
