@@ -132,6 +132,10 @@ def error_summary(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     src, out = args.src.resolve(), args.out.resolve()
+    if src.is_file():         # refused before the stale-copy sweep, which would empty --out against a file
+        print(f"--src {args.src}: not a folder of notebooks; to run one notebook, give its folder and "
+              f"--only {src.name}", file=sys.stderr)
+        return 2
     sources = sorted(src.glob("*.ipynb")) if src.is_dir() else []
     if not args.only:
         # executed copies whose source notebook is gone would otherwise linger in the book

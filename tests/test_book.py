@@ -255,6 +255,11 @@ def test_run_notebooks_injects_the_profile_hides_parameters_and_names_failures(t
 def test_run_notebooks_with_no_notebook_says_so(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "stale.ipynb").write_text("{}")
+    (tmp_path / "one.ipynb").write_text("{}")       # a notebook given as --src is refused, sweeping nothing
+    proc = _run([sys.executable, SCRIPTS / "run_notebooks.py", "--src", tmp_path / "one.ipynb", "--out",
+                 tmp_path / "out"])
+    assert proc.returncode == 2 and "--only one.ipynb" in proc.stderr, proc.stderr
+    assert (tmp_path / "out" / "stale.ipynb").exists()
     proc = _run([sys.executable, SCRIPTS / "run_notebooks.py", "--src", tmp_path / "none", "--out", tmp_path / "out"])
     assert proc.returncode == 0
     assert "nothing to execute" in proc.stdout

@@ -31,8 +31,8 @@ def test_an_opening_counts_the_judged_claims_and_names_what_changes_between_regi
     assert "**1 of 2** of this chapter's claims hold with the head fixed" in text
     assert "- claim a (ours: 3/3 seeds; 1 to 2)" in text          # the per-seed list is left to the table
     assert "differs" in text and "- claim b (ours: 0/3 seeds)" in text
-    assert "1 of the 2 claims checked in both change their status: claim a (head fixed: held, head trained: " \
-           "not held)" in text
+    assert "1 of the 2 claims checked in both change their status. Held with the head fixed and not held with " \
+           "the head trained: claim a." in text
     same = F.opening(_claims([("head fixed", "a", True, "x"), ("head trained", "a", True, "y")]))
     assert "none of the 1 claims checked in both changes its status" in same and "differs" not in same
 

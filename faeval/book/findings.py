@@ -116,9 +116,13 @@ def _regime_changes(rows) -> str | None:
     if not flips:
         return (f"Between the two head regimes (trained, fixed) none of the {len(both)} claims checked in both "
                 "changes its status.")
-    parts = [f"{claim} (" + ", ".join(f"{g}: {r['status']}" for g, r in sorted(v.items())) + ")" for v, claim in flips]
+    groups: dict[tuple, list[str]] = {}          # the claims that flip the same way, together
+    for v, claim in flips:
+        groups.setdefault(tuple(sorted((g, r["status"]) for g, r in v.items())), []).append(claim)
+    parts = [" and ".join(f"{st} with the {g}" for g, st in pattern) + ": " + "; ".join(claims)
+             for pattern, claims in groups.items()]
     return (f"Between the two head regimes, {len(flips)} of the {len(both)} claims checked in both change their "
-            "status: " + "; ".join(parts) + ".")
+            "status. " + ". ".join(p[0].upper() + p[1:] for p in parts) + ".")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -221,8 +221,10 @@ def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), r
             _threshold(ax, getattr(th, diag.threshold), diag.name)
         ax.set_title(f"{r}\n{METRIC_LABELS.get(m, m)}" if len(rows) > 1 else METRIC_LABELS.get(m, m))
         ax.set_ylabel("")
-    _legend_below(fig, axes[0], ncol=5, title=hue)
-    fig.tight_layout(rect=(0, 0.08 if len(panels) <= 3 else 0.05, 1, 1))
+    title = None if hue == "label" else hue        # a column named "label" names nothing a reader needs
+    _legend_below(fig, axes[0], ncol=5, title=title)
+    bottom = (0.08 if len(panels) <= 3 else 0.05) + (0.05 if title and len(panels) <= 3 else 0.0)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     return fig
 
 
