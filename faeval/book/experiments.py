@@ -174,10 +174,15 @@ def more_rules(P) -> dict:
     return parts
 
 
+def unstored(chapter: str, P) -> list[dict]:
+    """The configs of chapter ``chapter``'s runs at profile ``P`` that are not in ``P``'s store yet."""
+    return [c for runs in plan(chapter, P).values() for c in runs.values()
+            if not run_dir(canonical_config(**c), P.results).is_dir()]
+
+
 def _judged_regime(P) -> str | None:
     """The regime :func:`faeval.book.head.decide` picks, once every run it reads is stored (else None)."""
-    needed = [c for name in ("audit", "fa_vs_dfa") for runs in plan(name, P).values() for c in runs.values()]
-    if not all(run_dir(canonical_config(**c), P.results).is_dir() for c in needed):
+    if unstored("audit", P) or unstored("fa_vs_dfa", P):
         return None
     return head.decide(P).judged
 

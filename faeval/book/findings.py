@@ -14,10 +14,11 @@ the source notebook stays free of outputs and its opening is filled by the build
 from __future__ import annotations
 
 from collections.abc import Mapping
+from statistics import fmean
 
-from ..protocol import Thresholds
-from .claims import HELD, NOT_HELD, chapter_of
-from .experiments import plan
+from ..store import results_dir
+from .claims import HELD, NOT_HELD, chapter_of, paper
+from .experiments import unstored
 from .head import REGIMES, SIGNATURES, decide, regime_view
 
 __all__ = ["Text", "glue_md", "glue_text", "opening", "glue_opening", "stored", "judged_ledger", "claim_counts",
@@ -62,7 +63,7 @@ def glue_text(name: str, text: str) -> None:
 # ---------------------------------------------------------------------------------------------
 def _short(ours: str) -> str:
     """A claim's measured value without its per-seed list (``3/3 seeds; 12 to 40 (s42 12, ...)`` -> the head)."""
-    return ours.split(" (s", 1)[0].strip() if " (s" in ours else ours.strip()
+    return ours.split(" (s", 1)[0].strip()
 
 
 def _item(row: Mapping) -> str:
@@ -102,6 +103,12 @@ def opening(claims, profile=None) -> str:
     return "\n\n".join(out)
 
 
+def glue_opening(claims, profile=None) -> None:
+    """Glue the chapter's :func:`opening` as ``opening``: the chapter's first markdown cell shows it under its
+    title (``{glue:md} opening`` with ``:format: myst``)."""
+    glue_md("opening", opening(claims, profile))
+
+
 def _regime_changes(rows) -> str | None:
     """One sentence on what changes between the head regimes (None where the chapter ran one)."""
     by = {}
@@ -128,24 +135,14 @@ def _regime_changes(rows) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # the findings page
 # ---------------------------------------------------------------------------------------------
-def glue_opening(claims, profile=None) -> None:
-    """Glue the chapter's :func:`opening` as ``opening``: the chapter's first markdown cell shows it under its
-    title (``{glue:md} opening`` with ``:format: myst``)."""
-    glue_md("opening", opening(claims, profile))
-
-
 def stored(P, chapter: str) -> dict[str, dict]:
     """``P.experiment(chapter)`` from the store only: a run that is not stored is an error, never trained
     (the findings page reads what the chapters measured)."""
-    from ..config import canonical_config
-    from ..store import run_dir
-
-    missing = [c for runs in plan(chapter, P).values() for c in runs.values()
-               if not run_dir(canonical_config(**c), P.results).is_dir()]
+    missing = unstored(chapter, P)
     if missing:
         raise FileNotFoundError(
             f"the findings page reads the {chapter!r} chapter's runs and trains none, but {len(missing)} are not "
-            f"in the store ({run_dir(canonical_config(**missing[0]), P.results).parent}): run the chapters first "
+            f"in the store ({results_dir(P.results)}): run the chapters first "
             "(make book, or python -m faeval.book prepare)")
     return P.experiment(chapter)
 
@@ -171,24 +168,27 @@ def claim_counts(ledger, profile: str):
     return pd.DataFrame(out)
 
 
+#: the paper's signatures "D1 fires on every seed" and "D2 fires on every seed", as the head rule reads them
+_FIRES = {s.paper_key.removeprefix("audit.dfa_"): s for s in SIGNATURES if s.paper_key in ("audit.dfa_d1",
+                                                                                          "audit.dfa_d2")}
+
+
 def head_numbers(P) -> dict[str, dict]:
     """Per head regime, DFA's means over seeds at the end of training: max per-block growth, g_L, accuracy and
-    its margin over the frozen baseline of the same seed (pp), and whether D1 and D2 fired on every seed."""
-    th = Thresholds()
+    its margin over the frozen baseline of the same seed (pp), and whether D1 and D2 fired on every seed (read
+    by :data:`faeval.book.head.SIGNATURES`, as the rule that picks the judged regime reads them)."""
     runs = regime_view(stored(P, "audit"), "runs")
     out = {}
     for regime in REGIMES:
         rr = runs[regime]
         dfa = {s: rr["dfa", s] for s in P.seeds}
-        last = {s: r.history[-1]["diag"] for s, r in dfa.items()}
-        mean = lambda vals: sum(vals) / len(vals)   # noqa: E731
+        last = [r.history[-1]["diag"] for r in dfa.values()]
         out[regime] = {
-            "growth": mean([d.max_block_growth for d in last.values()]),
-            "g_L": mean([d.g_L for d in last.values()]),
-            "acc": mean([r.test_acc for r in dfa.values()]),
-            "margin_pp": mean([100 * (r.test_acc - rr["frozen", s].test_acc) for s, r in dfa.items()]),
-            "d1": all(d.max_block_growth > th.d1_growth for d in last.values()),
-            "d2": all(d.g_L < th.d2_floor for d in last.values()),
+            "growth": fmean(d.max_block_growth for d in last),
+            "g_L": fmean(d.g_L for d in last),
+            "acc": fmean(r.test_acc for r in dfa.values()),
+            "margin_pp": fmean(100 * (r.test_acc - rr["frozen", s].test_acc) for s, r in dfa.items()),
+            **{k: sig.measure({"dfa": dfa})[0] for k, sig in _FIRES.items()},
         }
     return out
 
@@ -197,15 +197,24 @@ def _times(v: float) -> str:
     return f"{v:,.0f}x" if v >= 100 else f"{v:.3g}x"
 
 
-def _failure(n: Mapping) -> bool:
-    return n["d1"] and n["d2"]
+def _failing(n: Mapping) -> list[str]:
+    """The head regimes in which DFA's scale failure (D1 and D2 on every seed) shows, of :func:`head_numbers`."""
+    return [g for g in REGIMES if n[g]["d1"] and n[g]["d2"]]
+
+
+def _where(failing: list[str], both: str, neither: str, one: str) -> str:
+    """``both``, ``neither`` or ``one`` (formatted with ``regime`` and ``other``), as the failure shows."""
+    if len(failing) == len(REGIMES):
+        return both
+    if not failing:
+        return neither
+    other = next(g for g in REGIMES if g not in failing)
+    return one.format(regime=failing[0].removeprefix("head "), other=other.removeprefix("head "))
 
 
 def head_finding(P, numbers: Mapping | None = None) -> str:
     """The head-regime finding in three computed sentences: DFA's growth, g_L and margin over frozen with the head
     fixed and with it trained (the paper's beside), and where the scale failure (D1 and D2 on every seed) shows."""
-    from .claims import paper
-
     n = numbers or head_numbers(P)
     fixed, trained = n["head fixed"], n["head trained"]
     p = {k: paper(f"audit.dfa_{k}")["text"] for k in ("d1", "d2", "d3")}
@@ -220,30 +229,20 @@ def head_finding(P, numbers: Mapping | None = None) -> str:
     second = (f"With the head trained on the loss, {nums(trained)}). The paper reports {p['d1']}, g_L {p['d2']} and "
               f"an accuracy of {p['d3']}.")
     d = decide(P)
-    judged = (f"; the book judges its claims with the {d.judged}, which matches {d.counts[d.judged]} of the paper's "
-              f"{len(SIGNATURES)} DFA signatures (the {d.other}: {d.counts[d.other]})")
-    where = [g for g in REGIMES if _failure(n[g])]
-    if len(where) == 2:
-        third = f"So at this profile DFA's scale failure (D1 and D2 on every seed) appears in both regimes{judged}."
-    elif not where:
-        third = f"So at this profile DFA's scale failure (D1 and D2 on every seed) appears in neither regime{judged}."
-    else:
-        third = (f"So at this profile DFA's scale failure (D1 and D2 on every seed) appears only with the "
-                 f"{where[0]}{judged}.")
+    place = _where(_failing(n), "in both regimes", "in neither regime", "only with the head {regime}")
+    third = (f"So at this profile DFA's scale failure (D1 and D2 on every seed) appears {place}; the book judges "
+             f"its claims with the {d.judged}, which matches {d.counts[d.judged]} of the paper's {len(SIGNATURES)} "
+             f"DFA signatures (the {d.other}: {d.counts[d.other]}).")
     return " ".join([first, second, third])
 
 
 def headline(P, ledger, numbers: Mapping | None = None) -> str:
     """One sentence for the introduction: claims held in all, and where the scale failure reproduces."""
     rows = judged_ledger(ledger, P.name)
-    n = numbers or head_numbers(P)
-    where = [g for g in REGIMES if _failure(n[g])]
-    scale = ("DFA's scale failure reproduces in both head regimes" if len(where) == 2 else
-             "DFA's scale failure reproduces in neither head regime" if not where else
-             f"DFA's scale failure reproduces when the output head is {where[0].removeprefix('head ')} and not "
-             f"when it is {next(g for g in REGIMES if g not in where).removeprefix('head ')}")
+    scale = _where(_failing(numbers or head_numbers(P)), "in both head regimes", "in neither head regime",
+                   "when the output head is {regime} and not when it is {other}")
     return (f"{int((rows.status == HELD).sum())} of {len(rows)} of the claims this book checks hold at the "
-            f"{P.name} profile, and {scale}.")
+            f"{P.name} profile, and DFA's scale failure reproduces {scale}.")
 
 
 def key_claims(ledger, profile: str) -> str:

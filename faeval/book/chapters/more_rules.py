@@ -13,6 +13,7 @@ import pandas as pd
 from ...analysis import audit_rows, credit_quality
 from ..claims import Chapter, Check, paper
 from ..head import KEEP_TRAINED
+from ..tables import table
 
 CLAIMS = Chapter("more_rules")
 
@@ -84,8 +85,6 @@ PROTOCOL_COLUMNS = ["family", "acc", "margin_pp", "growth", "g_L", "C", "deep Ga
 def protocol_table(summary: pd.DataFrame, regime: str, caption: str | None = None):
     """One head regime's rows of :func:`summary`, the protocol's columns, as a book table (one regime per table
     keeps it inside the content column)."""
-    from ..tables import table
-
     style = table(summary.loc[regime, PROTOCOL_COLUMNS])
     return style.set_caption(caption) if caption else style
 
