@@ -12,6 +12,7 @@ from faeval.book import claims as C
 from faeval.book import findings as F
 
 ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
 
 
 def _claims(rows):
@@ -66,7 +67,7 @@ def test_claim_counts_and_key_claims_read_only_the_judged_claims_of_the_profile(
     assert lines[1] == "- **The full protocol walks DFA back**: not measured at this profile."
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("0*.ipynb")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_every_chapter_shows_its_opening_under_its_title_and_glues_it(path):
     cells = json.loads(path.read_text())["cells"]
     first = "".join(cells[0]["source"]).splitlines()
@@ -108,3 +109,91 @@ def test_every_glued_name_a_page_asks_for_is_glued_by_the_notebook_it_names():
             assert key in glued_keys(nb), f"{page.name}: {ref!r} is not glued"
             asked += 1
     assert asked >= 15
+
+
+SHOWS = re.compile(r"fb\.plots\.table\(|_figure\(|display\(")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_table_and_figure_is_followed_by_prose_that_says_what_to_look_at(path):
+    """Item 3 of the findings issue: after each code cell that shows a table or a figure, the next markdown cell
+    says what to look at in it (``**What to look at.**``) or shows the chapter's computed reading of it (in any of the
+    markdown cells between it and the next code cell that follows them)."""
+    cells = json.loads(path.read_text())["cells"]
+    for i, c in enumerate(cells):
+        code = "".join(c["source"])
+        if c["cell_type"] != "code" or not SHOWS.search(code) or "check_claims(" in code:
+            continue
+        nxt = next((j for j in range(i + 1, len(cells)) if cells[j]["cell_type"] == "markdown"), len(cells))
+        end = next((j for j in range(nxt, len(cells)) if cells[j]["cell_type"] == "code"), len(cells))
+        after = "\n".join("".join(m["source"]) for m in cells[nxt:end])     # the markdown run that follows
+        assert "**What to look at.**" in after or "{glue:md} read_" in after, (
+            f"{path.name}, cell {c.get('id')}: the table or figure it shows has no reading after it")
+
+
+def test_an_opening_names_three_claims_that_hold_and_every_claim_that_does_not():
+    rows = [("head fixed", f"h{i}", True, "3/3 seeds") for i in range(6)]
+    rows += [("head fixed", f"m{i}", False, "0/3 seeds") for i in range(4)]
+    text = F.opening(_claims(rows))
+    assert "**6 of 10**" in text
+    assert [f"claim h{i}" in text for i in range(6)] == [True] * F.SHOWN_HELD + [False] * (6 - F.SHOWN_HELD)
+    assert f"- and {6 - F.SHOWN_HELD} more, listed with their numbers in the claims table" in text
+    assert all(f"- claim m{i} (ours: 0/3 seeds)" in text for i in range(4))
+    four = F.opening(_claims(rows[:F.SHOWN_HELD + 1]))            # one over the limit: listed, not "1 more"
+    assert "more, listed" not in four and f"claim h{F.SHOWN_HELD}" in four
+
+
+def test_prose_helpers_write_lists_ranges_and_counts():
+    from faeval.book import prose
+    assert prose.names([]) == "none" and prose.names(["a"]) == "a" and prose.names("abc") == "a, b and c"
+    assert prose.span([3.0, 1.0, float("nan"), None]) == "1 to 3" and prose.span([2.0, 2.0001]) == "2"
+    assert prose.span([]) == "-"
+    assert (prose.count(0, 3), prose.count(3, 3), prose.count(2, 3)) == ("none of the 3", "all 3", "2 of the 3")
+    assert prose.vs_frozen(-15.73) == "15.7 pp under the frozen baseline"
+    assert prose.vs_frozen(2.0) == "2.0 pp over the frozen baseline"
+    assert prose.decades(100.0) == "2.0 decades" and prose.decades(1.1) == "a hair"
+    assert prose.times(4547.2) == "4,547x" and prose.times(8.21) == "8.21x"
+
+
+class _Decision:
+    judged, other, order = "head fixed", "head trained", ["head fixed", "head trained"]
+
+
+def test_the_temporal_reading_is_chosen_by_whether_dfa_fired():
+    from faeval.book.chapters import temporal
+
+    def rows(regime, d1, d2, acc_stop):
+        return [{"regime": regime, "method": "dfa", "seed": s, "epochs": 8, "D1 epoch": d1, "D2 epoch": d2,
+                 "stop epoch": min((e for e in (d1, d2) if e is not None), default=None), "acc at stop": acc_stop,
+                 "final acc": 0.5, "saved share": 0.75 if d1 else 0.0} for s in (1, 2)] + [
+            {"regime": regime, "method": "bp", "seed": 1, "epochs": 8, "D1 epoch": None, "D2 epoch": None,
+             "stop epoch": None, "acc at stop": None, "final acc": 0.9, "saved share": 0.0}]
+    firing = pd.DataFrame(rows("head fixed", 2, None, 0.4) + rows("head trained", None, None, None))
+    text = temporal.read_firing(firing, _Decision)
+    fixed, trained = text.split("With the head trained")
+    assert "DFA fires D1 at epoch 2 and D2 at epoch -" in fixed and "D2 never fires on all 2 seeds" in fixed
+    assert "saves 75% of the training time" in fixed and "+10.0 points" in fixed and "BP never fires" in fixed
+    assert "DFA fires neither D1 nor D2 within 8 epochs" in trained
+
+
+def test_the_penalty_d3_reading_names_where_the_verdict_changes():
+    from faeval.book.chapters import penalty
+    idx = pd.MultiIndex.from_product([["head fixed", "head trained"], [0.0, 0.01, 0.1]], names=["regime", "lambda"])
+    margin = pd.Series([-5.0, 2.5, 1.0, 3.0, 4.0, 5.0], index=idx)
+    d3 = pd.DataFrame({"mean margin (pp)": margin, "D3 fires at 2.0 pp": margin < 2.0})
+    fixed, trained = penalty.read_d3(d3, _Decision).split("With the head trained")
+    assert "clears the 2 pp bar at lambda 0.01 only, so D3's verdict changes" in fixed
+    assert "D3 is quiet at every lambda (the smallest mean margin is +3.0 pp)" in trained
+
+
+def test_the_audit_reading_counts_the_walked_back_runs_a_positive_gamma_would_keep():
+    from faeval.book.chapters import audit
+    table = pd.DataFrame([
+        {"regime": g, "method": m, "seed": s, "verdict": v, "gamma": gam}
+        for g in ("head fixed", "head trained")
+        for m, s, v, gam in (("bp", 1, "PASS", 0.9), ("dfa", 1, "FAIL(D1+D2)", 0.2), ("dfa", 2, "FAIL(D2)", -0.1),
+                             ("fa", 1, "PASS", 0.3), ("fa", 2, "FAIL(D3)", 0.3))])
+    fixed = audit.read_protocol(table, _Decision).split("With the head trained")[0]
+    assert "bp pass on every seed" in fixed and "walks back dfa (by D1+D2) on every seed, and fa on 1 of 2" in fixed
+    assert "1 of the 3 walked-back runs have a positive headline Gamma (+0.200 to +0.300)" not in fixed
+    assert "2 of the 3 walked-back runs have a positive headline Gamma (+0.200 to +0.300)" in fixed

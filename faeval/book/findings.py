@@ -34,6 +34,10 @@ KEY_CLAIMS = (
 )
 
 
+#: an opening lists at most this many of the claims that hold (all that do not hold are listed)
+SHOWN_HELD = 3
+
+
 class Text(str):
     """A string whose repr is itself, so that ``{glue:text}`` pastes it without quotes."""
 
@@ -90,8 +94,11 @@ def opening(claims, profile=None) -> str:
     out = [f"**What this run found** at {prof}: **{len(held)} of {len(judged)}** of this chapter's claims "
            f"hold{where}."]
     if held:
+        shown = held if len(held) <= SHOWN_HELD + 1 else held[:SHOWN_HELD]
+        more = (f"\n- and {len(held) - len(shown)} more, listed with their numbers in the claims table at the "
+                "end of the page" if len(shown) < len(held) else "")
         out.append("Where it agrees with the paper (the claims that hold):\n\n"
-                   + "\n".join(f"- {_item(r)}" for r in held))
+                   + "\n".join(f"- {_item(r)}" for r in shown) + more)
     if missed:
         out.append("Where it differs (the claims that do not hold):\n\n" + "\n".join(f"- {_item(r)}" for r in missed))
     if other:

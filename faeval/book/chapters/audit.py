@@ -7,7 +7,10 @@ Evidence, per head regime: ``rows`` (one :func:`faeval.analysis.audit_rows` row 
 """
 from __future__ import annotations
 
+import math
+
 from ...protocol import Thresholds
+from .. import prose
 from ..claims import Chapter, Check, PerSeed
 
 CLAIMS = Chapter("audit")
@@ -89,3 +92,119 @@ def _(ev):
               per_regime=False)
 def _(ev):
     return PerSeed({s: r.verdict for s, r in ev.random_init.items()}, lambda v: v == "PASS")
+
+
+# ---------------------------------------------------------------------------------------------
+# the chapter's readings of its tables and figures (glued under each; see faeval.book.prose)
+# ---------------------------------------------------------------------------------------------
+def _fired_in(verdict: str) -> set[str]:
+    """``"FAIL(D1+D2)"`` -> ``{"D1", "D2"}``."""
+    return {d.strip() for d in verdict.partition("(")[2].rstrip(")").split("+")} - {""}
+
+
+def read_protocol(table, decision) -> str:
+    """Which rules pass on every seed, which the protocol walks back and by what, and how many walked-back
+    runs a positive headline Gamma would have kept, per head regime."""
+    def says(regime):
+        t = table[table.regime == regime]
+        passing, back, mixed = [], [], []
+        for m, g in t.groupby("method", sort=False):
+            fails = [v for v in g.verdict if v != "PASS"]
+            if not fails:
+                passing.append(m)
+            elif len(fails) == len(g):
+                why = sorted(set().union(*map(_fired_in, fails)))
+                back.append(f"{m} (by {'+'.join(why)})")
+            else:
+                mixed.append(f"{m} on {len(fails)} of {len(g)} seeds")
+        walked = t[t.verdict != "PASS"]
+        kept = walked[walked.gamma.fillna(0) > 0]
+        out = f"{prose.names(passing)} pass on every seed; the protocol walks back {prose.names(back)} on every seed"
+        if mixed:
+            out += f", and {prose.names(mixed)}"
+        if len(walked):
+            out += (f"; {prose.count(len(kept), len(walked))} walked-back runs have a positive headline Gamma"
+                    + (f" ({prose.span(kept.gamma, '{:+.3f}')}), so accuracy plus Gamma alone would have kept them"
+                       if len(kept) else ""))
+        return out
+    return prose.regime_sentence(decision, says)
+
+
+def read_gamma_layers(table, decision) -> str:
+    """Where each rule's Gamma sits: layer 0 (the embedding's output) against the deeper layers' mean, judged
+    regime, means over seeds; the rules whose layer mean rests on layer 0 are named."""
+    t = table[(table.regime == decision.judged) & table.gamma_layers.map(lambda g: g is not None)]
+    parts, lifted = [], []
+    for m, g in t.groupby("method", sort=False):
+        h0 = prose.mean(layers[0] for layers in g.gamma_layers)
+        deep = prose.mean(prose.mean(layers[1:]) for layers in g.gamma_layers)
+        if math.isnan(h0):
+            continue
+        parts.append(f"{m} {h0:+.2f} at h0 against {deep:+.2f} deeper")
+        if h0 - deep > 0.2:
+            lifted.append(m)
+    if not parts:
+        return "No rule's credit could be read in the judged regime."
+    rest = (f"For {prose.names(lifted)} the layer mean rests on layer 0: the headline describes the embedding, not "
+            "the blocks." if lifted else "No rule's layer mean rests on layer 0 alone.")
+    return (f"Read each row from h0 to the last layer. {prose.head(decision.judged).capitalize()} (judged), means over "
+            f"seeds: {'; '.join(parts)}. {rest}")
+
+
+def read_audit_figure(table, decision) -> str:
+    """How far each rule's dots sit from D1's and D2's thresholds, judged regime (the largest growth over D1's
+    threshold, the smallest g_L under D2's floor)."""
+    t = table[table.regime == decision.judged]
+    out = []
+    for m, g in t.groupby("method", sort=False):
+        growth, g_L = g.growth.max(), g.g_L.min()
+        if growth > TH.d1_growth or g_L < TH.d2_floor:
+            out.append(f"{m} reaches growth {prose.times(growth)} ({growth / TH.d1_growth:.3g} times D1's threshold) "
+                       f"and g_L {g_L:.1e} ({prose.decades(TH.d2_floor / g_L)} under D2's floor)"
+                       if g_L < TH.d2_floor else
+                       f"{m} reaches growth {prose.times(growth)} with g_L {g_L:.1e} still above D2's floor")
+    quiet = [m for m in t.method.unique() if not any(o.startswith(f"{m} ") for o in out)]
+    if not out:
+        return (f"{prose.head(decision.judged).capitalize()} (judged) every dot sits on the healthy side of D1 and D2; "
+                "only the accuracy panel separates the rules.")
+    return (f"{prose.head(decision.judged).capitalize()} (judged): {'; '.join(out)}. The others ({prose.names(quiet)}) "
+            "stay on the healthy side of both lines.")
+
+
+def read_ablation(ablation, decision) -> str:
+    """How many runs each strategy walks back, per regime, and which single diagnostic adds the most."""
+    def says(regime):
+        a = ablation[regime]
+        single = {s: a[s]["n_walked_back"] for s in ("S2", "S3", "S4", "S5")}
+        best = max(single, key=single.get)
+        n = a["S1"]["n_runs"]
+        return (f"accuracy alone (S0) walks back {prose.count(a['S0']['n_walked_back'], n)} runs, the status quo S1 "
+                f"{a['S1']['n_walked_back']}, the full protocol {a['S_full']['n_walked_back']}; the single "
+                f"diagnostic that adds the most is {a[best]['checks'][-1]} ({best}, {single[best]})")
+    return prose.regime_sentence(decision, says)
+
+
+def read_sensitivity(sens, decision) -> str:
+    """Over what range each threshold leaves every verdict unchanged, judged regime."""
+    out = []
+    for d, s in sens[decision.judged]["separation"].items():
+        if s["equivalent_range"]:
+            lo, hi = s["equivalent_range"]
+            out.append(f"{d} anywhere from {lo:.3g} to {hi:.3g}")
+        elif s["n_degenerate_flagged"] == 0:
+            out.append(f"{d} flags no run")
+        else:
+            out.append(f"{d}'s healthy and flagged runs overlap (no threshold separates them)")
+    return (f"{prose.head(decision.judged).capitalize()} (judged), the verdicts stay the same for {'; '.join(out)}. "
+            "A wide range means the verdict does not hang on the threshold's exact value.")
+
+
+def read_random_init(random_init) -> str:
+    """Whether the untrained models pass, with their growth and g_L beside the thresholds."""
+    passed = [s for s, r in random_init.items() if r.verdict == "PASS"]
+    g_L = [r.results["D2"].value for r in random_init.values()]
+    growth = [r.results["D1"].value for r in random_init.values()]
+    return (f"{prose.count(len(passed), len(random_init))} untrained models pass. Their growth is "
+            f"{prose.span(growth)} (D1 fires above {TH.d1_growth:g}) and their g_L {prose.span(g_L, '{:.1e}')}, "
+            f"{prose.decades(min(g_L) / TH.d2_floor)} or more above D2's floor: the walked-back runs "
+            "above got their values from training, not from the model.")

@@ -8,7 +8,7 @@ pick's), ``quick_data`` (the quick profile's data settings), ``decision`` (:func
 """
 from __future__ import annotations
 
-from .. import head
+from .. import head, prose
 from ..calibration import CANDIDATES
 from ..claims import Chapter, Check, PerSeed
 
@@ -75,3 +75,34 @@ def _(ev):
     by_lr = ev.dose.sort_values("head_lr", ascending=False)
     return Check(bool(by_lr["growth"].is_monotonic_increasing),
                  ", ".join(f"{h:g}: {g:.3g}" for h, g in zip(by_lr.head_lr, by_lr.growth)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the chapter's readings of its tables (glued under each; see faeval.book.prose)
+# ---------------------------------------------------------------------------------------------
+def read_candidates(rows) -> str:
+    """On which candidates DFA fires D1 or D2 within the horizon, on how many seeds, and where BP fires."""
+    by: dict[str, list] = {}
+    for r in rows:
+        by.setdefault(r["candidate"], []).append(r)
+    fires = {c: sum(bool(r["D1"] or r["D2"]) for r in rr) for c, rr in by.items()}
+    bp = {c: sum(bool(r["bp_fires"]) for r in rr) for c, rr in by.items()}
+    n = len(next(iter(by.values())))
+    dfa = [f"{c} ({k} of {n} seeds)" for c, k in fires.items() if k]
+    loud = [c for c, k in bp.items() if k]
+    return (f"DFA fires D1 or D2 within the horizon on {prose.names(dfa, 'no candidate')}; BP fires on "
+            f"{prose.names(loud, 'no candidate')}. A candidate qualifies only where DFA fires on every seed and BP "
+            "stays quiet.")
+
+
+def read_dose(dose) -> str:
+    """Along the head's learning rate: the rates at which D1 and D2 fire, and the growth, g_L and accuracy at both
+    ends."""
+    d = dose.sort_values("head_lr", ascending=False)
+    hi, lo = d.iloc[0], d.iloc[-1]
+    fire = {k: d[d[f"{k} epoch"].notna()].head_lr for k in ("D1", "D2")}
+    where = "; ".join(f"{k} fires at head_lr {prose.names(f'{h:g}' for h in f)}" if len(f)
+                      else f"{k} fires at no head_lr" for k, f in fire.items())
+    return (f"{where}. From head_lr {hi.head_lr:g} to {lo.head_lr:g}, the growth goes from {prose.times(hi.growth)} "
+            f"to {prose.times(lo.growth)}, {prose.G_L} from {hi.g_L:.1e} to {lo.g_L:.1e}, and the accuracy from "
+            f"{hi.acc:.3f} to {lo.acc:.3f}.")

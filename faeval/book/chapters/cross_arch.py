@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ...protocol import Monitor
+from .. import prose
 from ..claims import Chapter, Check
 
 CLAIMS = Chapter("cross_arch")
@@ -93,3 +94,35 @@ def summary_table(regimes, order, log_batch: int) -> pd.DataFrame:
                 f"g_L (batch {log_batch})": last.g_L_at(log_batch), "D1 epoch": first["D1"], "D2 epoch": first["D2"],
                 f"D2 epoch (batch {log_batch})": first_log["D2"], "stopped": run.stopped or ""})
     return pd.DataFrame(summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# the chapter's readings of its table and figure (glued under each; see faeval.book.prose)
+# ---------------------------------------------------------------------------------------------
+def read_summary(summary, decision) -> str:
+    """On which backbones DFA fires D1, D2, both or neither, and whether BP fires anywhere, per head regime."""
+    def says(regime):
+        s = summary[summary.regime == regime]
+        dfa = s[s.method == "dfa"].set_index("architecture")
+        d1, d2 = dfa["D1 epoch"].notna(), dfa["D2 epoch"].notna()
+        groups = {"both D1 and D2": d1 & d2, "D1 only": d1 & ~d2, "D2 only": ~d1 & d2, "neither": ~d1 & ~d2}
+        parts = [f"{what} on {prose.names(f'*{a}*' for a in mask[mask].index)}"
+                 for what, mask in groups.items() if mask.any()]
+        return f"DFA fires {'; '.join(parts)}"
+    bp = summary[(summary.method == "bp") & (summary.regime == decision.order[-1])]
+    loud = [f"*{a}*" for a in bp[bp["D1 epoch"].notna() | bp["D2 epoch"].notna()].architecture]
+    return (prose.regime_sentence(decision, says)
+            + f" BP (head trained) fires D1 or D2 on {prose.names(loud, 'no backbone')}.")
+
+
+def read_trajectories(runs, labels) -> str:
+    """DFA's final ||h_L|| over BP's, and the two accuracies, on each backbone shown (``runs``:
+    ``{(label, method): Run}`` of the judged regime)."""
+    parts = []
+    for label in labels:
+        dfa, bp = runs[label, "dfa"], runs[label, "bp"]
+        ratio = dfa.history[-1]["diag"].h_L / bp.history[-1]["diag"].h_L
+        parts.append(f"on *{label}*, DFA's final {prose.H_L} is {prose.times(ratio)} BP's (accuracy "
+                     f"{dfa.test_acc:.3f} against {bp.test_acc:.3f})")
+    return ("Compare each row's two lines: " + "; ".join(parts) + ". A ratio near 1 means DFA's stream grew no more "
+            "than BP's on that backbone.")

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ...analysis import credit_quality
 from ...protocol import Thresholds
+from .. import prose
 from ..claims import Chapter, Check, PerSeed
 
 CLAIMS = Chapter("fa_vs_dfa")
@@ -101,3 +102,51 @@ def depth_table(ladders, order, depths, x_eval, y_eval) -> pd.DataFrame:
                              "margin_pp": 100 * (run.test_acc - frozen), "deep Gamma": q["deep_gamma"],
                              "growth": run.history[-1]["diag"].max_block_growth})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# the chapter's readings of its tables and figures (glued under each; see faeval.book.prose)
+# ---------------------------------------------------------------------------------------------
+def read_compare(compare, decision) -> str:
+    """FA beside DFA, per head regime (means over seeds): accuracy, margin over frozen, deep Gamma beside its
+    null, growth; which of the two is more accurate."""
+    def says(regime):
+        m = compare[compare.regime == regime].groupby("method")[
+            ["acc", "margin_pp", "deep Gamma", "null deep Gamma", "growth"]].mean()
+        if not {"fa", "dfa"} <= set(m.index):
+            return None
+        fa, dfa = m.loc["fa"], m.loc["dfa"]
+        lead = "FA" if fa.acc > dfa.acc else "DFA"
+        return "; ".join(
+            f"{name} ends at accuracy {r.acc:.3f} ({prose.vs_frozen(r.margin_pp)}), deep Gamma "
+            f"{r['deep Gamma']:+.3f} (null {r['null deep Gamma']:+.3f}), growth {prose.times(r.growth)}"
+            for name, r in (("FA", fa), ("DFA", dfa))) + (
+            f": {lead} is the more accurate by {abs(fa.acc - dfa.acc) * 100:.1f} pp")
+    return prose.regime_sentence(decision, says)
+
+
+def read_depth(depth_rows, decision) -> str:
+    """From the shallowest to the deepest model, judged regime: each rule's deep Gamma and margin over frozen."""
+    d = depth_rows[depth_rows.regime == decision.judged]
+    lo, hi = d.depth.min(), d.depth.max()
+    parts = []
+    for m in ("fa", "dfa"):
+        r = d[d.method == m].set_index("depth")
+        parts.append(f"{m.upper()}'s deep Gamma goes from {r.loc[lo, 'deep Gamma']:+.3f} to "
+                     f"{r.loc[hi, 'deep Gamma']:+.3f} and its margin over frozen from {r.loc[lo, 'margin_pp']:+.1f} "
+                     f"to {r.loc[hi, 'margin_pp']:+.1f} pp")
+    return (f"{prose.head(decision.judged).capitalize()} (judged), from depth {lo} to depth {hi}: "
+            + "; ".join(parts) + ".")
+
+
+def read_assay(assay, decision) -> str:
+    """Under random targets, each rule's final ||h_L|| per head regime, and whether EP stays 10x below DFA
+    and FA (the paper's reading)."""
+    def says(regime):
+        h = assay.loc[regime, "h_L"]
+        text = ", ".join(f"{m.upper()} {h[m]:.3g}" for m in h.index)
+        if "ep" in h.index and {"fa", "dfa"} <= set(h.index):
+            below = h["ep"] * 10 < min(h["fa"], h["dfa"])
+            text += f"; EP is {'' if below else 'not '}10x below both FA and DFA"
+        return f"the final {prose.H_L} under random targets is {text}"
+    return prose.regime_sentence(decision, says)

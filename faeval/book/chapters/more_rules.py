@@ -11,6 +11,7 @@ import math
 import pandas as pd
 
 from ...analysis import audit_rows, credit_quality
+from .. import prose
 from ..claims import Chapter, Check, paper
 from ..head import KEEP_TRAINED
 from ..tables import table
@@ -146,7 +147,7 @@ def _(ev):
     return Check(a < 60.0, f"{a:.1f} degrees")
 
 
-def skip_path_finding(skip: pd.DataFrame, order) -> str:
+def read_skip_path(skip: pd.DataFrame, order) -> str:
     """One sentence per regime, from :func:`skip_path`'s table: how layer-wise FA's growth and deep Gamma compare
     with the block-level FA's (the wording follows the measured values)."""
     out = []
@@ -161,7 +162,7 @@ def skip_path_finding(skip: pd.DataFrame, order) -> str:
         out.append(f"{regime}: block-level FA {grows} (max per-block growth {b['growth']:.3g} against "
                    f"{l['growth']:.3g}), and its deep Gamma is {better} ({b['deep Gamma']:+.3f} against "
                    f"{l['deep Gamma']:+.3f}); accuracy {b['acc']:.4f} against {l['acc']:.4f}.")
-    return "\n".join(out) or "FA and fa_layer are not both in this profile's runs."
+    return "\n".join(f"- {line}" for line in out) or "FA and fa_layer are not both in this profile's runs."
 
 
 def beside_biotorch(cnn: pd.DataFrame) -> pd.DataFrame:
@@ -177,7 +178,7 @@ def _acc_angle(row) -> str:
     return f"accuracy {row['acc']:.4f}{angle}"
 
 
-def regime_finding(summary: pd.DataFrame, order) -> str:
+def read_regimes(summary: pd.DataFrame, order) -> str:
     """One line per rule whose verdict (rule "any") differs between the head regimes, with its accuracy in each;
     the wording follows the measured values."""
     if len(order) < 2:
@@ -191,4 +192,46 @@ def regime_finding(summary: pd.DataFrame, order) -> str:
         if passes_a != passes_b:
             lines.append(f"{m}: {'passes' if passes_a else 'fails'} with the {a} ({_acc_angle(ra)}), "
                          f"{'passes' if passes_b else 'fails'} with the {b} ({_acc_angle(rb)})")
-    return "\n".join(lines) or f"Every rule's verdict is the same with the {a} and with the {b}."
+    if not lines:
+        return f"Every rule's verdict is the same with the {a} and with the {b}."
+    return "The rules whose verdict changes between the head regimes:\n\n" + "\n".join(f"- {x}" for x in lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# the chapter's readings of its tables (glued under each; see faeval.book.prose)
+# ---------------------------------------------------------------------------------------------
+def _passes(summary, regime) -> tuple[list[str], list[str], list[str]]:
+    """The rules that pass on every seed, on some and on none, in ``regime``."""
+    every, some, none = [], [], []
+    for m, r in summary.loc[regime].iterrows():
+        k, n = (int(x) for x in r["PASS"].split("/"))
+        (every if k == n else none if k == 0 else some).append(m)
+    return every, some, none
+
+
+def read_rules(summary: pd.DataFrame, decision) -> str:
+    """Which rules the protocol passes on every seed, on some and on none, and the largest margin over frozen,
+    per head regime."""
+    def says(regime):
+        every, some, none = _passes(summary, regime)
+        s = summary.loc[regime]
+        best = s.margin_pp.idxmax()
+        out = f"{prose.names(every)} pass on every seed, {prose.names(none)} on none"
+        if some:
+            out += f", {prose.names(some)} on some"
+        return out + f"; the largest margin over frozen is {best}'s ({s.margin_pp[best]:+.1f} pp)"
+    return prose.regime_sentence(decision, says)
+
+
+def read_cnn(cnn: pd.DataFrame) -> str:
+    """Ours against BioTorch's error, rule by rule where both exist, and whether the rules rank alike."""
+    ours, theirs = "error % (ours, SmallCNN)", "error % (BioTorch's, their model)"
+    both = cnn.dropna(subset=[theirs])
+    if both.empty:
+        return "BioTorch reports none of these rules on Fashion-MNIST."
+    diff = both[ours] - both[theirs]
+    rank = {who: " < ".join(both[col].sort_values().index) for who, col in (("ours", ours), ("theirs", theirs))}
+    same = "the same order" if rank["ours"] == rank["theirs"] else "a different order"
+    return (f"Our error minus BioTorch's is {prose.span(diff, '{:+.1f}')} points over the {len(both)} rules both "
+            "report. The model and the recipe differ, so read the order of the rules rather than the level: by "
+            f"error the rules rank in {same} (ours: {rank['ours']}; BioTorch's: {rank['theirs']}).")

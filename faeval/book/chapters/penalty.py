@@ -12,6 +12,7 @@ import pandas as pd
 
 from ...analysis import credit_quality
 from ...protocol import Thresholds
+from .. import prose
 from ..claims import Chapter, Check, PerSeed
 
 CLAIMS = Chapter("penalty")
@@ -109,3 +110,76 @@ def early_table(sweeps, order, seeds) -> pd.DataFrame:
                 early.append({"regime": regime, "seed": s, "epoch": rec["epoch"], "g_L": snap.g_L,
                               "reference valid": snap.g_L > Thresholds().d2_floor, "deep Gamma": snap.deep_gamma})
     return pd.DataFrame(early)
+
+
+# ---------------------------------------------------------------------------------------------
+# the chapter's readings of its tables and figures (glued under each; see faeval.book.prose)
+# ---------------------------------------------------------------------------------------------
+def read_quality(quality, decision) -> str:
+    """Along the sweep, judged regime: vanilla DFA's scale and reference, the smallest lambda that keeps D1 and
+    D2 quiet on every seed, its deep Gamma against the null and the margin over frozen; one sentence on the
+    other regime."""
+    th = Thresholds()
+    q = quality[quality.regime == decision.judged]
+    by = q.groupby("lambda")
+    m = by[["growth", "g_L", "deep Gamma", "null deep Gamma", "null std", "margin_pp"]].mean()
+    quiet = [lam for lam, g in by if (g.growth <= th.d1_growth).all() and (g.g_L >= th.d2_floor).all()]
+    v = m.loc[0.0]
+    out = [f"{prose.head(decision.judged).capitalize()} (judged), vanilla DFA (lambda 0) ends with growth "
+           f"{prose.times(v.growth)}, {prose.G_L} {v.g_L:.1e} and deep Gamma {v['deep Gamma']:+.3f} (means over "
+           "seeds)."]
+    if quiet:
+        lam = min(quiet)
+        w = m.loc[lam]
+        out.append(f"The smallest lambda that keeps D1 and D2 quiet on every seed is {lam:g}: "
+                   f"growth {prose.times(w.growth)}, {prose.G_L} {w.g_L:.1e}, deep Gamma {w['deep Gamma']:+.3f} "
+                   "against the fresh-feedback null's "
+                   f"{w['null deep Gamma']:+.3f} ± {w['null std']:.3f}, and a margin over frozen of "
+                   f"{w.margin_pp:+.1f} pp (vanilla: {v.margin_pp:+.1f} pp).")
+    else:
+        out.append("No lambda of the sweep keeps both D1 and D2 quiet on every seed.")
+    o = quality[quality.regime == decision.other]
+    o_quiet = [lam for lam, g in o.groupby("lambda") if (g.growth <= th.d1_growth).all()
+               and (g.g_L >= th.d2_floor).all()]
+    out.append(f"With the {decision.other} (not judged), D1 and D2 stay quiet on every seed at "
+               f"{'every lambda' if len(o_quiet) == o['lambda'].nunique() else prose.names(f'{x:g}' for x in o_quiet)}"
+               f"; the best mean margin there is {o.groupby('lambda').margin_pp.mean().max():+.1f} pp.")
+    return " ".join(out)
+
+
+def read_early(early, decision) -> str:
+    """Vanilla DFA's first epochs, judged regime: how many records have a valid reference, and their deep Gamma
+    beside the |Gamma| < 0.05 band."""
+    e = early[early.regime == decision.judged]
+    valid = e[e["reference valid"]]
+    if valid.empty:
+        return (f"{prose.head(decision.judged).capitalize()} (judged), none of the {len(e)} early records has a "
+                "valid reference: the early deep Gamma cannot be read.")
+    near = bool((valid["deep Gamma"].abs() < 0.05).all())
+    return (f"{prose.head(decision.judged).capitalize()} (judged), {prose.count(len(valid), len(e))} early records "
+            f"have a valid reference, and their deep Gamma is {prose.span(valid['deep Gamma'], '{:+.3f}')}: "
+            + ("within 0.05 of zero, chance level while the reference can still be read." if near else
+               "not all within 0.05 of zero."))
+
+
+def read_two_by_two(two_by_two, lam_on, decision) -> str:
+    """What the penalty changes in BP's and DFA's accuracy, per head regime (means over seeds, points)."""
+    def says(regime):
+        t = two_by_two.loc[regime]
+        d = {m: 100 * (t.loc[m, lam_on] - t.loc[m, 0.0]) for m in ("bp", "dfa")}
+        return f"lambda {lam_on:g} changes BP's accuracy by {d['bp']:+.1f} pp and DFA's by {d['dfa']:+.1f} pp"
+    return prose.regime_sentence(decision, says)
+
+
+def read_d3(d3, decision) -> str:
+    """Where along the sweep the mean margin crosses D3's 2 pp bar, per head regime."""
+    def says(regime):
+        fires = d3.loc[regime, "D3 fires at 2.0 pp"]
+        margin = d3.loc[regime, "mean margin (pp)"]
+        clear = [f"{lam:g}" for lam, f in fires.items() if not f]
+        if not clear:
+            return f"D3 fires at every lambda (the best mean margin is {margin.max():+.1f} pp)"
+        if len(clear) == len(fires):
+            return f"D3 is quiet at every lambda (the smallest mean margin is {margin.min():+.1f} pp)"
+        return f"the mean margin clears the 2 pp bar at lambda {prose.names(clear)} only, so D3's verdict changes"
+    return prose.regime_sentence(decision, says)

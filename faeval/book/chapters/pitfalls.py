@@ -68,3 +68,18 @@ def _(ev):
 def _(ev):
     naive = by(ev, "6.5")
     return Check(naive.wrong == 1.0, f"naive {naive.wrong}, faeval: {naive.right}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the chapter's reading of its figure (glued under it; see faeval.book.prose)
+# ---------------------------------------------------------------------------------------------
+def read_sweep(sweep) -> str:
+    """Down to which reference norm the clamped cosine agrees with the unclamped one (within 0.01), and how far
+    it falls at the smallest norm of the sweep."""
+    s = sweep.sort_values("grad_norm", ascending=False)
+    agree = s[(s.clamped - s.unclamped).abs() < 0.01]
+    low = s.iloc[-1]
+    first = (f"The two cosines agree to 0.01 down to a reference norm of {agree.grad_norm.min():.0e}"
+             if len(agree) else "The two cosines disagree at every norm of the sweep")
+    return (f"{first}. At {low.grad_norm:.0e}, F.cosine_similarity reports {low.clamped:.4f} where the unclamped "
+            f"cosine is {low.unclamped:.3f}: {low.unclamped / low.clamped:,.0f} times too small.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ...protocol import Monitor
+from .. import prose
 from ..claims import Chapter, PerSeed
 
 CLAIMS = Chapter("temporal")
@@ -87,3 +88,43 @@ def firing_table(regimes, order, log_batch: int) -> pd.DataFrame:
                 "acc at stop": hist[stop]["test_acc"] if stop is not None else None,
                 "final acc": run.test_acc, "saved share": after / total if stop is not None else 0.0})
     return pd.DataFrame(firing)
+
+
+# ---------------------------------------------------------------------------------------------
+# the chapter's readings of its figure and table (glued under each; see faeval.book.prose)
+# ---------------------------------------------------------------------------------------------
+def read_trajectories(regimes, decision) -> str:
+    """DFA's and BP's ||h_L|| at the first and the last epoch record (means over seeds), per head regime."""
+    def h(runs, method, at):
+        return prose.mean(r.history[at]["diag"].h_L for (m, _), r in runs.items() if m == method)
+
+    def says(regime):
+        rr = regimes[regime]
+        first, last = (rr[next(iter(rr))].history[i]["epoch"] for i in (0, -1))
+        grow = h(rr, "dfa", -1) / h(rr, "dfa", 0)
+        return (f"DFA's {prose.H_L} goes from {h(rr, 'dfa', 0):.3g} at epoch {first} to {h(rr, 'dfa', -1):.3g} "
+                f"at epoch {last} ({prose.times(grow)}; means over seeds), BP's from {h(rr, 'bp', 0):.3g} to "
+                f"{h(rr, 'bp', -1):.3g}")
+    return ("Compare DFA's rows with BP's: the growth and g_L panels show where each crosses its threshold. "
+            + prose.regime_sentence(decision, says))
+
+
+def read_firing(firing, decision) -> str:
+    """DFA's first D1 and D2 epochs, the share of training a stop there saves and the accuracy it gives up, and
+    whether BP ever fires, per head regime."""
+    def says(regime):
+        f = firing[firing.regime == regime]
+        dfa, bp = f[f.method == "dfa"], f[f.method == "bp"]
+        bp_fires = int(bp[["D1 epoch", "D2 epoch"]].notna().any(axis=1).sum())
+        bp_text = "BP never fires" if bp_fires == 0 else f"BP fires on {prose.count(bp_fires, len(bp))} seeds"
+        if dfa["stop epoch"].isna().all():
+            return f"DFA fires neither D1 nor D2 within {int(dfa.epochs.max())} epochs, and {bp_text}"
+        lost = 100 * (dfa["final acc"] - dfa["acc at stop"])
+        never = {d: int(dfa[f"{d} epoch"].isna().sum()) for d in ("D1", "D2")}
+        never = [f"{d} never fires on {prose.count(n, len(dfa))} seeds" for d, n in never.items() if n]
+        return (f"DFA fires D1 at epoch {prose.span(dfa['D1 epoch'], '{:.0f}')} and D2 at epoch "
+                f"{prose.span(dfa['D2 epoch'], '{:.0f}')}{' (' + '; '.join(never) + ')' if never else ''}; "
+                "stopping at the first firing saves "
+                f"{prose.mean(dfa['saved share']):.0%} of the training time on average, and the run would have gained "
+                f"{prose.span(lost, '{:+.1f}')} points of accuracy by the end; {bp_text}")
+    return prose.regime_sentence(decision, says)
