@@ -9,6 +9,7 @@ Where each rule is defined:
 ========================  =============================================
 ``bp``, ``frozen``        every architecture
 ``dfa``, ``ep``           every architecture
+``ep64``                  every architecture without batch norm (EP, phases in float64)
 ``fa``                    architectures with equal-width states (resmlp, studentnet, vit)
 ``state_bridge``          every architecture
 ``credit_bridge``         every architecture
@@ -20,7 +21,7 @@ Where each rule is defined:
 
 ``penalty`` needs a residual model (it penalises the residual branch).
 """
-from . import bp, brsf, credit_bridge, dfa, drtp, ep, fa, fa_layer, frsf, kp, state_bridge, usf, wm  # noqa: F401
+from . import bp, brsf, credit_bridge, dfa, drtp, ep, ep64, fa, fa_layer, frsf, kp, state_bridge, usf, wm  # noqa: F401
 from .base import (
                    METHODS,
                    FeedbackRule,

@@ -1,0 +1,69 @@
+"""EP's credit at large state scales: float32's resolution (faeval.book.ep_precision) and ep64, EP with its phases
+in float64 (faeval.methods.ep64)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import faeval
+from faeval.book import ep_precision as X
+from faeval.methods import build_method
+from faeval.methods.ep64 import EP64
+
+
+def _xy(n=64, d=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _model(scale):
+    return X.scaled_model((20,), 10, scale=scale, seed=0, width=32, depth=3)
+
+
+def test_ep64_gives_eps_credit_where_float32_resolves_it():
+    x, y = _xy()
+    m = _model(1.0)
+    ep, ep64 = build_method("ep", m).credit(x, y), build_method("ep64", m).credit(x, y)
+    assert all(a.dtype == torch.float32 for a in ep64)
+    for a, b in zip(ep, ep64):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item()), (a - b).abs().max()
+
+
+def test_at_a_large_state_scale_float32_loses_eps_credit_and_ep64_keeps_it():
+    x, y = _xy()
+    (row,) = [r for r in X.measure(_model(3000.0), x, y, scale=3000.0) if r["layer"] == 1]
+    (row64,) = [r for r in X.measure(_model(3000.0), x, y, rule=EP64) if r["layer"] == 1]
+    assert row["R"] < 0.01
+    assert row["h"] > 1e3 and row["Gamma f64"] > 0.95
+    assert row["cos(f32, f64)"] < 0.5 and row["Gamma f32"] < 0.5 * row["Gamma f64"]
+    assert row64["cos(f32, f64)"] > 0.999 and row64["Gamma f32"] == pytest.approx(row64["Gamma f64"], abs=1e-3)
+
+
+def test_the_resolution_falls_with_the_square_of_the_state_scale_and_says_when_float32_resolves():
+    x, y = _xy()
+    rows = [r for s in (1.0, 30.0, 300.0, 3000.0) for r in X.measure(_model(s), x, y, scale=s)]
+    by = {(r["scale"], r["layer"]): r for r in rows}
+    for (_, l), r in by.items():
+        base = by[1.0, l]
+        assert r["gain"] == pytest.approx(base["gain"], rel=0.05)        # the relaxation's gain is scale-free
+        assert r["R"] == pytest.approx(base["R"] * (base["h"] / r["h"]) ** 2, rel=0.1)    # R ~ 1/||h||^2
+        if r["R"] >= X.RESOLVED:
+            assert r["cos(f32, f64)"] > 0.99, r
+        if r["R"] <= 0.01:
+            assert r["cos(f32, f64)"] < 0.15, r
+    assert {r["R"] >= X.RESOLVED for r in rows} == {True, False}           # both regimes are measured
+
+
+def test_ep64_trains_and_refuses_batch_norm():
+    x, y = _xy()
+    m = _model(1.0)
+    rule = build_method("ep64", m, seed=0)
+    before = [p.detach().clone() for p in m.parameters()]
+    loss, stats = rule.loss(x, y)
+    loss.backward()
+    assert all(p.dtype == torch.float32 for p in m.parameters()) and stats["relax_ratio"] < 1
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(before, m.parameters()))       # the phases changed no weight
+    cnn = faeval.build_model("resnet", (1, 8, 8), 10, seed=0)
+    with pytest.raises(ValueError, match="batch norm"):
+        build_method("ep64", cnn)
