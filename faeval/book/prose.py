@@ -36,7 +36,8 @@ def span(values: Iterable[float], fmt: str = "{:.3g}") -> str:
 
 
 def times(v: float) -> str:
-    """A growth factor: ``4,550x``, ``8.2x``."""
+    """A growth factor: a whole number with thousands separators from 100 up, three significant digits below,
+    then ``x``."""
     return f"{v:,.0f}x" if v >= 100 else f"{v:.3g}x"
 
 

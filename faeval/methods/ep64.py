@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .base import register_method
+from .base import UnsupportedArchError, register_method
 from .ep import EP, _has_batchnorm
 
 
@@ -48,7 +48,7 @@ class EP64(EP):
 
     def __init__(self, model, **kw) -> None:
         if _has_batchnorm(model):
-            raise ValueError(
+            raise UnsupportedArchError(
                 "ep64 recomputes the free phase in float64, which would move batch norm's running statistics a "
                 "second time per step; use ep on a model with batch norm, or a model without it")
         super().__init__(model, **kw)
