@@ -4,7 +4,7 @@ EP's credit a_l = -(h_l^nudge - h_l^free) / (beta B) is the difference of two ne
 float32 the difference carries the states' rounding error, about eps32 * ||h_l|| per sample (eps32 =
 1.2e-7), while the displacement the nudge makes shrinks as the states grow (with pre-LN blocks and a
 terminal LayerNorm, the loss's gradient at h_l falls like 1/||h_l||). At the paper's ||h_L|| (3-8e3)
-the rounding is the larger of the two, and the credit is mostly noise (the book's EP precision section).
+the rounding is the larger of the two, and the credit is mostly noise (:mod:`faeval.book.ep_precision`).
 
 ``ep64`` runs the same energy, the same nudge and the same steps as :class:`~faeval.methods.ep.EP`, in
 float64: the embedding's output is cast up (exactly), the free states are recomputed from it in float64
