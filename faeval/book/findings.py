@@ -20,6 +20,7 @@ from ..store import results_dir
 from .claims import HELD, NOT_HELD, chapter_of, paper
 from .experiments import unstored
 from .head import REGIMES, SIGNATURES, decide, regime_view
+from .prose import times
 
 __all__ = ["Text", "glue_md", "glue_text", "opening", "glue_opening", "stored", "judged_ledger", "claim_counts",
            "headline", "head_numbers", "head_finding", "key_claims", "profile_note", "dose_figure", "KEY_CLAIMS"]
@@ -200,10 +201,6 @@ def head_numbers(P) -> dict[str, dict]:
     return out
 
 
-def _times(v: float) -> str:
-    return f"{v:,.0f}x" if v >= 100 else f"{v:.3g}x"
-
-
 def _failing(n: Mapping) -> list[str]:
     """The head regimes in which DFA's scale failure (D1 and D2 on every seed) shows, of :func:`head_numbers`."""
     return [g for g in REGIMES if n[g]["d1"] and n[g]["d2"]]
@@ -227,7 +224,7 @@ def head_finding(P, numbers: Mapping | None = None) -> str:
     p = {k: paper(f"audit.dfa_{k}")["text"] for k in ("d1", "d2", "d3")}
 
     def nums(x, who="its"):
-        return (f"{who} largest per-block growth is {_times(x['growth'])}, g_L {x['g_L']:.2e}, and it ends "
+        return (f"{who} largest per-block growth is {times(x['growth'])}, g_L {x['g_L']:.2e}, and it ends "
                 f"{x['margin_pp']:+.1f} pp against the frozen baseline (accuracy {x['acc']:.3f}")
 
     dfa = "DFA's"

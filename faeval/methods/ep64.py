@@ -27,17 +27,20 @@ from .ep import EP, _has_batchnorm
 @contextmanager
 def _in_float64(model: torch.nn.Module):
     """``model``'s parameters and buffers in float64 for the block, back in their own dtypes after (exactly:
-    every float32 value is a float64 value). Gradients are left where they are."""
-    saved = {}
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_floating_point() and t.dtype != torch.float64:
-            saved[name] = (t, t.data)
-            t.data = t.data.double()
+    every float32 value is a float64 value). Gradients are left where they are. The phases change no parameter,
+    so only a buffer's value is copied back (a buffer the passes moved keeps its new value)."""
+    saved = []
+    for is_buffer, tensors in ((False, model.parameters()), (True, model.buffers())):
+        for t in tensors:
+            if t.is_floating_point() and t.dtype != torch.float64:
+                saved.append((t, t.data, is_buffer))
+                t.data = t.data.double()
     try:
         yield model
     finally:
-        for t, data in saved.values():
-            data.copy_(t.data)          # a buffer the passes moved (none in the models EP accepts) keeps its value
+        for t, data, is_buffer in saved:
+            if is_buffer:
+                data.copy_(t.data)
             t.data = data
 
 

@@ -155,15 +155,16 @@ def read_audit_figure(table, decision) -> str:
     """How far each rule's dots sit from D1's and D2's thresholds, judged regime (the largest growth over D1's
     threshold, the smallest g_L under D2's floor)."""
     t = table[table.regime == decision.judged]
-    out = []
+    out, quiet = [], []
     for m, g in t.groupby("method", sort=False):
         growth, g_L = g.growth.max(), g.g_L.min()
-        if growth > TH.d1_growth or g_L < TH.d2_floor:
+        if not (growth > TH.d1_growth or g_L < TH.d2_floor):
+            quiet.append(m)
+        else:
             out.append(f"{m} reaches growth {prose.times(growth)} ({growth / TH.d1_growth:.3g} times D1's threshold) "
                        f"and g_L {g_L:.1e} ({prose.decades(TH.d2_floor / g_L)} under D2's floor)"
                        if g_L < TH.d2_floor else
                        f"{m} reaches growth {prose.times(growth)} with g_L {g_L:.1e} still above D2's floor")
-    quiet = [m for m in t.method.unique() if not any(o.startswith(f"{m} ") for o in out)]
     if not out:
         return (f"{prose.head(decision.judged).capitalize()} (judged) every dot sits on the healthy side of D1 and D2; "
                 "only the accuracy panel separates the rules.")

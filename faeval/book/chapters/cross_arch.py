@@ -109,7 +109,7 @@ def read_summary(summary, decision) -> str:
         parts = [f"{what} on {prose.names(f'*{a}*' for a in mask[mask].index)}"
                  for what, mask in groups.items() if mask.any()]
         return f"DFA fires {'; '.join(parts)}"
-    bp = summary[(summary.method == "bp") & (summary.regime == decision.order[-1])]
+    bp = summary[(summary.method == "bp") & (summary.regime == decision.judged)]    # the same runs in both
     loud = [f"*{a}*" for a in bp[bp["D1 epoch"].notna() | bp["D2 epoch"].notna()].architecture]
     return (prose.regime_sentence(decision, says)
             + f" BP (head trained) fires D1 or D2 on {prose.names(loud, 'no backbone')}.")

@@ -173,6 +173,12 @@ def beside_biotorch(cnn: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _seeds_passing(row) -> tuple[int, int]:
+    """A summary row's ``PASS`` column, ``"k/n"``, as (seeds that pass, seeds run)."""
+    k, n = row["PASS"].split("/")
+    return int(k), int(n)
+
+
 def _acc_angle(row) -> str:
     angle = "" if math.isnan(row["head angle"]) else f", output layer's B-W angle {row['head angle']:.1f} degrees"
     return f"accuracy {row['acc']:.4f}{angle}"
@@ -187,8 +193,7 @@ def read_regimes(summary: pd.DataFrame, order) -> str:
     lines = []
     for m in summary.loc[a].index.intersection(summary.loc[b].index):
         ra, rb = summary.loc[(a, m)], summary.loc[(b, m)]
-        pa, pb = (r["PASS"].split("/") for r in (ra, rb))
-        passes_a, passes_b = pa[0] == pa[1], pb[0] == pb[1]
+        passes_a, passes_b = (k == n for k, n in map(_seeds_passing, (ra, rb)))
         if passes_a != passes_b:
             lines.append(f"{m}: {'passes' if passes_a else 'fails'} with the {a} ({_acc_angle(ra)}), "
                          f"{'passes' if passes_b else 'fails'} with the {b} ({_acc_angle(rb)})")
@@ -204,7 +209,7 @@ def _passes(summary, regime) -> tuple[list[str], list[str], list[str]]:
     """The rules that pass on every seed, on some and on none, in ``regime``."""
     every, some, none = [], [], []
     for m, r in summary.loc[regime].iterrows():
-        k, n = (int(x) for x in r["PASS"].split("/"))
+        k, n = _seeds_passing(r)
         (every if k == n else none if k == 0 else some).append(m)
     return every, some, none
 

@@ -115,15 +115,19 @@ def early_table(sweeps, order, seeds) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # the chapter's readings of its tables and figures (glued under each; see faeval.book.prose)
 # ---------------------------------------------------------------------------------------------
+def _quiet_lambdas(q) -> list[float]:
+    """The lambdas of ``q`` (quality rows of one regime) at which neither D1 nor D2 fires on any seed."""
+    th = Thresholds()
+    return [lam for lam, g in q.groupby("lambda") if (g.growth <= th.d1_growth).all() and (g.g_L >= th.d2_floor).all()]
+
+
 def read_quality(quality, decision) -> str:
     """Along the sweep, judged regime: vanilla DFA's scale and reference, the smallest lambda that keeps D1 and
     D2 quiet on every seed, its deep Gamma against the null and the margin over frozen; one sentence on the
     other regime."""
-    th = Thresholds()
     q = quality[quality.regime == decision.judged]
-    by = q.groupby("lambda")
-    m = by[["growth", "g_L", "deep Gamma", "null deep Gamma", "null std", "margin_pp"]].mean()
-    quiet = [lam for lam, g in by if (g.growth <= th.d1_growth).all() and (g.g_L >= th.d2_floor).all()]
+    m = q.groupby("lambda")[["growth", "g_L", "deep Gamma", "null deep Gamma", "null std", "margin_pp"]].mean()
+    quiet = _quiet_lambdas(q)
     v = m.loc[0.0]
     out = [f"{prose.head(decision.judged).capitalize()} (judged), vanilla DFA (lambda 0) ends with growth "
            f"{prose.times(v.growth)}, {prose.G_L} {v.g_L:.1e} and deep Gamma {v['deep Gamma']:+.3f} (means over "
@@ -139,8 +143,7 @@ def read_quality(quality, decision) -> str:
     else:
         out.append("No lambda of the sweep keeps both D1 and D2 quiet on every seed.")
     o = quality[quality.regime == decision.other]
-    o_quiet = [lam for lam, g in o.groupby("lambda") if (g.growth <= th.d1_growth).all()
-               and (g.g_L >= th.d2_floor).all()]
+    o_quiet = _quiet_lambdas(o)
     out.append(f"With the {decision.other} (not judged), D1 and D2 stay quiet on every seed at "
                f"{'every lambda' if len(o_quiet) == o['lambda'].nunique() else prose.names(f'{x:g}' for x in o_quiet)}"
                f"; the best mean margin there is {o.groupby('lambda').margin_pp.mean().max():+.1f} pp.")
