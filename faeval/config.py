@@ -95,6 +95,9 @@ def canonical_config(**config) -> dict:
     cfg["stop_on"] = sorted(cfg["stop_on"])
     for part, dflt in defaults.items():
         cfg[part] = {k: _like(dflt[k], v) for k, v in {**dflt, **parts[part]}.items()}
+    for k in arch_class(cfg["arch"]).keyed_when_set:     # keyed only off their default (stored keys unchanged)
+        if k in cfg["model"] and cfg["model"][k] == defaults["model"][k]:
+            del cfg["model"][k]
     cfg.update({k: _like(TOP[k], cfg[k]) for k in TOP})
     code = code_of(cfg["method"], cfg["arch"])
     if code:

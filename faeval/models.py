@@ -92,6 +92,9 @@ class LayeredModel(nn.Module):
     groupable: bool = False
     #: constructor arguments that are not run options (the store does not key them)
     not_options: tuple[str, ...] = ("input_shape", "num_classes")
+    #: options added after runs were stored: the store keys them only where a run sets them off their default,
+    #: so the runs stored before keep their keys
+    keyed_when_set: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -255,18 +258,30 @@ class ResidualBlock(nn.Module):
 
 @register_arch("resmlp")
 class ResMLP(LayeredModel):
-    """Pre-LN residual MLP: Linear embed -> L residual blocks -> out_ln -> out_head (inputs flattened)."""
+    """Pre-LN residual MLP: Linear embed -> L residual blocks -> out_ln -> out_head (inputs flattened).
+
+    ``embed_scale`` multiplies the embedding's initial weights and bias (the same draws, scaled): every hidden
+    state starts about that many times larger, while the pre-LN blocks and the terminal LayerNorm see the same
+    normalised inputs. It is how the book puts a model at the paper's state scale (||h_L|| 3-8e3).
+    """
 
     groupable = True
     not_options = ("input_shape", "num_classes", "act")
+    keyed_when_set = ("embed_scale",)
 
     def __init__(self, input_shape: Sequence[int] | int, num_classes: int = 10, width: int = 256, depth: int = 4,
                  out_ln: bool = True, residual: bool = True, w2_std: float = 0.01,
-                 act: Callable[[], nn.Module] | None = None) -> None:
+                 act: Callable[[], nn.Module] | None = None, embed_scale: float = 1.0) -> None:
         super().__init__()
+        if not (embed_scale > 0 and math.isfinite(embed_scale)):
+            raise ValueError(f"embed_scale={embed_scale!r}: a finite number > 0 (1 keeps the initialisation)")
         self.residual = bool(residual)
         self.width = width
         self.embed = FlattenLinear(_flat_dim(input_shape), width)
+        if embed_scale != 1.0:
+            with torch.no_grad():
+                for p in self.embed.parameters():
+                    p.mul_(embed_scale)
         self.blocks = nn.ModuleList(
             [ResidualBlock(width, w2_std=w2_std, act=act() if act else None) for _ in range(depth)])
         self.out_ln = nn.LayerNorm(width) if out_ln else None

@@ -45,7 +45,7 @@ from .tap import Tap, check_against_model, check_xy
 
 __all__ = ["Diagnostic", "TABLE", "register_diagnostic", "per_epoch_diagnostics", "diagnostic_of_column", "Thresholds",
            "FAProtocol", "Report", "Result", "PerLayer", "Monitor", "fires", "verdict_from", "DIAGNOSTICS",
-           "VERDICT_ON", "VERDICT_RULES"]
+           "VERDICT_ON", "VERDICT_RULES", "CREDIT_RESOLUTION_WARN"]
 
 #: how the fired verdict diagnostics become a verdict
 VERDICT_RULES = {
@@ -152,6 +152,9 @@ register_diagnostic(Diagnostic(
 #: the diagnostics' names, in protocol order (a live view of :data:`TABLE`)
 DIAGNOSTICS = TABLE.keys()
 VERDICT_ON = ("D1", "D2", "D3")        # the paper's three-diagnostic verdict; C is supplementary
+#: below this credit resolution (rounding units of the state the credit's displacement spans) a report warns:
+#: the float32 credit's cosine with the exact one stays above 0.99 at or above it (``benchmarks/ep_precision.py``)
+CREDIT_RESOLUTION_WARN = 30.0
 
 
 def per_epoch_diagnostics() -> tuple[str, ...]:
@@ -333,6 +336,10 @@ class Report(Mapping):
     headline_acc_source: str
     frozen_baseline_acc: float | None
     n_eval: int
+    #: per hidden state h_0..h_L, the credit's resolution of a rule whose credit is a difference of states (EP):
+    #: how many rounding units of the state the displacement spans (None: no such rule given; None at h_0)
+    credit_resolution: list[float | None] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """The report as the nested dict its JSON holds (keys as stored reports have them)."""
@@ -343,7 +350,9 @@ class Report(Mapping):
                                 for n, r in self.results.items()},
                 "per_layer": self.per_layer.to_dict(), "thresholds": self.thresholds.as_dict(),
                 "headline_acc": self.headline_acc, "headline_acc_source": self.headline_acc_source,
-                "frozen_baseline_acc": self.frozen_baseline_acc, "n_eval": self.n_eval}
+                "frozen_baseline_acc": self.frozen_baseline_acc, "n_eval": self.n_eval,
+                **({"credit_resolution": self.credit_resolution} if self.credit_resolution is not None else {}),
+                **({"warnings": list(self.warnings)} if self.warnings else {})}
 
     # the mapping view (the JSON's keys)
     def __getitem__(self, k: str) -> Any:
@@ -385,8 +394,10 @@ class Report(Mapping):
     def _layer_rows(self) -> tuple[list[str], list[list[str]]]:
         pl = self.per_layer
         header = ["median per sample", *pl.layers]
-        return header, [["‖h_l‖", *(_fmt(v) for v in pl.hidden_norms)],
-                        ["‖g_l‖ (BP)", *(_fmt(v) for v in pl.bp_grad_norms)]]
+        rows = [["‖h_l‖", *(_fmt(v) for v in pl.hidden_norms)], ["‖g_l‖ (BP)", *(_fmt(v) for v in pl.bp_grad_norms)]]
+        if self.credit_resolution is not None:
+            rows.append(["credit resolution", *("-" if v is None else _fmt(v) for v in self.credit_resolution)])
+        return header, rows
 
     def _verdict_note(self) -> str:
         other = {r: v for r, v in self.verdicts.items() if r != self.verdict_rule}
@@ -398,6 +409,7 @@ class Report(Mapping):
         lines = [f"FAProtocol verdict: {self.verdict}{mode1}"]
         lines += _text_table(self.DIAG_HEADER, self._rows())
         lines.append(f"  ({self._verdict_note()})")
+        lines += [f"  WARNING: {w}" for w in self.warnings]
         lines += _text_table(*self._layer_rows())
         lines.append(f"  ({self.per_layer.aggregate}; {self.n_eval} eval samples)")
         return "\n".join(lines)
@@ -410,6 +422,7 @@ class Report(Mapping):
         return (f"<div><p><b>FAProtocol verdict: <span style='color:{colour}'>{self.verdict}</span></b>{mode1}</p>"
                 + _html_table(self.DIAG_HEADER, self._rows(), bold_last=True)
                 + f"<p><small>{html.escape(self._verdict_note())}</small></p>"
+                + "".join(f"<p style='color:#b42318'><b>Warning:</b> {html.escape(w)}</p>" for w in self.warnings)
                 + _html_table(*self._layer_rows())
                 + f"<p><small>{html.escape(self.per_layer.aggregate)}; {self.n_eval} eval samples</small></p></div>")
 
@@ -425,6 +438,7 @@ class Report(Mapping):
             f"| eval samples | {self.n_eval} |",
             f"| verdict | **{self.verdict}** |", f"| Mode 1 (D1 and D2) | {'yes' if self.mode1 else 'no'} |", "",
             *_markdown_table(self.DIAG_HEADER, self._rows()), "", f"({self._verdict_note()})", "",
+            *(f"**Warning:** {w}\n" for w in self.warnings),
             *_markdown_table(*self._layer_rows()),
         ]
         c = self.results.get("C")
@@ -528,14 +542,23 @@ class FAProtocol:
     * ``batch_size``/``n_batches``: D1 and D2 are measured on all of ``x_eval`` in
       disjoint batches of ``batch_size`` (BP gradients of each batch's mean CE, the
       scale the D2 floor assumes); C uses the first ``n_batches`` of them (10 x 128).
+    * ``rule``: the learning rule that trained ``model`` (a :class:`~faeval.methods.Method` on it). Where its
+      credit is a difference of two states (it has ``credit_resolution``, as EP does), the report adds the
+      credit's resolution per hidden state, measured on the first ``batch_size`` eval samples: how many
+      rounding units of the state the displacement spans. It is reported, not judged: the report warns when
+      it falls below :data:`CREDIT_RESOLUTION_WARN` at any layer, and the verdict does not change.
     """
 
     def __init__(self, model: nn.Module, x_eval: torch.Tensor, y_eval: torch.Tensor,
                  frozen_baseline_acc: float | None = None, headline_acc: float | None = None,
                  thresholds: Thresholds | Mapping[str, float] | None = None, layers: Sequence[str] | None = None,
                  batch_size: int = 128, n_batches: int = 10, token: str = "cls", spatial: str = "mean",
-                 verdict_on: Sequence[str] = VERDICT_ON, verdict_rule: str = "any") -> None:
+                 verdict_on: Sequence[str] = VERDICT_ON, verdict_rule: str = "any", rule=None) -> None:
         check_xy(x_eval, y_eval)
+        if rule is not None and getattr(rule, "model", None) is not model:
+            raise ValueError("rule= is the learning rule that trained this model (built on it, e.g. "
+                             "faeval.build_method('ep', model)); the rule given is built on another model")
+        self.rule = rule
         self.verdict_rule = check_verdict_rule(verdict_rule)
         bad = [d for d in verdict_on if d not in TABLE]
         if bad or not verdict_on:
@@ -563,6 +586,7 @@ class FAProtocol:
         facts = {"n_batches": min(self.n_batches, len(self.x) // self.batch_size), "batch_size": self.batch_size}
         results = {n: _result(d, d.read(snap), th, frozen, facts) for n, d in TABLE.items()}
         fired = {n: None if r is None else r.fired for n, r in results.items()}
+        resolution, warnings = self._credit_resolution()
         return Report(
             verdict=verdict_from(fired, self.verdict_on, self.verdict_rule), verdict_rule=self.verdict_rule,
             verdicts={r: verdict_from(fired, self.verdict_on, r) for r in VERDICT_RULES},
@@ -571,7 +595,22 @@ class FAProtocol:
             mode1=bool(fired["D1"] and fired["D2"]), results=results,
             per_layer=PerLayer(self.tap.layer_names, snap.hidden_norms, snap.bp_grad_norms, snap.aggregate),
             thresholds=th, headline_acc=snap.acc, headline_acc_source=acc_src, frozen_baseline_acc=frozen,
-            n_eval=len(self.x))
+            n_eval=len(self.x), credit_resolution=resolution, warnings=warnings)
+
+    def _credit_resolution(self) -> tuple[list[float | None] | None, list[str]]:
+        """The rule's credit resolution per hidden state (None at h_0) and the warning it raises, if any."""
+        measure = getattr(self.rule, "credit_resolution", None)
+        if measure is None:
+            return None, []
+        per = measure(self.x[:self.batch_size], self.y[:self.batch_size])
+        low = [(l + 1, r) for l, r in enumerate(per) if not r >= CREDIT_RESOLUTION_WARN]
+        warning = [] if not low else [
+            f"the credit resolution falls to {min(r for _, r in low):.3g} at "
+            f"{', '.join(f'h_{l}' for l, _ in low)} (below {CREDIT_RESOLUTION_WARN:g} rounding units of the "
+            "state): the rule's credit is a difference of two states that differ by little more than their own "
+            "rounding, so part of it is rounding noise and its Gamma understates the rule; compute the phases in "
+            "float64 (ep64)"]
+        return [None, *per], warning
 
 
 def _result(d: Diagnostic, value: float | None, th: Thresholds, baseline: float | None,

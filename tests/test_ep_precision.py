@@ -67,3 +67,54 @@ def test_ep64_trains_and_refuses_batch_norm():
     cnn = faeval.build_model("resnet", (1, 8, 8), 10, seed=0)
     with pytest.raises(ValueError, match="batch norm"):
         build_method("ep64", cnn)
+
+
+# -- the model option, the rule's own resolution and the protocol's report ------------------------------------
+def test_embed_scale_scales_the_same_draws_and_leaves_stored_keys_alone():
+    from faeval.config import canonical_config, config_hash
+
+    a, b = (faeval.build_model("resmlp", (20,), 10, seed=3, width=16, depth=2, embed_scale=s) for s in (1.0, 500.0))
+    assert torch.equal(b.embed.weight, 500.0 * a.embed.weight) and torch.equal(b.embed.bias, 500.0 * a.embed.bias)
+    assert all(torch.equal(p, q) for p, q in zip(a.blocks.parameters(), b.blocks.parameters()))
+    plain = canonical_config(method="ep", epochs=1)
+    assert "embed_scale" not in plain["model"]                       # a run that does not set it keeps its key
+    assert config_hash(plain) == config_hash(canonical_config(method="ep", epochs=1, embed_scale=1))
+    assert config_hash(plain) != config_hash(canonical_config(method="ep", epochs=1, embed_scale=500))
+    with pytest.raises(ValueError, match="embed_scale"):
+        faeval.build_model("resmlp", (20,), 10, embed_scale=0.0)
+
+
+def test_eps_resolution_matches_the_float64_measurement_and_enters_the_step_stats():
+    x, y = _xy()
+    for scale in (1.0, 300.0, 3000.0):
+        m = _model(scale)
+        mine = build_method("ep", m).credit_resolution(x, y)
+        exact = [r["R"] for r in X.measure(m, x, y)]
+        for r, e in zip(mine, exact):
+            if e > 30:                      # resolved: the displacement float32 measures is the exact one
+                assert r == pytest.approx(e, rel=0.05)
+            else:                           # unresolved: it reads low as well (the nudge rounds away)
+                assert r < 30
+    stats = build_method("ep", _model(3000.0)).step(x, y)
+    assert stats["credit_resolution"] < 1
+    assert build_method("ep64", _model(3000.0)).step(x, y)["credit_resolution"] > 1e6   # float64's units
+
+
+def test_the_report_warns_on_an_unresolved_credit_and_keeps_its_verdict():
+    x, y = _xy(n=256)
+    big = _model(3000.0)
+    plain = faeval.FAProtocol(big, x, y).run()
+    ep = faeval.FAProtocol(big, x, y, rule=build_method("ep", big)).run()
+    ep64 = faeval.FAProtocol(big, x, y, rule=build_method("ep64", big)).run()
+    one = _model(1.0)
+    small = faeval.FAProtocol(one, x, y, rule=build_method("ep", one)).run()
+    assert ep.verdict == plain.verdict and plain.credit_resolution is None and not plain.warnings
+    assert "credit_resolution" not in plain.to_dict() and "warnings" not in plain.to_dict()
+    assert ep.credit_resolution[0] is None and max(ep.credit_resolution[1:]) < 1
+    assert len(ep.warnings) == 1 and "ep64" in ep.warnings[0] and "WARNING" in str(ep)
+    assert "credit resolution" in ep.to_markdown() and ep.as_dict()["warnings"] == ep.warnings
+    assert not ep64.warnings and not small.warnings and min(small.credit_resolution[1:]) > 30
+    dfa = faeval.FAProtocol(big, x, y, rule=build_method("dfa", big)).run()
+    assert dfa.credit_resolution is None and not dfa.warnings      # not a difference of states: nothing to add
+    with pytest.raises(ValueError, match="another model"):
+        faeval.FAProtocol(big, x, y, rule=build_method("ep", _model(1.0)))

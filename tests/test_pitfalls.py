@@ -21,11 +21,11 @@ def _by_number(results, number):
     return next(r for r in results[0] if r.number == number)
 
 
-def test_run_all_returns_the_seven_in_order_fast(results):
+def test_run_all_returns_the_eight_in_order_fast(results):
     rs, elapsed = results
-    assert [r.number for r in rs] == ["1", "2", "3", "4", "5", "6", "6.5"]
+    assert [r.number for r in rs] == ["1", "2", "3", "4", "5", "6", "6.5", "7"]
     assert elapsed < 5.0, f"run_all took {elapsed:.2f} s"
-    assert len(P.CHECKLIST) == 7
+    assert len(P.CHECKLIST) == 8
     for r in rs:
         row = r.row()
         assert row["#"] == r.number and isinstance(row["wrong"], str) and isinstance(row["right"], str)
@@ -108,3 +108,16 @@ def test_pitfall_functions_leave_thread_count_alone():
     n = torch.get_num_threads()
     P.fp16_underflow_pitfall()
     assert torch.get_num_threads() == n
+
+
+def test_ep_precision_pitfall_loses_the_credit_in_float32_and_keeps_it_in_float64(results):
+    r = _by_number(results, "7")
+    assert 1e3 < r.details["median_h_L_norm"] < 1e4          # the paper's ||h_L|| (3-8e3)
+    assert r.right > 0.99 and r.wrong < 0.5                   # float64 phases keep the credit, float32 loses most
+    assert max(r.details["resolution"]) < 1                   # the displacement spans under one rounding unit
+    assert r.details["cos_f32_f64"] == pytest.approx(r.wrong, abs=0.05)   # the lost part is rounding, not the rule
+
+
+def test_ep_precision_pitfall_is_absent_at_the_ordinary_scale():
+    r = P.ep_precision_pitfall(embed_scale=1.0)
+    assert r.details["median_h_L_norm"] < 10 and r.wrong > 0.99 and min(r.details["resolution"]) > 1e3

@@ -29,13 +29,15 @@ import torch
 from ..diagnostics import bp_grads, gamma_per_layer
 from ..methods.ep import EP
 from ..models import build_model
+from ..protocol import CREDIT_RESOLUTION_WARN
 
 __all__ = ["EPS32", "RESOLVED", "scaled_model", "measure"]
 
 #: float32's machine epsilon (the spacing of float32 numbers just above 1)
 EPS32 = torch.finfo(torch.float32).eps
-#: the resolution R_l above which float32 keeps EP's credit (cosine with the exact credit above 0.99, measured)
-RESOLVED = 30.0
+#: the resolution R_l above which float32 keeps EP's credit (cosine with the exact credit above 0.99, measured);
+#: the protocol's report warns below it
+RESOLVED = CREDIT_RESOLUTION_WARN
 
 
 def scaled_model(input_shape, num_classes: int, *, scale: float, seed: int = 42, width: int = 256,

@@ -12,7 +12,7 @@ table of contents.
 >>> from faeval.book.profiles import get_profile
 >>> P = get_profile("smoke")
 >>> sorted(EXPERIMENTS)
-['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'more_rules', 'penalty', 'quickstart', 'temporal']
+['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'more_rules', 'paper_ep', 'penalty', 'quickstart', 'temporal']
 >>> plan("audit", P)["runs"]["dfa", 42]["method"]
 'dfa'
 """
@@ -185,6 +185,20 @@ def _judged_regime(P) -> str | None:
     if unstored("audit", P) or unstored("fa_vs_dfa", P):
         return None
     return head.decide(P).judged
+
+
+@chapter("paper_ep")
+def paper_ep(P) -> dict:
+    """EP at the paper's state scale (the embedding's initialisation times ``sizes["paper_ep"]["embed_scale"]``,
+    :mod:`faeval.book.ep_precision`): ``runs`` ``{(method, seed): config}`` of EP (float32), EP with its phases
+    in float64 (``ep64``), and BP and the frozen baseline at the same scale, every seed. The two EP rules train
+    in the regime the book judges (:func:`faeval.book.head.decide`; the package default while the runs it
+    reads are not stored yet); BP and frozen keep a trained head, as everywhere."""
+    scale = P.sizes["paper_ep"]["embed_scale"]
+    head_lr = head.REGIMES[_judged_regime(P) or head.DEFAULT]
+    return {"runs": {(m, s): P.config(m, s, embed_scale=scale, **({} if m in head.KEEP_TRAINED else
+                                                                   {"head_lr": head_lr}))
+                     for m in ("ep", "ep64", "bp", "frozen") for s in P.seeds}}
 
 
 @chapter("calibration")

@@ -5,12 +5,13 @@ Each ``*_pitfall()`` function runs a few lines of real code and returns a
 to the value the correct measurement produces (``right``), each with a label
 saying how it was computed. Nothing is hard-coded: every number is measured
 when the function runs, on the CPU, deterministically from ``seed``.
-:func:`run_all` runs the seven of them (well under a few seconds); ``CHECKLIST``
+:func:`run_all` runs the eight of them (well under a few seconds); ``CHECKLIST``
 is the one-line rule per pitfall.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ __all__ = [
     "details_table",
     "DETAILS",
     "self_cosine_fallback_pitfall",
+    "ep_precision_pitfall",
 ]
 
 CHECKLIST: list[str] = [
@@ -59,6 +61,9 @@ CHECKLIST: list[str] = [
     "5. Report Gamma per layer and name the aggregation of any single number.",
     "6. Report the hidden-only mean (layers 1..L) next to any all-layer mean: layer 0 can dominate it.",
     "6.5. When the rule's auxiliary state is missing, report N/A; never substitute the BP gradient.",
+    ("7. When the credit is a difference of two states (EP), check that the difference spans many rounding units "
+     "of the states (faeval's credit resolution, in the report with rule=); below that, compute the phases in "
+     "float64 (ep64)."),
 ]
 
 
@@ -354,11 +359,40 @@ def self_cosine_fallback_pitfall(seed: int = 0) -> PitfallResult:
         {"naive_per_layer": naive["per_layer"], "naive_note": naive["Gamma_note"]})
 
 
+# ---------------------------------------------------------------------------------------
+# 7. EP's credit below float32's resolution
+# ---------------------------------------------------------------------------------------
+def ep_precision_pitfall(seed: int = 0, embed_scale: float = 1000.0) -> PitfallResult:
+    with _one_thread():
+        g_ = generator(seed, "pitfall-data")
+        x = torch.randn(64, 16, generator=g_)
+        y = torch.randint(0, 4, (64,), generator=g_)
+        model = build_model("resmlp", (16,), 4, seed=seed, width=32, depth=2, embed_scale=embed_scale)
+        hs, grads, _ = bp_grads(copy.deepcopy(model).double(), x.double(), y)      # the exact reference
+        ep = build_method("ep", model)
+        a32 = ep.credit(x, y)                                                      # the phases in float32
+        resolution = ep.credit_resolution(x, y)
+        a64 = build_method("ep64", model).credit(x, y)                             # the same phases in float64
+    wrong, right = (gamma_per_layer(a, grads).deep_mean() for a in (a32, a64))
+    agree = gamma_per_layer(a32, a64).deep_mean()
+    h_L = hs[-1].norm(dim=1).median().item()
+    return PitfallResult(
+        "7", "EP's credit below float32's resolution", wrong, right,
+        "deep-mean Gamma of EP's credit, free and nudged phases in float32 (rule 'ep')",
+        "the same credit with the phases in float64 (rule 'ep64'), same model and batch",
+        f"An untrained ResMLP (width 32, 2 blocks) with its embedding scaled by {embed_scale:g} has ||h_L|| ~ "
+        f"{h_L:.2g}, the paper's scale. EP's credit is the nudged state minus the free one; the nudge moves the "
+        f"states by less than float32 can represent at that size (the displacement spans "
+        f"{', '.join(f'{r:.2g}' for r in resolution)} rounding units of h_1..h_L), so the float32 credit keeps "
+        f"Gamma {wrong:+.3f} of the float64 credit's {right:+.3f} before a single training step.",
+        {"median_h_L_norm": h_L, "resolution": resolution, "cos_f32_f64": agree})
+
+
 def run_all(seed: int = 0) -> list[PitfallResult]:
-    """All seven reproducers, in catalog order."""
+    """All eight reproducers, in catalog order."""
     return [norm_dim_pitfall(), cosine_eps_pitfall(seed=seed), fp16_underflow_pitfall(seed=seed),
             fresh_feedback_pitfall(seed=seed), aggregation_pitfall(seed=seed), layer0_dominance_pitfall(seed=seed),
-            self_cosine_fallback_pitfall(seed=seed)]
+            self_cosine_fallback_pitfall(seed=seed), ep_precision_pitfall(seed=seed)]
 
 
 #: the details the mechanisms table shows: (pitfall number, detail key, label)
@@ -370,7 +404,9 @@ DETAILS = [("2", "median_ref_norm", "median ||g|| of the reference"),
            ("5", "spread", "spread of the four aggregations (max - min)"),
            ("5", "sign_flip", "the aggregations disagree in sign"),
            ("6", "layer0", "layer 0 Gamma"),
-           ("6", "hidden_only_mean", "hidden-only mean (layers 1..L)")]
+           ("6", "hidden_only_mean", "hidden-only mean (layers 1..L)"),
+           ("7", "median_h_L_norm", "median ||h_L|| of the scaled model"),
+           ("7", "cos_f32_f64", "cosine of the float32 credit with the float64 one (layers 1..L)")]
 
 
 def details_table(results: list[PitfallResult]):

@@ -157,7 +157,13 @@ def _sizes(*, cross_arch, penalty_epochs, lambdas, depths, assay_epochs, calibra
             "fa_vs_dfa": {"depths": depths, "assay_epochs": assay_epochs, "assay_methods": _ASSAY},
             "calibration": {"steps": calibration_steps, "head_dose": _HEAD_DOSE},
             "discrepancies": {"horizon_factor": horizon_factor, "pairing_epochs": 3, "pairing_seeds": 2,
-                              "ep_sweep": ep_sweep}}
+                              "ep_sweep": ep_sweep},
+            "paper_ep": {"embed_scale": _PAPER_EP_SCALE}}
+
+
+#: the embedding scale that puts the untrained ResMLP d=256 at the paper's ||h_L|| on Fashion-MNIST (about 4.4e3 at
+#: initialisation, mid-way in the paper's 3-8e3; 9 at scale 1): the ``paper_ep`` runs (faeval.book.experiments)
+_PAPER_EP_SCALE = 500.0
 
 
 def _ep_sweep(subset: int, epochs: int, betas=(0.01, 0.1, 0.5, 1.0), steps=(2, 5, 10, 20)) -> dict:

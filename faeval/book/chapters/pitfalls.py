@@ -70,6 +70,16 @@ def _(ev):
     return Check(naive.wrong == 1.0, f"naive {naive.wrong}, faeval: {naive.right}")
 
 
+@CLAIMS.claim("pitfalls.ep_precision",
+              "At the paper's state scale, float32 keeps less than half of EP's credit alignment (Gamma) at "
+              "initialisation; float64 phases keep all of it")
+def _(ev):
+    seven = by(ev, "7")
+    return Check(seven.right > 0.99 and seven.wrong < 0.5 * seven.right,
+                 f"float32 {seven.wrong:+.3f}, float64 {seven.right:+.3f} at ||h_L|| "
+                 f"{seven.details['median_h_L_norm']:.2g}")
+
+
 # ---------------------------------------------------------------------------------------------
 # the chapter's reading of its figure (glued under it; see faeval.book.prose)
 # ---------------------------------------------------------------------------------------------
