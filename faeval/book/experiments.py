@@ -11,8 +11,10 @@ table of contents.
 
 >>> from faeval.book.profiles import get_profile
 >>> P = get_profile("smoke")
->>> sorted(EXPERIMENTS)
-['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'more_rules', 'paper_ep', 'penalty', 'quickstart', 'temporal']
+>>> sorted(EXPERIMENTS)[:6]
+['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'more_rules']
+>>> sorted(EXPERIMENTS)[6:]
+['paper_ep', 'penalty', 'quickstart', 'temporal']
 >>> plan("audit", P)["runs"]["dfa", 42]["method"]
 'dfa'
 """
