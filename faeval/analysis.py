@@ -145,18 +145,23 @@ def audit_rows(runs: Mapping, x, y, frozen_acc: Mapping[int, float] | None = Non
     Gamma (the status-quo headline) and ``gamma_layers`` the per-layer values (NaN at a
     layer that received no credit; ``no_credit`` lists those layers, which the mean leaves
     out). ``verdict`` is judged under the default rule ``"any"``, ``verdict_mode1_or_d3``
-    under the original artifact's rule (:data:`~faeval.protocol.VERDICT_RULES`).
+    under the original artifact's rule (:data:`~faeval.protocol.VERDICT_RULES`). The report reads the run's rule
+    (``FAProtocol(rule=)``): ``resolution`` is the lowest credit resolution over h_1..h_L of a rule whose credit is
+    a difference of states (EP; None for the others) and ``warnings`` the report's warnings.
     """
     rows = []
     for (method, seed), run in runs.items():
         frozen = (frozen_acc or {}).get(seed)
-        report = FAProtocol(run.model, x, y, headline_acc=run.test_acc, thresholds=thresholds).run(frozen)
+        report = FAProtocol(run.model, x, y, headline_acc=run.test_acc, thresholds=thresholds,
+                            rule=run.method).run(frozen)
         snap = run.history[-1]["diag"]
+        res = report.credit_resolution
         rows.append(row_from_report(report, f"{method}/s{seed}", method=method, seed=seed,
                                     num_classes=run.model.out_head.out_features,
                                     gamma=snap.layer_mean_gamma, gamma_layers=snap.gamma, no_credit=snap.no_credit,
                                     verdict=report.verdict, verdict_mode1_or_d3=report.verdicts["mode1_or_d3"],
-                                    fired=report.fired, stopped=run.stopped))
+                                    fired=report.fired, stopped=run.stopped, h_L=snap.h_L,
+                                    resolution=None if res is None else min(res[1:]), warnings=report.warnings))
     return rows
 
 

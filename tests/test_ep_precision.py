@@ -118,3 +118,17 @@ def test_the_report_warns_on_an_unresolved_credit_and_keeps_its_verdict():
     assert dfa.credit_resolution is None and not dfa.warnings      # not a difference of states: nothing to add
     with pytest.raises(ValueError, match="another model"):
         faeval.FAProtocol(big, x, y, rule=build_method("ep", _model(1.0)))
+
+
+def test_ep64_trains_the_model_as_ep_does_where_float32_resolves_the_credit():
+    """The bug this catches: phases that swapped the parameters' storage to float64 and back detached them from
+    the training graph, so ep64 computed the right credit and trained nothing."""
+    x, y = _xy()
+    grads = {}
+    for name in ("ep", "ep64"):
+        m = _model(1.0)
+        build_method(name, m, head_lr=0.0).step(x, y)
+        grads[name] = {n: p.grad for n, p in m.named_parameters() if n != "out_head.weight" and n != "out_head.bias"}
+    assert all(g is not None and g.abs().sum() > 0 for g in grads["ep64"].values())
+    for n, g in grads["ep"].items():
+        assert torch.allclose(grads["ep64"][n], g, rtol=1e-3, atol=1e-3 * g.abs().max().item()), n

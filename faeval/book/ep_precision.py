@@ -31,7 +31,7 @@ from ..methods.ep import EP
 from ..models import build_model
 from ..protocol import CREDIT_RESOLUTION_WARN
 
-__all__ = ["EPS32", "RESOLVED", "scaled_model", "measure"]
+__all__ = ["EPS32", "RESOLVED", "SCALES", "scaled_model", "measure", "scale_sweep"]
 
 #: float32's machine epsilon (the spacing of float32 numbers just above 1)
 EPS32 = torch.finfo(torch.float32).eps
@@ -60,15 +60,19 @@ def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: f
             step_size: float = 0.2, rule: type[EP] = EP, **labels) -> list[dict]:
     """One row per hidden state l >= 1: the median ||h_l|| and BP gradient ||g_l|| (float64, mean-loss scale), the
     relaxation's gain c_l (median ||a_l|| / ||g_l|| of the float64 credit), the resolution R_l of the module
-    docstring (median over samples), Gamma of the credit computed in float64 and of the one ``rule`` computes on
-    the float32 model (both against the float64 BP gradient), and the float32 credit's agreement with the
-    float64 one (mean per-sample cosine; median relative error). ``labels`` are copied into every row."""
+    docstring (median over samples) and the one ``rule`` measures itself on the float32 model (``R measured``,
+    what the protocol's report shows: the float32 displacement over eps ||h||), Gamma of the credit computed in
+    float64 and of the one ``rule`` computes on the float32 model (both against the float64 BP gradient), and the
+    float32 credit's agreement with the float64 one (mean per-sample cosine; median relative error). ``labels``
+    are copied into every row."""
     m64 = copy.deepcopy(model).double()
     x64 = x.double()
     hs, bp, _ = bp_grads(m64, x64, y)
     kw = dict(beta=beta, steps=steps, step_size=step_size)
     a64 = EP(m64, **kw).credit(x64, y)
-    a32 = rule(model, **kw).credit(x, y)
+    r32 = rule(model, **kw)
+    a32 = r32.credit(x, y)
+    own = r32.credit_resolution(x, y)
     g64, g32, agree = (gamma_per_layer(a, ref).mean for a, ref in ((a64, bp), (a32, bp), (a32, a64)))
     B = len(y)
     rows = []
@@ -78,7 +82,23 @@ def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: f
         err = _norms(a32[l].double() - a64[l]) / a.clamp_min(1e-300)
         rows.append({**labels, "beta": beta, "steps": steps, "step_size": step_size, "layer": l,
                      "h": h.median().item(), "g": g.median().item(), "gain": gain.median().item(),
-                     "R": (gain * beta * B * g / (EPS32 * h)).median().item(),
+                     "R": (gain * beta * B * g / (EPS32 * h)).median().item(), "R measured": own[l - 1],
                      "Gamma f64": g64[l], "Gamma f32": g32[l], "cos(f32, f64)": agree[l],
                      "rel. error": err.median().item()})
     return rows
+
+
+#: the embedding scales of the book's resolution table: ||h_L|| from about 9 to about 3e4 (ResMLP d=256)
+SCALES = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+
+
+def scale_sweep(x: torch.Tensor, y: torch.Tensor, *, scales=SCALES, seed: int = 42, width: int = 256,
+                depth: int = 4, **kw):
+    """:func:`measure` on fresh models at each embedding scale of ``scales`` (EP's defaults unless ``kw`` sets
+    beta, steps or step_size), as a DataFrame with a ``scale`` column."""
+    import pandas as pd
+
+    classes = int(y.max()) + 1
+    return pd.DataFrame([row for scale in scales for row in measure(
+        scaled_model(tuple(x.shape[1:]), classes, scale=scale, seed=seed, width=width, depth=depth), x, y,
+        scale=scale, **kw)])

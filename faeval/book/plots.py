@@ -52,8 +52,9 @@ def paper_value(key: str):
     """The paper's value of ``key`` (:func:`faeval.book.claims.paper`)."""
     return paper(key)["value"]
 
-__all__ = ["history_frame", "audit_figure", "trajectory_figure", "ep_sweep_figure", "penalty_figure", "depth_figure",
-           "cosine_clamp_figure", "claims_figure", "rules_figure", "table", "METRIC_LABELS", "PAPER_LOG_BATCH", "WIDTH"]
+__all__ = ["history_frame", "audit_figure", "trajectory_figure", "ep_sweep_figure", "ep_resolution_figure",
+           "penalty_figure", "depth_figure", "cosine_clamp_figure", "claims_figure", "rules_figure", "table",
+           "METRIC_LABELS", "PAPER_LOG_BATCH", "WIDTH"]
 
 #: the batch size of the paper's per-epoch logs, at which its g_L reads about 8x below batch 128
 PAPER_LOG_BATCH = 1024
@@ -360,6 +361,30 @@ def ep_sweep_figure(table):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("relaxation steps")
         ax.set_ylabel("beta")
+    fig.tight_layout()
+    return fig
+
+
+@book_figure
+def ep_resolution_figure(table, resolved: float = 30.0):
+    """EP's credit in float32 against its resolution (:func:`faeval.book.ep_precision.scale_sweep` rows): left,
+    the float32 credit's cosine with the float64 one against the resolution R the formula predicts (log x, one
+    colour per layer, ``resolved`` dashed); right, Gamma of the float32 and float64 credits against ||h_L||."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(WIDTH, 3.0))
+    for layer, g in table.groupby("layer"):
+        left.scatter(g["R"], g["cos(f32, f64)"], s=18, label=f"h{layer}")
+    left.axvline(resolved, color="crimson", ls="--", lw=1)
+    left.set(xscale="log", xlabel="predicted resolution R", ylabel="cos(float32 credit, float64 credit)",
+             title="the credit float32 keeps")
+    left.legend(loc="lower right")
+    deep = table.groupby("scale").agg(h=("h", "max"), f32=("Gamma f32", "mean"), f64=("Gamma f64", "mean"))
+    right.plot(deep["h"], deep["f32"], "o-", label="float32 phases (ep)")
+    right.plot(deep["h"], deep["f64"], "s--", label="float64 phases (ep64)")
+    right.set(xscale="log", xlabel="‖h_L‖ (untrained, scaled embedding)", ylabel="deep Γ (mean over h1..hL)",
+              title="EP's Γ at initialisation")
+    right.legend(loc="lower left")
     fig.tight_layout()
     return fig
 

@@ -7,7 +7,9 @@ terminal LayerNorm, the loss's gradient at h_l falls like 1/||h_l||). At the pap
 the rounding is the larger of the two, and the credit is mostly noise (:mod:`faeval.book.ep_precision`).
 
 ``ep64`` runs the same energy, the same nudge and the same steps as :class:`~faeval.methods.ep.EP`, in
-float64: the embedding's output is cast up (exactly), the free states are recomputed from it in float64
+float64, on a float64 copy of the model refreshed from its current values every step (the model and the
+training graph built on its parameters are never touched): the embedding's output is cast up (exactly), the free
+states are recomputed from it in float64
 (so the energy is exactly zero at the free states, as the first relaxation step assumes), the nudged
 phase relaxes them, and the credit is cast back to the run's dtype (a relative rounding only). Where
 float32 resolves the credit, ``ep64`` gives EP's numbers to float32's tolerance (tested); its price is the
@@ -16,7 +18,7 @@ in the run's dtype, on their own float32 free states.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+import copy
 
 import torch
 
@@ -24,24 +26,23 @@ from .base import UnsupportedArchError, register_method
 from .ep import EP, _has_batchnorm
 
 
-@contextmanager
-def _in_float64(model: torch.nn.Module):
-    """``model``'s parameters and buffers in float64 for the block, back in their own dtypes after (exactly:
-    every float32 value is a float64 value). Gradients are left where they are. The phases change no parameter,
-    so only a buffer's value is copied back (a buffer the passes moved keeps its new value)."""
-    saved = []
-    for is_buffer, tensors in ((False, model.parameters()), (True, model.buffers())):
-        for t in tensors:
-            if t.is_floating_point() and t.dtype != torch.float64:
-                saved.append((t, t.data, is_buffer))
-                t.data = t.data.double()
-    try:
-        yield model
-    finally:
-        for t, data, is_buffer in saved:
-            if is_buffer:
-                data.copy_(t.data)
-            t.data = data
+def _shadow(model: torch.nn.Module, cache: dict) -> torch.nn.Module:
+    """A float64 copy of ``model`` holding its current values (made once per rule, refreshed every call; its
+    parameters need no gradient). The phases run on it, so the model itself, its parameters and the training
+    graph built on them are never touched."""
+    shadow = cache.get("model")
+    if shadow is None:
+        shadow = copy.deepcopy(model).double()
+        for p in shadow.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        cache["model"] = shadow
+    with torch.no_grad():
+        for mine, theirs in ((shadow.parameters(), model.parameters()), (shadow.buffers(), model.buffers())):
+            for s, t in zip(mine, theirs):
+                s.copy_(t)
+    shadow.train(model.training)
+    return shadow
 
 
 @register_method("ep64")
@@ -63,12 +64,16 @@ class EP64(EP):
         return 1.55 * super().step_cost(hparams)
 
     def local_credit(self, states, logits, y, top_grad):
-        dtype, m = states[0].dtype, self.model
-        device = states[0].device.type
-        with _in_float64(m), torch.autocast(device, enabled=False):
-            with torch.no_grad():
-                free = [states[0].detach().double()]
-                for l in range(m.depth):
-                    free.append(m.block_forward(l, free[-1]))
-            credit = super().local_credit(free, None, y, None)
+        dtype, model = states[0].dtype, self.model
+        m = _shadow(model, self.__dict__.setdefault("_float64", {}))
+        self.model = m                       # the phases read self.model: point them at the float64 copy
+        try:
+            with torch.autocast(states[0].device.type, enabled=False):
+                with torch.no_grad():
+                    free = [states[0].detach().double()]
+                    for l in range(m.depth):
+                        free.append(m.block_forward(l, free[-1]))
+                credit = super().local_credit(free, None, y, None)
+        finally:
+            self.model = model
         return [a.to(dtype) for a in credit]

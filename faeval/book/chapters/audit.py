@@ -209,3 +209,118 @@ def read_random_init(random_init) -> str:
             f"{prose.span(growth)} (D1 fires above {TH.d1_growth:g}) and their g_L {prose.span(g_L, '{:.1e}')}, "
             f"{prose.decades(min(g_L) / TH.d2_floor)} or more above D2's floor: the walked-back runs "
             "above got their values from training, not from the model.")
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper's EP: EP at the paper's state scale, in float32 and with its credit resolved
+# ---------------------------------------------------------------------------------------------
+#: the paper_ep runs' rules, as the table names them
+PAPER_EP_LABELS = {"ep": "EP, float32", "ep64": "EP, float64 phases (ep64)", "bp": "BP"}
+#: what "reads like the paper's EP" means: deep Gamma under this, and no D3 margin (the paper: ~0.008, +1 pp)
+LIKE_PAPER_DEEP_GAMMA = 0.1
+
+
+def paper_ep_rows(runs, x, y) -> list[dict]:
+    """The protocol on the ``paper_ep`` runs (``{(method, seed): Run}``): :func:`faeval.analysis.audit_rows`, each
+    judged against the frozen baseline of the same seed at the same state scale, plus ``deep_gamma`` (the mean of
+    Gamma over h_1..h_L), ``margin_pp`` and the rule's label."""
+    from ...analysis import audit_rows
+    from ...diagnostics import layer_mean
+
+    frozen = {s: r.test_acc for (m, s), r in runs.items() if m == "frozen"}
+    rows = audit_rows({k: r for k, r in runs.items() if k[0] != "frozen"}, x, y, frozen)
+    for r in rows:
+        r.update(rule=PAPER_EP_LABELS.get(r["method"], r["method"]), deep_gamma=layer_mean(r["gamma_layers"][1:]),
+                 margin_pp=100 * (r["acc"] - r["frozen_acc"]))
+    return rows
+
+
+def paper_ep_table(rows):
+    """One row per run, and the paper's EP row first (its values from the sourced paper file, as text)."""
+    import pandas as pd
+
+    from ..claims import paper
+
+    def cell(key):
+        return paper(key)["text"]
+
+    frame = pd.DataFrame([{
+        "rule": r["rule"], "seed": str(r["seed"]), "‖h_L‖": f"{r['h_L']:.3g}", "growth": f"{r['growth']:.3g}",
+        "g_L": f"{r['g_L']:.2e}", "gamma": f"{r['gamma']:+.3f}", "deep Gamma": f"{r['deep_gamma']:+.3f}",
+        "resolution": "-" if r["resolution"] is None else f"{r['resolution']:.3g}",
+        "acc": f"{r['acc']:.4f}", "frozen": f"{r['frozen_acc']:.4f}", "margin (pp)": f"{r['margin_pp']:+.1f}",
+        "verdict": r["verdict"]} for r in rows])
+    paper_row = {"rule": "the paper's EP (CIFAR-10, 100 epochs)", "seed": "3 seeds", "‖h_L‖": cell("audit.h_L.ep"),
+                 "growth": "-", "g_L": cell("audit.g_L.ep"), "gamma": cell("audit.gamma.ep"), "deep Gamma": "-",
+                 "resolution": "-", "acc": cell("audit.acc.ep"), "frozen": cell("audit.acc.frozen"),
+                 "margin (pp)": "-", "verdict": cell("audit.ep_passes")}
+    return pd.concat([pd.DataFrame([paper_row]), frame], ignore_index=True)
+
+
+def like_paper_ep(r) -> bool:
+    return r["deep_gamma"] < LIKE_PAPER_DEEP_GAMMA and r["margin_pp"] < TH.d3_margin_pp
+
+
+def resolved_textbook_ep(r) -> bool:
+    return r["deep_gamma"] > 0.5 and r["margin_pp"] >= TH.d3_margin_pp
+
+
+def _every_seed(rows, method: str, holds) -> Check:
+    """``holds(row)`` on every seed's run of ``method``, with each seed's deep Gamma and margin."""
+    mine = [r for r in rows if r["method"] == method]
+    if not mine:
+        return Check(None, "", f"no {method} run at the paper's scale")
+    ok = sum(map(holds, mine))
+    each = ", ".join(f"s{r['seed']} Gamma {r['deep_gamma']:+.3f}, {r['margin_pp']:+.1f} pp" for r in mine)
+    return Check(ok == len(mine), f"{ok}/{len(mine)} seeds ({each})")
+
+
+@CLAIMS.claim("audit.paper_ep.float32", "At the paper's state scale, float32 EP reads like the paper's EP on every "
+              f"seed: deep Gamma under {LIKE_PAPER_DEEP_GAMMA:g} and no {TH.d3_margin_pp:g} pp margin over the "
+              "frozen baseline", paper=True, per_regime=False)
+def _(ev):
+    return _every_seed(ev.paper_ep, "ep", like_paper_ep)
+
+
+@CLAIMS.claim("audit.paper_ep.resolved", "At the same scale, EP with its credit resolved (ep64) keeps textbook EP "
+              f"on every seed: deep Gamma above 0.5 and a margin of {TH.d3_margin_pp:g} pp or more over the frozen "
+              "baseline", per_regime=False)
+def _(ev):
+    return _every_seed(ev.paper_ep, "ep64", resolved_textbook_ep)
+
+
+@CLAIMS.claim("audit.paper_ep.flagged", "The report's credit-resolution warning is raised on every float32 EP run at "
+              "the paper's scale and on none of the ep64 runs", per_regime=False)
+def _(ev):
+    warned = {m: [bool(r["warnings"]) for r in ev.paper_ep if r["method"] == m] for m in ("ep", "ep64")}
+    return Check(all(warned["ep"]) and not any(warned["ep64"]) and bool(warned["ep"]) and bool(warned["ep64"]),
+                 f"warned: EP {sum(warned['ep'])}/{len(warned['ep'])}, ep64 {sum(warned['ep64'])}/"
+                 f"{len(warned['ep64'])}; lowest resolution EP "
+                 f"{prose.span([r['resolution'] for r in ev.paper_ep if r['method'] == 'ep'])}, ep64 "
+                 f"{prose.span([r['resolution'] for r in ev.paper_ep if r['method'] == 'ep64'])}")
+
+
+def read_paper_ep(rows) -> str:
+    """What the paper-scale runs show: float32 EP against the paper's row, ep64 against textbook EP, the warning."""
+    def mean(method, key):
+        return prose.mean(r[key] for r in rows if r["method"] == method)
+
+    ep, ep64 = (rows_by_seed(rows, m) for m in ("ep", "ep64"))
+    like = sum(map(like_paper_ep, ep.values()))
+    kept = sum(map(resolved_textbook_ep, ep64.values()))
+    verdicts = sorted({r["verdict"] for r in ep.values()})
+    return (f"At the paper's state scale ({prose.H_L} {prose.span(r['h_L'] for r in ep.values())}), float32 EP "
+            f"reads like the paper's EP on {prose.count(like, len(ep))} seeds: deep Gamma "
+            f"{mean('ep', 'deep_gamma'):+.3f} and a margin of {mean('ep', 'margin_pp'):+.1f} pp over the frozen "
+            f"baseline at the same scale (means over seeds), verdict {prose.names(verdicts)}. The same rule with its "
+            f"phases in float64 keeps textbook EP on "
+            f"{prose.count(kept, len(ep64))} seeds: deep Gamma {mean('ep64', 'deep_gamma'):+.3f}, "
+            f"{mean('ep64', 'margin_pp'):+.1f} pp. The credit's resolution (rounding units its displacement spans) is "
+            f"{prose.span(r['resolution'] for r in ep.values())} in float32 and "
+            f"{prose.span((r['resolution'] for r in ep64.values()), '{:.2g}')} in float64; the report warns on "
+            f"{prose.count(sum(bool(r['warnings']) for r in ep.values()), len(ep))} float32 runs and "
+            f"{prose.count(sum(bool(r['warnings']) for r in ep64.values()), len(ep64))} float64 ones.")
+
+
+def rows_by_seed(rows, method) -> dict:
+    return {r["seed"]: r for r in rows if r["method"] == method}
