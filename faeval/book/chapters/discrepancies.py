@@ -50,7 +50,7 @@ def _state_scale_reason(paper_ep, ruled_out: str) -> str:
         return (f"implementation choice: the state scale, with float32 arithmetic. Our states stay in the tens, the "
                 f"paper's reach thousands; trained from the paper's scale, float32 EP reads like the paper's EP on "
                 f"every seed, and the same rule with its phases in float64 does not ({seeds}): at that scale the "
-                f"credit, a difference of two nearly equal states, is mostly rounding. {ruled_out}")
+                f"credit, a difference of two nearly equal states, is mostly rounding; {ruled_out}")
     return (f"not explained: {ruled_out}; ruled out the state scale with float32 as well "
             f"({seeds or 'no runs at the paper scale'})")
 
@@ -63,11 +63,11 @@ def read_resolution(table) -> str:
     hi, lo = table[table.R >= RESOLVED], table[table.R < 1]
     top = table[table.scale == table.scale.max()]
     return (f"Wherever the predicted resolution R is {RESOLVED:g} or more ({len(hi)} of the {len(table)} states), the "
-            f"float32 credit keeps a cosine of {hi['cos(f32, f64)'].min():.3f} or more with the float64 one; below "
+            f"float32 credit keeps a cosine of at least {hi['cos(f32, f64)'].min():.4f} with the float64 one; below "
             f"R = 1 ({len(lo)} states) it keeps {prose.span(lo['cos(f32, f64)'], '{:.2f}')}. At the largest scale "
             f"({prose.H_L} {top.h.max():.2g}) EP's deep Gamma is {top['Gamma f32'].mean():+.3f} in float32 and "
             f"{top['Gamma f64'].mean():+.3f} in float64, before any training. The resolution the report measures "
-            f"(R measured) is within {100 * (hi['R measured'] / hi.R - 1).abs().max():.1f}% of R where R is "
+            f"(R measured) is within {100 * (hi['R measured'] / hi.R - 1).abs().max():.2g}% of R where R is "
             f"{RESOLVED:g} or more, and at most R on {prose.count(int((lo['R measured'] <= lo.R).sum()), len(lo))} "
             "states below R = 1: where it errs, it errs towards warning.")
 
