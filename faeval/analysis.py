@@ -161,7 +161,7 @@ def audit_rows(runs: Mapping, x, y, frozen_acc: Mapping[int, float] | None = Non
                                     gamma=snap.layer_mean_gamma, gamma_layers=snap.gamma, no_credit=snap.no_credit,
                                     verdict=report.verdict, verdict_mode1_or_d3=report.verdicts["mode1_or_d3"],
                                     fired=report.fired, stopped=run.stopped, h_L=snap.h_L,
-                                    resolution=None if res is None else min(res[1:]), warnings=report.warnings))
+                                    resolution=None if res is None else min(r for r in res[1:] if r is not None), warnings=report.warnings))
     return rows
 
 

@@ -337,7 +337,8 @@ class Report(Mapping):
     frozen_baseline_acc: float | None
     n_eval: int
     #: per hidden state h_0..h_L, the credit's resolution of a rule whose credit is a difference of states (EP):
-    #: how many rounding units of the state the displacement spans (None: no such rule given; None at h_0)
+    #: how many rounding units of the state the displacement spans (None: no such rule given; None at h_0 and
+    #: at a state the rule gives no credit)
     credit_resolution: list[float | None] | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -603,7 +604,7 @@ class FAProtocol:
         if measure is None:
             return None, []
         per = measure(self.x[:self.batch_size], self.y[:self.batch_size])
-        low = [(l + 1, r) for l, r in enumerate(per) if not r >= CREDIT_RESOLUTION_WARN]
+        low = [(l + 1, r) for l, r in enumerate(per) if r is not None and not r >= CREDIT_RESOLUTION_WARN]
         warning = [] if not low else [
             f"the credit resolution falls to {min(r for _, r in low):.3g} at "
             f"{', '.join(f'h_{l}' for l, _ in low)} (below {CREDIT_RESOLUTION_WARN:g} rounding units of the "

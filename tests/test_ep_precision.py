@@ -132,3 +132,13 @@ def test_ep64_trains_the_model_as_ep_does_where_float32_resolves_the_credit():
     assert all(g is not None and g.abs().sum() > 0 for g in grads["ep64"].values())
     for n, g in grads["ep"].items():
         assert torch.allclose(grads["ep64"][n], g, rtol=1e-3, atol=1e-3 * g.abs().max().item()), n
+
+
+def test_a_state_the_nudge_cannot_reach_has_no_resolution_and_raises_no_warning():
+    x, y = _xy(n=128)
+    m = _model(1.0)                                      # depth 3: two steps reach h_2 and h_3, not h_1
+    rule = build_method("ep", m, steps=2)
+    res = rule.credit_resolution(x, y)
+    assert res[0] is None and all(r > 30 for r in res[1:])
+    report = faeval.FAProtocol(m, x, y, rule=rule).run()
+    assert report.credit_resolution[:2] == [None, None] and not report.warnings

@@ -87,7 +87,8 @@ class EP(LocalRule):
         return [h.detach() for h in hn]
 
     def step_stats(self):
-        return {"relax_ratio": self._relax_ratio, "credit_resolution": min(self._resolution)}
+        return {"relax_ratio": self._relax_ratio,
+                "credit_resolution": min(r for r in self._resolution if r is not None)}
 
     @staticmethod
     def resolution(free: list[torch.Tensor], nudged: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -103,15 +104,17 @@ class EP(LocalRule):
             out.append((d / (eps * h).clamp_min(torch.finfo(hf.dtype).tiny)).median())
         return out
 
-    def credit_resolution(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    def credit_resolution(self, x: torch.Tensor, y: torch.Tensor) -> list[float | None]:
         """:meth:`resolution` of each hidden state h_1..h_L on the batch ``(x, y)`` (the model in eval mode, as
-        :meth:`credit` runs it)."""
+        :meth:`credit` runs it); None for a state the nudge cannot reach in ``steps`` steps (it moves one state
+        further down per step, so only the top ``steps`` states receive credit at all)."""
         self.credit(x, y)
-        return [float(r) for r in self._resolution]
+        return [None if r is None else float(r) for r in self._resolution]
 
     def local_credit(self, states, logits, y, top_grad):
         hn = self.nudged_states(states, y)
-        self._resolution = self.resolution(states[1:], hn)
+        reached = len(hn) - self.steps           # h_1..h_L: the nudge reaches the top `steps` of them
+        self._resolution = [None if i < reached else r for i, r in enumerate(self.resolution(states[1:], hn))]
         scale = 1.0 / (self.beta * len(y))
         with torch.enable_grad():
             h0 = states[0].detach().requires_grad_()
