@@ -236,7 +236,8 @@ def paper_ep_rows(runs, x, y) -> list[dict]:
 
 
 def paper_ep_table(rows):
-    """One row per run, and the paper's EP row first (its values from the sourced paper file, as text)."""
+    """One row per run, and the paper's EP row first (its values from the sourced paper file, as text); growth and
+    g_L are in the rows (:func:`paper_ep_rows`), not in this table, which fits the book's column."""
     import pandas as pd
 
     from ..claims import paper
@@ -245,15 +246,13 @@ def paper_ep_table(rows):
         return paper(key)["text"]
 
     frame = pd.DataFrame([{
-        "rule": r["rule"], "seed": str(r["seed"]), "‖h_L‖": f"{r['h_L']:.3g}", "growth": f"{r['growth']:.3g}",
-        "g_L": f"{r['g_L']:.2e}", "gamma": f"{r['gamma']:+.3f}", "deep Gamma": f"{r['deep_gamma']:+.3f}",
-        "resolution": "-" if r["resolution"] is None else f"{r['resolution']:.3g}",
-        "acc": f"{r['acc']:.4f}", "frozen": f"{r['frozen_acc']:.4f}", "margin (pp)": f"{r['margin_pp']:+.1f}",
+        "rule": r["rule"], "seed": str(r["seed"]), "‖h_L‖": f"{r['h_L']:.3g}", "Γ": f"{r['gamma']:+.3f}",
+        "deep Γ": f"{r['deep_gamma']:+.3f}", "resolution": "-" if r["resolution"] is None else f"{r['resolution']:.2g}",
+        "acc": f"{r['acc']:.3f}", "frozen": f"{r['frozen_acc']:.3f}", "margin": f"{r['margin_pp']:+.1f} pp",
         "verdict": r["verdict"]} for r in rows])
-    paper_row = {"rule": "the paper's EP (CIFAR-10, 100 epochs)", "seed": "3 seeds", "‖h_L‖": cell("audit.h_L.ep"),
-                 "growth": "-", "g_L": cell("audit.g_L.ep"), "gamma": cell("audit.gamma.ep"), "deep Gamma": "-",
-                 "resolution": "-", "acc": cell("audit.acc.ep"), "frozen": cell("audit.acc.frozen"),
-                 "margin (pp)": "-", "verdict": cell("audit.ep_passes")}
+    paper_row = {"rule": "the paper's EP (CIFAR-10)", "seed": "3 seeds", "‖h_L‖": cell("audit.h_L.ep"),
+                 "Γ": cell("audit.gamma.ep"), "deep Γ": "-", "resolution": "-", "acc": cell("audit.acc.ep"),
+                 "frozen": cell("audit.acc.frozen"), "margin": "-", "verdict": cell("audit.ep_passes")}
     return pd.concat([pd.DataFrame([paper_row]), frame], ignore_index=True)
 
 
