@@ -47,9 +47,9 @@ def main() -> None:
         hp = cfg["hparams"]
         exact = X.measure(run.model, x, y, beta=hp["beta"], steps=hp["steps"], step_size=hp["step_size"],
                           rule=type(run.method))
-        cos = min(r["cos(f32, f64)"] for r in exact if r["cos(f32, f64)"] == r["cos(f32, f64)"])   # NaN: no credit
+        cos = min(c for c in (r["cos(f32, f64)"] for r in exact) if c == c)   # NaN: a state with no credit
         rows.append({"run": entry["run"], "method": cfg["method"], "options": entry["options"],
-                     "h_L": report.per_layer.hidden_norms[-1], "resolution": min(r for r in report.credit_resolution[1:] if r is not None),
+                     "h_L": report.per_layer.hidden_norms[-1], "resolution": min(filter(None.__ne__, report.credit_resolution[1:])),
                      "warned": bool(report.warnings), "min cos(f32, f64)": cos,
                      "false alarm": bool(report.warnings) and cos > 0.99, "miss": not report.warnings and cos < 0.9})
     t = pd.DataFrame(rows)
