@@ -49,8 +49,7 @@ def main() -> None:
                           rule=type(run.method))
         cos = min(c for c in (r["cos(f32, f64)"] for r in exact) if c == c)   # NaN: a state with no credit
         rows.append({"run": entry["run"], "method": cfg["method"], "options": entry["options"],
-                     "h_L": report.per_layer.hidden_norms[-1],
-                     "resolution": min(filter(None.__ne__, report.credit_resolution[1:])),
+                     "h_L": report.per_layer.hidden_norms[-1], "resolution": report.lowest_credit_resolution,
                      "warned": bool(report.warnings), "min cos(f32, f64)": cos,
                      "false alarm": bool(report.warnings) and cos > 0.99, "miss": not report.warnings and cos < 0.9})
     t = pd.DataFrame(rows)

@@ -155,13 +155,12 @@ def audit_rows(runs: Mapping, x, y, frozen_acc: Mapping[int, float] | None = Non
         report = FAProtocol(run.model, x, y, headline_acc=run.test_acc, thresholds=thresholds,
                             rule=run.method).run(frozen)
         snap = run.history[-1]["diag"]
-        res = [r for r in report.credit_resolution[1:] if r is not None] if report.credit_resolution else None
         rows.append(row_from_report(report, f"{method}/s{seed}", method=method, seed=seed,
                                     num_classes=run.model.out_head.out_features,
                                     gamma=snap.layer_mean_gamma, gamma_layers=snap.gamma, no_credit=snap.no_credit,
                                     verdict=report.verdict, verdict_mode1_or_d3=report.verdicts["mode1_or_d3"],
                                     fired=report.fired, stopped=run.stopped, h_L=snap.h_L,
-                                    resolution=min(res) if res else None, warnings=report.warnings))
+                                    resolution=report.lowest_credit_resolution, warnings=report.warnings))
     return rows
 
 

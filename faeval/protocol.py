@@ -342,6 +342,12 @@ class Report(Mapping):
     credit_resolution: list[float | None] | None = None
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def lowest_credit_resolution(self) -> float | None:
+        """The lowest :attr:`credit_resolution` over the states that have one (None without a rule that has it)."""
+        measured = [r for r in self.credit_resolution or () if r is not None]
+        return min(measured) if measured else None
+
     def to_dict(self) -> dict:
         """The report as the nested dict its JSON holds (keys as stored reports have them)."""
         return {"verdict": self.verdict, "verdict_rule": self.verdict_rule, "verdicts": dict(self.verdicts),

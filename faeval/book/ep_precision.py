@@ -42,13 +42,10 @@ RESOLVED = CREDIT_RESOLUTION_WARN
 
 def scaled_model(input_shape, num_classes: int, *, scale: float, seed: int = 42, width: int = 256,
                  depth: int = 4, arch: str = "resmlp") -> torch.nn.Module:
-    """A fresh model whose embedding's weights and bias are multiplied by ``scale``: every hidden state grows by
-    about ``scale`` (the blocks are pre-LN), which puts an untrained model at a trained one's state scale."""
-    model = build_model(arch, tuple(input_shape), num_classes, seed=seed, width=width, depth=depth)
-    with torch.no_grad():
-        for p in model.embed.parameters():
-            p.mul_(scale)
-    return model
+    """A fresh model whose embedding's weights and bias are multiplied by ``scale`` (the architecture's
+    ``embed_scale``): every hidden state grows by about ``scale`` (the blocks are pre-LN), which puts an untrained
+    model at a trained one's state scale."""
+    return build_model(arch, tuple(input_shape), num_classes, seed=seed, width=width, depth=depth, embed_scale=scale)
 
 
 def _norms(t: torch.Tensor) -> torch.Tensor:
@@ -72,7 +69,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: f
     a64 = EP(m64, **kw).credit(x64, y)
     r32 = rule(model, **kw)
     a32 = r32.credit(x, y)
-    own = r32.credit_resolution(x, y)
+    own = r32.last_resolution
     g64, g32, agree = (gamma_per_layer(a, ref).mean for a, ref in ((a64, bp), (a32, bp), (a32, a64)))
     B = len(y)
     rows = []

@@ -198,10 +198,8 @@ def _cos_noclamp(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def fp16_underflow_pitfall(seed: int = 0, stream_scale: float = 3e7) -> PitfallResult:
     with _one_thread():
-        model = build_model("resmlp", (16,), 4, seed=seed, width=32, depth=2)   # terminal LayerNorm
-        with torch.no_grad():   # blow the residual stream up: the terminal LN divides the gradient by ||h||
-            model.embed.weight.mul_(stream_scale)
-            model.embed.bias.mul_(stream_scale)
+        # terminal LayerNorm; the residual stream blown up: the terminal LN divides the gradient by ||h||
+        model = build_model("resmlp", (16,), 4, seed=seed, width=32, depth=2, embed_scale=stream_scale)
         g_ = generator(seed, "pitfall-data")
         x = torch.randn(8, 16, generator=g_)
         y = torch.randint(0, 4, (8,), generator=g_)
@@ -371,7 +369,7 @@ def ep_precision_pitfall(seed: int = 0, embed_scale: float = 1000.0) -> PitfallR
         hs, grads, _ = bp_grads(copy.deepcopy(model).double(), x.double(), y)      # the exact reference
         ep = build_method("ep", model)
         a32 = ep.credit(x, y)                                                      # the phases in float32
-        resolution = ep.credit_resolution(x, y)
+        resolution = ep.last_resolution
         a64 = build_method("ep64", model).credit(x, y)                             # the same phases in float64
     wrong, right = (gamma_per_layer(a, grads).deep_mean() for a in (a32, a64))
     agree = gamma_per_layer(a32, a64).deep_mean()

@@ -104,12 +104,17 @@ class EP(LocalRule):
             out.append((d / (eps * h).clamp_min(torch.finfo(hf.dtype).tiny)).median())
         return out
 
-    def credit_resolution(self, x: torch.Tensor, y: torch.Tensor) -> list[float | None]:
-        """:meth:`resolution` of each hidden state h_1..h_L on the batch ``(x, y)`` (the model in eval mode, as
-        :meth:`credit` runs it); None for a state the nudge cannot reach in ``steps`` steps (it moves one state
-        further down per step, so only the top ``steps`` states receive credit at all)."""
-        self.credit(x, y)
+    @property
+    def last_resolution(self) -> list[float | None]:
+        """:meth:`resolution` of each hidden state h_1..h_L in the last credit this rule computed; None for a state
+        the nudge cannot reach in ``steps`` steps (it moves one state further down per step, so only the top
+        ``steps`` states receive credit at all)."""
         return [None if r is None else float(r) for r in self._resolution]
+
+    def credit_resolution(self, x: torch.Tensor, y: torch.Tensor) -> list[float | None]:
+        """:attr:`last_resolution` on the batch ``(x, y)`` (the model in eval mode, as :meth:`credit` runs it)."""
+        self.credit(x, y)
+        return self.last_resolution
 
     def local_credit(self, states, logits, y, top_grad):
         hn = self.nudged_states(states, y)

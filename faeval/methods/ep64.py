@@ -8,13 +8,12 @@ the rounding is the larger of the two, and the credit is mostly noise (:mod:`fae
 
 ``ep64`` runs the same energy, the same nudge and the same steps as :class:`~faeval.methods.ep.EP`, in
 float64, on a float64 copy of the model refreshed from its current values every step (the model and the
-training graph built on its parameters are never touched): the embedding's output is cast up (exactly), the free
-states are recomputed from it in float64
-(so the energy is exactly zero at the free states, as the first relaxation step assumes), the nudged
-phase relaxes them, and the credit is cast back to the run's dtype (a relative rounding only). Where
-float32 resolves the credit, ``ep64`` gives EP's numbers to float32's tolerance (tested); its price is the
-float64 arithmetic of the phases: 1.55 times EP's step (``benchmarks/step_cost.py``). The blocks still train
-in the run's dtype, on their own float32 free states.
+training graph built on its parameters are never touched): the embedding's output is cast up (exactly), the
+free states are recomputed from it in float64 (so the energy is exactly zero at the free states, as the first
+relaxation step assumes), the nudged phase relaxes them, and the credit is cast back to the run's dtype (a
+relative rounding only). Where float32 resolves the credit, ``ep64`` gives EP's numbers to float32's tolerance
+(tested); its price is the float64 arithmetic of the phases: 1.55 times EP's step
+(``benchmarks/step_cost.py``). The blocks still train in the run's dtype, on their own float32 free states.
 """
 from __future__ import annotations
 
@@ -26,17 +25,15 @@ from .base import UnsupportedArchError, register_method
 from .ep import EP, _has_batchnorm
 
 
-def _shadow(model: torch.nn.Module, cache: dict) -> torch.nn.Module:
-    """A float64 copy of ``model`` holding its current values (made once per rule, refreshed every call; its
-    parameters need no gradient). The phases run on it, so the model itself, its parameters and the training
+def _shadow(model: torch.nn.Module, shadow: torch.nn.Module | None) -> torch.nn.Module:
+    """``shadow``, a float64 copy of ``model`` (made here where None; its parameters need no gradient), refreshed
+    to ``model``'s current values. The phases run on it, so the model itself, its parameters and the training
     graph built on them are never touched."""
-    shadow = cache.get("model")
     if shadow is None:
         shadow = copy.deepcopy(model).double()
         for p in shadow.parameters():
             p.requires_grad_(False)
             p.grad = None
-        cache["model"] = shadow
     with torch.no_grad():
         for mine, theirs in ((shadow.parameters(), model.parameters()), (shadow.buffers(), model.buffers())):
             for s, t in zip(mine, theirs):
@@ -56,6 +53,7 @@ class EP64(EP):
                 "ep64 recomputes the free phase in float64, which would move batch norm's running statistics a "
                 "second time per step; use ep on a model with batch norm, or a model without it")
         super().__init__(model, **kw)
+        self._float64: torch.nn.Module | None = None          # the float64 copy the phases run on (_shadow)
 
     @classmethod
     def step_cost(cls, hparams) -> float:
@@ -65,7 +63,7 @@ class EP64(EP):
 
     def local_credit(self, states, logits, y, top_grad):
         dtype, model = states[0].dtype, self.model
-        m = _shadow(model, self.__dict__.setdefault("_float64", {}))
+        m = self._float64 = _shadow(model, self._float64)
         self.model = m                       # the phases read self.model: point them at the float64 copy
         try:
             with torch.autocast(states[0].device.type, enabled=False):

@@ -11,7 +11,7 @@ import math
 
 from ...protocol import Thresholds
 from .. import prose
-from ..claims import Chapter, Check, PerSeed
+from ..claims import Chapter, Check, PerSeed, paper
 
 CLAIMS = Chapter("audit")
 TH = Thresholds()
@@ -240,8 +240,6 @@ def paper_ep_table(rows):
     g_L are in the rows (:func:`paper_ep_rows`), not in this table, which fits the book's column."""
     import pandas as pd
 
-    from ..claims import paper
-
     def cell(key):
         return paper(key)["text"]
 
@@ -334,8 +332,6 @@ def read_paper_ep(rows, textbook=()) -> str:
 
 def _paper_ep_d3() -> str:
     """The paper's own EP row against its own D3 bar (the paper's numbers, from the sourced file)."""
-    from ..claims import paper
-
     acc, frozen = paper("audit.acc.ep")["value"], paper("audit.acc.frozen")["value"]
     margin = 100 * (acc - frozen)
     return (f"By the paper's own numbers its EP row would not clear D3 either: accuracy {acc:.3f} (its best seed) "
