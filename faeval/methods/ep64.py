@@ -12,7 +12,7 @@ training graph built on its parameters are never touched): the embedding's outpu
 free states are recomputed from it in float64 (so the energy is exactly zero at the free states, as the first
 relaxation step assumes), the nudged phase relaxes them, and the credit is cast back to the run's dtype (a
 relative rounding only). Where float32 resolves the credit, ``ep64`` gives EP's numbers to float32's tolerance
-(tested); its price is the float64 arithmetic of the phases: 1.55 times EP's step
+(tested); its price is the float64 arithmetic of the phases: 1.74 times EP's step
 (``benchmarks/step_cost.py``). The blocks still train in the run's dtype, on their own float32 free states.
 """
 from __future__ import annotations
@@ -57,9 +57,9 @@ class EP64(EP):
 
     @classmethod
     def step_cost(cls, hparams) -> float:
-        """1.55 times EP's (measured at the default 10 steps: 106 against 68 ms per step on the 2-core CPU host,
+        """1.74 times EP's (measured at the default 10 steps: 91 against 52 ms per step on the 2-core CPU host,
         ``benchmarks/step_cost.py --rules ep ep64``)."""
-        return 1.55 * super().step_cost(hparams)
+        return 1.74 * super().step_cost(hparams)
 
     def local_credit(self, states, logits, y, top_grad):
         dtype, model = states[0].dtype, self.model
