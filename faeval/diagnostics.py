@@ -28,7 +28,7 @@ from .seeds import generator
 from .tap import Tap, check_xy, eval_mode, float64_tap
 
 __all__ = [
-    "per_sample_l2", "median_per_sample_l2", "per_sample_cosine",
+    "per_sample_l2", "median_per_sample_l2", "per_sample_cosine", "output_error", "error_consistency",
     "median_hidden_norms", "bp_grads", "median_bp_grad_norms", "max_block_growth", "direction_stability",
     "gamma_per_layer", "gamma_of", "GammaResult", "gamma_aggregations", "perturbation_rho", "nudging",
     "parameter_drift", "null_calibration", "measure", "stability_of",
@@ -143,7 +143,11 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
     Returns per-layer ``hidden_norms`` and ``bp_grad_norms`` (median over all samples
     of per-sample L2 norms of the reduced state / BP gradient of each batch's mean
     CE), the ``batch_mean_grads`` at the deepest layer (one reduced vector per full
-    batch, for direction stability), and the eval ``loss`` and ``acc``. With
+    batch, for direction stability), the eval ``loss`` and ``acc``, the output error's
+    median per-sample norm ``error_norm`` and its ``error_consistency`` (mean over full
+    batches; :func:`output_error`, :func:`error_consistency`), and ``branch_norms``: per
+    block, the median per-sample norm of its update h_{l+1} - h_l (None where the block
+    changes the state's shape). With
     ``keep_grads`` it also returns ``grads``: the full per-layer BP gradients of all
     samples (each batch's mean-CE convention), e.g. for Gamma, whose per-sample
     cosine does not depend on the batch scale. With ``credit_fn(x, y) -> credit``
@@ -156,10 +160,16 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     hn, gn, dirs, losses, kept, cos, cn, gfull, correct = [], [], [], [], [], [], [], [], 0
+    en, cons, bn = [], [], []
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         hs, grads, per_sample, logits = _bp_pass(tap, xb, yb)
         hn.append([per_sample_l2(tap.reduce(h)) for h in hs])
+        bn.append([per_sample_l2(tap.reduce(b - a)) if a.shape == b.shape else None for a, b in zip(hs, hs[1:])])
+        err = output_error(logits, yb)
+        en.append(err.norm(dim=1))
+        if len(xb) == batch_size:
+            cons.append(error_consistency(err))
         gr = [tap.reduce(g) for g in grads]
         gn.append([per_sample_l2(g) for g in gr])
         if len(xb) == batch_size:
@@ -179,6 +189,9 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
         "batch_mean_grads": dirs,
         "loss": torch.cat(losses).mean().item(),
         "acc": correct / len(x),
+        "error_norm": _median_inf(torch.cat(en)),
+        "error_consistency": sum(cons) / len(cons) if cons else None,
+        "branch_norms": [None if col[0] is None else _median_inf(torch.cat(col)) for col in zip(*bn)],
         "batch_size": batch_size,
         "n": len(x),
         "aggregate": f"median over samples of per-sample L2; BP gradient of the mean CE per batch of {batch_size}",
@@ -190,6 +203,19 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tap: Tap | No
         out["no_credit"] = [bool(torch.cat(c).max() <= NO_CREDIT * torch.cat(g).median())
                             for c, g in zip(zip(*cn), zip(*gfull))]
     return out
+
+
+def output_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per sample, the output error e = softmax(logits) - onehot(y) (float64): the CE loss's gradient at the
+    logits of one sample, the signal DFA sends to every block."""
+    p = torch.softmax(logits.detach().double(), dim=-1)
+    return p - F.one_hot(y, p.shape[-1]).double()
+
+
+def error_consistency(err: torch.Tensor) -> float:
+    """How much a batch's output errors agree: ||mean_i e_i|| / mean_i ||e_i||, 1 when every sample's error
+    is the same vector, about 1/sqrt(B) when they are independent with mean zero."""
+    return (err.mean(0).norm() / err.norm(dim=1).mean().clamp_min(_TINY)).item()
 
 
 def _median_inf(n: torch.Tensor) -> float:
@@ -432,14 +458,17 @@ def nudging(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit: Sequence
     return res
 
 
-def parameter_drift(model: nn.Module, init_state: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per named parameter: ||theta - theta_0|| / ||theta_0|| (relative change from init)."""
+def parameter_drift(model: nn.Module, init_state: dict[str, torch.Tensor], *, relative: bool = True
+                    ) -> dict[str, float]:
+    """Per named parameter: ||theta - theta_0|| / ||theta_0|| (relative change from init; None for a tensor
+    initialised at zero, which has no relative change), or ||theta - theta_0|| with ``relative=False``."""
     out = {}
     for name, p in model.named_parameters():
         if name not in init_state:
             raise KeyError(f"parameter {name!r} is missing from the initial state")
         p0 = init_state[name].to(p.device).double()
-        out[name] = ((p.detach().double() - p0).norm() / p0.norm().clamp_min(_TINY)).item()
+        d = (p.detach().double() - p0).norm().item()
+        out[name] = d if not relative else None if p0.norm() == 0 else d / p0.norm().item()
     return out
 
 

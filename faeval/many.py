@@ -47,6 +47,7 @@ from .train import (
     check_fit_args,
     epoch_loop,
     epoch_record,
+    initial_state,
     non_finite,
     progress_bar,
     stop_reason,
@@ -216,6 +217,7 @@ class _Group:
         self.bar = None             # fit_group's progress bar (end_epoch shows the loss on it)
         self.monitors = list(monitors or [None] * self.R)
         self.names = _trainable_names(methods[0])
+        self.init = [initial_state(m) for m in self.models]
         params, buffers = stack_module_state(self.models)
         self.train_p = {n: params[n].detach().clone() for n in self.names}
         self.fixed = {n: params[n].detach() for n in params if n not in self.names}
@@ -271,7 +273,7 @@ class _Group:
             if "penalty" in s and not self.methods[r].penalised:
                 s.pop("penalty")
             rec = epoch_record(self.models[r], self.methods[r], self.datasets[r], self.evals[r], epoch, t.step, s,
-                               t.n_batches, t.n_seen, t.seconds / self.R)
+                               t.n_batches, t.n_seen, t.seconds / self.R, self.init[r])
             bad = non_finite(s)
             self.stopped[r] = stop_reason(rec, epoch, self.monitors[r],
                                           bad and f"non-finite {bad} at epoch {epoch}, step {t.step}")

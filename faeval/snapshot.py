@@ -35,7 +35,9 @@ class Snapshot:
     Norms follow :func:`measure` (median over samples of per-sample L2 norms, BP
     gradients of each batch's mean CE); ``gamma`` is per layer (mean over samples of
     the per-sample cosine of the rule's credit with the BP gradient; NaN at a layer that
-    received no credit), ``None`` when no credit was measured. Stored as JSON (:meth:`to_dict` / :meth:`from_dict`).
+    received no credit), ``None`` when no credit was measured. The output error's norm and consistency and the
+    blocks' branch norms (:func:`~faeval.diagnostics.measure`) are None in runs stored before they were recorded.
+    Stored as JSON (:meth:`to_dict` / :meth:`from_dict`).
     """
 
     hidden_norms: list[float]
@@ -48,6 +50,9 @@ class Snapshot:
     aggregate: str
     gamma: list[float] | None = None
     batch_size: int = 128            # the eval batches whose mean CE the BP gradients are of
+    error_norm: float | None = None          # median per-sample ||softmax - onehot|| (None: stored before it)
+    error_consistency: float | None = None   # ||batch-mean error|| / mean per-sample ||error||
+    branch_norms: list[float | None] | None = None  # per block, median per-sample ||h_{l+1} - h_l||
 
     @property
     def h_L(self) -> float:
@@ -120,4 +125,6 @@ def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, credit: Sequ
     return Snapshot(hidden_norms=m["hidden_norms"], bp_grad_norms=m["bp_grad_norms"],
                     max_block_growth=max_block_growth(m["hidden_norms"]), g_L=m["bp_grad_norms"][-1],
                     stability=stability_of(dirs) if len(dirs) >= 2 else None,
-                    loss=m["loss"], acc=m["acc"], aggregate=m["aggregate"], gamma=gamma, batch_size=batch_size)
+                    loss=m["loss"], acc=m["acc"], aggregate=m["aggregate"], gamma=gamma, batch_size=batch_size,
+                    error_norm=m["error_norm"], error_consistency=m["error_consistency"],
+                    branch_norms=m["branch_norms"])

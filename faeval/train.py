@@ -33,13 +33,14 @@ import torch
 import torch.nn.functional as F
 
 from .config import check_precision
+from .diagnostics import parameter_drift
 from .methods import Method, build_method
 from .models import LayeredModel
 from .snapshot import Snapshot, snapshot
 
 __all__ = ["fit", "Run", "EpochRecord", "EpochTotals", "epoch_loop", "evaluate", "adamw", "AdamW", "fused_kernel_ok",
-           "epoch_record", "stop_reason", "non_finite", "progress_bar", "check_fit_args", "history_to_json",
-           "history_from_json"]
+           "epoch_record", "initial_state", "stop_reason", "non_finite", "progress_bar", "check_fit_args",
+           "history_to_json", "history_from_json"]
 
 
 @dataclass
@@ -137,6 +138,7 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
 
     history: list[EpochRecord] = []
     stopped = None
+    init = initial_state(model)
 
     def batches(epoch: int):
         model.train()
@@ -159,7 +161,7 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
         nonlocal stopped
         bad = non_finite(t.sums)
         rec = epoch_record(model, method, dataset, (x_eval, y_eval), epoch, t.step,
-                           {k: float(v) for k, v in t.sums.items()}, t.n_batches, t.n_seen, t.seconds)
+                           {k: float(v) for k, v in t.sums.items()}, t.n_batches, t.n_seen, t.seconds, init)
         bar.set_postfix(loss=f"{rec.train_loss:.3f}", acc=f"{rec.train_acc:.3f}", test_acc=f"{rec.test_acc:.3f}",
                         refresh=False)
         why = t.stop or (f"non-finite {bad} at epoch {epoch}, step {t.step}" if bad else None)
@@ -171,7 +173,7 @@ def fit(model: LayeredModel, method: Method | str, dataset, epochs: int, seed: i
     method.start_training(epochs * steps_per_epoch)
     bar = progress_bar(epochs * steps_per_epoch, f"{method.name} {model.arch}", progress)
     try:
-        history.append(epoch_record(model, method, dataset, (x_eval, y_eval), 0, 0, {}, 0, 0, 0.0))
+        history.append(epoch_record(model, method, dataset, (x_eval, y_eval), 0, 0, {}, 0, 0, 0.0, init))
         if monitor is not None and monitor(0, history[-1]):
             stopped = "monitor stopped the run at epoch 0"
         if not stopped:
@@ -331,7 +333,9 @@ class EpochRecord(Mapping):
     """One record of a run's history (the module docstring lists its fields).
 
     ``stats`` holds the rule's own per-step statistics averaged over the epoch (``penalty``,
-    ``bridge_loss``, ...); ``stopped`` is set on the last record of a run that ended early. It also
+    ``bridge_loss``, ...); ``stopped`` is set on the last record of a run that ended early; ``drift`` is
+    every parameter's change from its initial value, ``{"abs": {name: ||theta - theta_0||}, "rel": {name:
+    ||theta - theta_0|| / ||theta_0||}}`` (None in runs stored before it was recorded). It also
     reads as the mapping the run store's ``history.json`` holds (``rec["test_acc"]``, ``rec["diag"]``,
     a statistic by its name), for code written against a history of dicts.
     """
@@ -346,6 +350,7 @@ class EpochRecord(Mapping):
     diag: Snapshot
     stats: dict[str, float] = field(default_factory=dict)
     stopped: str | None = None
+    drift: dict[str, dict[str, float]] | None = None
 
     _FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 
@@ -355,6 +360,8 @@ class EpochRecord(Mapping):
         out["diag"] = self.diag
         if self.stopped is not None:
             out["stopped"] = self.stopped
+        if self.drift is not None:
+            out["drift"] = self.drift
         return out
 
     def __getitem__(self, k: str):
@@ -373,9 +380,10 @@ class EpochRecord(Mapping):
     @classmethod
     def from_json(cls, d: Mapping) -> EpochRecord:
         """The inverse of :meth:`to_json` (every key it does not know is one of the rule's statistics)."""
-        known = {*cls._FIELDS, "diag", "stopped"}
+        known = {*cls._FIELDS, "diag", "stopped", "drift"}
         return cls(**{k: d.get(k) for k in cls._FIELDS}, diag=Snapshot.from_dict(d["diag"]),
-                   stats={k: v for k, v in d.items() if k not in known}, stopped=d.get("stopped"))
+                   stats={k: v for k, v in d.items() if k not in known}, stopped=d.get("stopped"),
+                   drift=d.get("drift"))
 
 
 @dataclass
@@ -425,17 +433,24 @@ def epoch_loop(epochs: int, batches: Callable[[int], Iterable], step: Callable[[
             return
 
 
+def initial_state(model) -> dict[str, torch.Tensor]:
+    """A copy of every parameter of ``model``, the reference of each epoch record's ``drift``."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
 def epoch_record(model, method, dataset, eval_xy, epoch: int, step: int, sums: dict, n_batches: int, n_seen: int,
-                 seconds: float) -> EpochRecord:
+                 seconds: float, init: Mapping[str, torch.Tensor]) -> EpochRecord:
     """One history record: the epoch's running train loss/accuracy (from ``sums``), the whole test
-    split's loss/accuracy, the rule's averaged statistics and the diagnostic snapshot on ``eval_xy``."""
+    split's loss/accuracy, the rule's averaged statistics, the diagnostic snapshot on ``eval_xy`` and every
+    parameter's drift from ``init`` (:func:`initial_state`)."""
     test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
     sums = dict(sums)
     loss, correct = sums.pop("loss", 0.0), sums.pop("correct", 0)
     return EpochRecord(epoch=epoch, step=step, train_loss=loss / n_batches if n_batches else None,
                        train_acc=correct / n_seen if n_seen else None, test_loss=test_loss, test_acc=test_acc,
                        seconds=seconds, diag=snapshot(model, *eval_xy, credit_fn=method.credit),
-                       stats={**{k: v / n_batches for k, v in sums.items() if n_batches}, **method.epoch_stats()})
+                       stats={**{k: v / n_batches for k, v in sums.items() if n_batches}, **method.epoch_stats()},
+                       drift={"abs": parameter_drift(model, init, relative=False), "rel": parameter_drift(model, init)})
 
 
 def stop_reason(rec: EpochRecord, epoch: int, monitor: Callable[[int, Mapping], bool] | None,

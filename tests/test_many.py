@@ -47,6 +47,9 @@ def test_a_group_matches_the_runs_trained_one_by_one(data, method, hps):
                     assert _close(ra[k], rb[k]), (k, ra["epoch"], ra[k], rb[k])
             assert _close(ra["diag"].g_L, rb["diag"].g_L, 1e-3)
             assert all(_close(x, y, 1e-3) for x, y in zip(ra["diag"].hidden_norms, rb["diag"].hidden_norms))
+            assert _close(ra["diag"].error_consistency, rb["diag"].error_consistency, 1e-3)
+            assert ra.drift["abs"].keys() == rb.drift["abs"].keys()
+            assert all(_close(ra.drift["abs"][n], rb.drift["abs"][n], 1e-3) for n in ra.drift["abs"])
         for pa, pb in zip(a.model.parameters(), b.model.parameters()):
             torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
     # the runs really differ from each other (seeds and penalties are not shared by accident)

@@ -208,9 +208,14 @@ def test_parameter_drift():
     init = {k: v.clone() for k, v in m.named_parameters()}
     with torch.no_grad():
         m.embed.weight.mul_(1.5)
+        m.out_ln.bias.add_(0.25)                      # initialised at zero: no relative change exists
     drift = D.parameter_drift(m, init)
     assert drift["embed.weight"] == pytest.approx(0.5, rel=1e-6)
     assert drift["blocks.0.w1.weight"] == 0.0
+    assert drift["out_ln.bias"] is None
+    absolute = D.parameter_drift(m, init, relative=False)
+    assert absolute["embed.weight"] == pytest.approx(0.5 * init["embed.weight"].norm().item(), rel=1e-6)
+    assert absolute["out_ln.bias"] == pytest.approx(0.25 * m.out_ln.bias.numel() ** 0.5, rel=1e-6)
 
 
 # -- foreign models via layers= ---------------------------------------------------------

@@ -53,6 +53,37 @@ def test_history_records_every_epoch_and_the_snapshot(synth):
     assert run.test_acc == pytest.approx(acc)
 
 
+def test_each_epoch_records_the_output_error_the_branches_and_every_parameters_drift(synth):
+    """The head mechanism's record (issue #40), checked against the model itself: the output error and the
+    branch norms recomputed by hand on the eval batch, and a fixed head's drift exactly zero."""
+    model = _model()
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    run = fit(model, faeval.build_method("dfa", model, seed=0, head_lr=0.0), synth, 2, seed=0, progress=False,
+              eval_n=256)
+    first, last = run.history[0], run.history[-1]
+    assert set(first.drift["abs"].values()) == {0.0}
+    assert last.drift["abs"]["out_head.weight"] == last.drift["rel"]["out_head.weight"] == 0.0   # head_lr=0
+    assert last.drift["rel"]["blocks.0.w1.weight"] > 0 and last.drift["rel"]["out_ln.bias"] is None  # zero-init
+    w = model.blocks[1].w1.weight.detach().double()
+    w0 = init["blocks.1.w1.weight"].double()
+    assert last.drift["abs"]["blocks.1.w1.weight"] == pytest.approx((w - w0).norm().item(), rel=1e-9)
+    assert last.drift["rel"]["blocks.1.w1.weight"] == pytest.approx(((w - w0).norm() / w0.norm()).item(), rel=1e-9)
+    x, y = synth.eval_batch(256)
+    with torch.no_grad():
+        hs, logits = faeval.tap.Tap(model).states(x)
+    err = torch.softmax(logits.double(), -1) - torch.nn.functional.one_hot(y, 10).double()
+    d = last["diag"]
+    assert d.error_norm == pytest.approx(err.norm(dim=1).median().item(), rel=1e-5)
+    by_batch = [e.mean(0).norm() / e.norm(dim=1).mean() for e in err.split(128)]
+    assert d.error_consistency == pytest.approx(sum(by_batch).item() / 2, rel=1e-5)
+    assert 0 < d.error_consistency < 1
+    for l, b in enumerate(d.branch_norms):
+        assert b == pytest.approx((hs[l + 1] - hs[l]).norm(dim=1).median().item(), rel=1e-5)
+    # the record survives the store's round trip
+    again = faeval.train.history_from_json(json.loads(json.dumps(faeval.train.history_to_json(run.history))))
+    assert again[-1].drift == last.drift and again[-1]["diag"].branch_norms == d.branch_norms
+
+
 @pytest.mark.parametrize("name", ["dfa", "credit_bridge"])
 def test_same_seed_same_history(synth, name):
     a = fit(_model(), name, synth, 2, seed=3, progress=False, eval_n=256)
