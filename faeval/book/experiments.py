@@ -12,9 +12,9 @@ table of contents.
 >>> from faeval.book.profiles import get_profile
 >>> P = get_profile("smoke")
 >>> sorted(EXPERIMENTS)[:6]
-['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'more_rules']
+['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'head_mechanism']
 >>> sorted(EXPERIMENTS)[6:]
-['paper_ep', 'penalty', 'quickstart', 'temporal']
+['more_rules', 'paper_ep', 'penalty', 'quickstart', 'temporal']
 >>> plan("audit", P)["runs"]["dfa", 42]["method"]
 'dfa'
 """
@@ -201,6 +201,18 @@ def paper_ep(P) -> dict:
     return {"runs": {(m, s): P.config(m, s, embed_scale=scale, **({} if m in head.KEEP_TRAINED else
                                                                    {"head_lr": head_lr}))
                      for m in ("ep", "ep64", "bp", "frozen") for s in P.seeds}}
+
+
+@chapter("head_mechanism")
+def head_mechanism(P) -> dict:
+    """The prediction test of why a trained head stops the growth (:mod:`faeval.book.mechanism`): DFA and FA on the
+    profile's task with a fraction ``sizes["head_mechanism"]["label_noise"]`` of the training labels replaced at
+    random, first seed, in both head regimes: ``noisy`` ``{(method, noise): config}`` and ``fixed_head_noisy``. The
+    mechanism itself reads the audit's runs (clean labels) and the random-target assay's."""
+    s0 = P.seeds[0]
+    noisy = {(m, p): P.config(m, s0, label_noise=p) for m in ("dfa", "fa")
+             for p in P.sizes["head_mechanism"]["label_noise"]}
+    return head.with_fixed_head({"noisy": noisy})
 
 
 @chapter("calibration")

@@ -14,6 +14,7 @@ book renders them as SVG (``scripts/run_notebooks.py`` starts its kernels with
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 
 from ..protocol import TABLE, Thresholds, diagnostic_of_column
@@ -61,7 +62,10 @@ PAPER_LOG_BATCH = 1024
 
 METRIC_LABELS = {"h_L": "median ‖h_L‖", "g_L": "median ‖g_L‖ (batch 128)",
                  "g_L_1024": "median ‖g_L‖ (batch 1,024)", "growth": "max per-block growth (x)",
-                 "test_acc": "test accuracy", "deep_gamma": "deep-layer Γ", "stability": "C stability"}
+                 "test_acc": "test accuracy", "deep_gamma": "deep-layer Γ", "stability": "C stability",
+                 "train_loss": "training loss (epoch mean)", "error_norm": "median ‖e‖ (eval batch)",
+                 "error_consistency": "‖mean e‖ / mean ‖e‖", "head_drift": "out_head weight: relative drift",
+                 "out_ln_drift": "out_ln gain: relative drift", "max_branch": "largest branch norm"}
 
 
 def history_frame(runs: Mapping):
@@ -72,7 +76,10 @@ def history_frame(runs: Mapping):
     Columns: label, method, seed and head_lr (from the run's config), epoch, step, seconds
     (cumulative training time), h_L, g_L, g_L_1024 (g_L read at the gradient scale of
     batches of 1,024, the paper's per-epoch logs: :meth:`~faeval.snapshot.Snapshot.g_L_at`),
-    growth, stability, test_acc, deep_gamma (:attr:`~faeval.snapshot.Snapshot.deep_gamma`), stopped.
+    growth, stability, test_acc, deep_gamma (:attr:`~faeval.snapshot.Snapshot.deep_gamma`), stopped; and the
+    head mechanism's record (NaN in runs stored before it): train_loss, error_norm, error_consistency,
+    max_branch (the largest block branch norm), head_drift and out_ln_drift (the relative drift of
+    ``out_head.weight`` and ``out_ln.weight``).
     """
     import pandas as pd
 
@@ -88,8 +95,20 @@ def history_frame(runs: Mapping):
                          "epoch": rec["epoch"], "step": rec["step"], "seconds": total, "h_L": d.h_L, "g_L": d.g_L,
                          "g_L_1024": d.g_L_at(PAPER_LOG_BATCH), "growth": d.max_block_growth,
                          "stability": d.stability, "test_acc": rec["test_acc"],
-                         "deep_gamma": d.deep_gamma, "stopped": rec.get("stopped")})
+                         "deep_gamma": d.deep_gamma, "stopped": rec.get("stopped"), **_mechanism(rec)})
     return pd.DataFrame(rows)
+
+
+def _mechanism(rec) -> dict:
+    """The head mechanism's columns of one history record (NaN where the record predates them)."""
+    d, rel = rec["diag"], (rec.drift or {}).get("rel", {})
+    branches = [b for b in d.branch_norms or [] if b is not None]
+
+    def num(v):
+        return math.nan if v is None else v
+    return {"train_loss": num(rec["train_loss"]), "error_norm": num(d.error_norm),
+            "error_consistency": num(d.error_consistency), "max_branch": max(branches, default=math.nan),
+            "head_drift": num(rel.get("out_head.weight")), "out_ln_drift": num(rel.get("out_ln.weight"))}
 
 
 def _threshold(ax, y: float, label: str) -> None:

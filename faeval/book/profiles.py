@@ -158,7 +158,13 @@ def _sizes(*, cross_arch, penalty_epochs, lambdas, depths, assay_epochs, calibra
             "calibration": {"steps": calibration_steps, "head_dose": _HEAD_DOSE},
             "discrepancies": {"horizon_factor": horizon_factor, "pairing_epochs": 3, "pairing_seeds": 2,
                               "ep_sweep": ep_sweep},
-            "paper_ep": {"embed_scale": _PAPER_EP_SCALE}}
+            "paper_ep": {"embed_scale": _PAPER_EP_SCALE},
+            "head_mechanism": {"label_noise": _MECHANISM_NOISE}}
+
+
+#: the fractions of training labels replaced at random in the head mechanism's prediction test: tasks a trained head
+#: cannot fit as easily as the clean one (faeval.book.mechanism)
+_MECHANISM_NOISE = (0.2, 0.4)
 
 
 #: the embedding scale that puts the untrained ResMLP d=256 at the paper's ||h_L|| on Fashion-MNIST (about 4.4e3 at
