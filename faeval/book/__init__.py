@@ -46,7 +46,7 @@ __all__ = ["get_profile", "profile_from", "PROFILES", "Claims", "check_claims", 
 _LAZY = {"get_profile": "profiles", "profile_from": "profiles", "PROFILES": "profiles", "Claims": "claims",
          "paper": "claims", "check_claims": "chapters"}
 _SUBMODULES = ("profiles", "experiments", "probe_rules", "head", "calibration", "claims", "chapters", "discrepancies",
-               "pitfalls", "plots", "tables", "findings", "ep_precision", "prose")
+               "pitfalls", "plots", "tables", "findings", "ep_precision", "prose", "mechanism")
 
 
 def __getattr__(name):  # fb.plots, fb.get_profile, ... load on first use

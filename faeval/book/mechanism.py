@@ -20,7 +20,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-__all__ = ["HEAD", "OUT_LN", "PREDICTION", "later_growth", "mechanism_rows", "prediction_rows", "check_record"]
+__all__ = ["HEAD", "OUT_LN", "PREDICTION", "SEED_FA", "later_growth", "mechanism_rows", "prediction_rows",
+           "check_record", "cases", "zero_initialised", "drift_convention", "seed_drift_convention", "seed_fa_epoch",
+           "seed_fa_rows", "closer_count"]
 
 HEAD, OUT_LN = "out_head.weight", "out_ln.weight"
 #: the epoch the "later growth" is counted from: by then a trained head has fitted what it can (the clean runs'
@@ -41,6 +43,36 @@ def check_record(run, what: str = "run") -> None:
     if rec.drift is None or rec["diag"].error_norm is None:
         raise ValueError(f"{what} was stored before runs recorded the output error and the parameters' drift: "
                          "train it again (faeval.experiment(..., retrain=True), or delete its entry in the store)")
+
+
+#: the rules the mechanism is read for
+RULES = ("dfa", "fa")
+
+
+def cases(P, noisy: Mapping) -> dict[tuple, object]:
+    """``{(task, rule, regime): run}`` at profile ``P``, first seed: clean labels (the audit's runs), random targets
+    (the FA-vs-DFA assay's, re-drawn every batch) and each noise level of ``noisy`` (``P.experiment(
+    "head_mechanism")``), for :data:`RULES` in both head regimes."""
+    from . import head
+
+    s0 = P.seeds[0]
+    clean = head.regime_view(P.experiment("audit"), "runs")
+    assay = head.regime_view(P.experiment("fa_vs_dfa"), "assay")
+    bad = head.regime_view(noisy, "noisy")
+    out = {}
+    for regime in head.REGIMES:
+        for m in RULES:
+            out["clean", m, regime] = clean[regime][m, s0]
+            out["random targets", m, regime] = assay[regime][m]
+            for (rule, p), run in bad[regime].items():
+                if rule == m:
+                    out[f"{p:.0%} noisy labels", m, regime] = run
+    return dict(sorted(out.items(), key=lambda kv: (_task_order(kv[0][0]), RULES.index(kv[0][1]))))
+
+
+def _task_order(task: str) -> tuple:
+    """clean, then the noise levels in increasing order, then random targets."""
+    return (0, 0) if task == "clean" else (2, 0) if task == "random targets" else (1, float(task.split("%")[0]))
 
 
 def later_growth(run, start: int = FROM_EPOCH) -> float:
@@ -98,3 +130,96 @@ def prediction_rows(clean: Mapping[tuple, object], noisy: Mapping[tuple, object]
                      "fixed-head excess (noisy / clean)": f"{excess:.3g} / {excess_clean:.3g}",
                      "holds": "yes" if all(ok.values()) else "no: " + ", ".join(k for k, v in ok.items() if not v)})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# the seed's FA record beside ours (issue #40, item 2)
+# ---------------------------------------------------------------------------------------------
+SEED_FA = "calibration.seed_fa_record"
+
+
+def zero_initialised(model) -> list[str]:
+    """The names of ``model``'s parameters that start at zero (no relative drift exists for them)."""
+    return [n for n, p in model.named_parameters() if not p.detach().any()]
+
+
+def drift_convention(seed_drift: Mapping[str, float], model) -> str:
+    """Which drift convention the seed's record follows, read from what it lists: a relative drift
+    ||theta - theta_0|| / ||theta_0|| cannot be computed for a tensor that starts at zero, an absolute one can."""
+    ours, listed = [n for n, _ in model.named_parameters()], set(seed_drift)
+    missing = [n for n in ours if n not in listed]
+    zero = zero_initialised(model)
+    if listed - set(ours):
+        return f"not ours: the seed lists parameters this model has not ({', '.join(sorted(listed - set(ours)))})"
+    if sorted(missing) == sorted(zero):
+        return (f"relative: the seed lists {len(listed)} of the model's {len(ours)} parameter tensors and leaves "
+                f"out exactly the {len(zero)} that start at zero ({', '.join(zero)}): a relative drift is undefined "
+                "for those, an absolute one is not")
+    return f"undecided: the seed leaves out {', '.join(missing) or 'nothing'}; the zero-initialised ones are {zero}"
+
+
+def _distance(kind: str, ours: float, seed: float) -> float:
+    if kind == "log":
+        return abs(math.log10(ours / seed)) if ours > 0 and seed > 0 else math.inf
+    return abs(ours - seed)
+
+
+def seed_fa_epoch(runs: Mapping[str, object], seed: Mapping | None = None) -> int:
+    """The epoch :func:`seed_fa_rows` reads: the seed record's (3), or the runs' last where they are shorter."""
+    from .claims import paper
+
+    seed = seed or paper(SEED_FA)["value"]
+    return min(seed["epoch"], *(run.history[-1]["epoch"] for run in runs.values()))
+
+
+def seed_drift_convention() -> str:
+    """:func:`drift_convention` of the seed's record, read against the seed's model (ResMLP d=256, L=4, CIFAR-10
+    input)."""
+    from .. import build_model
+    from .claims import paper
+
+    return drift_convention(paper(SEED_FA)["value"]["drift"], build_model("resmlp", (3, 32, 32), 10, seed=0,
+                                                                          width=256, depth=4))
+
+
+def seed_fa_rows(runs: Mapping[str, object], seed: Mapping | None = None) -> list[dict]:
+    """The seed's FA record (:data:`SEED_FA`, CIFAR-10, 3 epochs) beside our FA at the same epoch in each regime
+    (``runs`` ``{regime: run}``; :func:`seed_fa_epoch`): the per-layer hidden and BP-gradient norms as profiles
+    (each over layer 0's, since the two datasets' inputs differ in size and scale), the per-block cosine (block b's
+    output is h_b: our per-layer Gamma there) and every parameter's relative drift. The accuracy is left out: the
+    datasets differ. ``closer`` names the regime nearer the seed's value (log10 ratio for norms and drifts,
+    absolute difference for cosines)."""
+    from .claims import paper
+
+    seed = seed or paper(SEED_FA)["value"]
+    e = seed_fa_epoch(runs, seed)
+    recs = {}
+    for regime, run in runs.items():
+        check_record(run, f"FA ({regime})")
+        recs[regime] = next(rec for rec in run.history if rec["epoch"] == e)
+    h, g = seed["hidden_norms"], seed["bp_grad_norms"]
+    quantities = [(f"||h_{l}|| / ||h_0||", "log", h[l] / h[0],
+                   lambda r, l=l: r["diag"].hidden_norms[l] / r["diag"].hidden_norms[0]) for l in range(1, len(h))]
+    quantities += [(f"||g_{l}|| / ||g_0||", "log", g[l] / g[0],
+                    lambda r, l=l: r["diag"].bp_grad_norms[l] / r["diag"].bp_grad_norms[0]) for l in range(1, len(g))]
+    quantities += [(f"cos block {b + 1} (h_{b + 1})", "abs", v, lambda r, b=b: r["diag"].gamma[b + 1])
+                   for b, v in enumerate(seed["bp_cosine"])]
+    quantities += [(f"drift {n}", "log", v, lambda r, n=n: r.drift["rel"].get(n) or 0.0)
+                   for n, v in seed["drift"].items()]
+    rows = []
+    for name, kind, sv, read in quantities:
+        ours = {regime: read(rec) for regime, rec in recs.items()}
+        dist = {regime: _distance(kind, v, sv) for regime, v in ours.items()}
+        best = min(dist.values())
+        rows.append({"quantity": name, "seed (CIFAR-10)": sv, **ours,
+                     "closer": " and ".join(r for r, d in dist.items() if d == best)})
+    return rows
+
+
+def closer_count(rows) -> dict[str, int]:
+    """How many of :func:`seed_fa_rows`' quantities each regime is closer to the seed's value on."""
+    out: dict[str, int] = {}
+    for r in rows:
+        for regime in r["closer"].split(" and "):
+            out[regime] = out.get(regime, 0) + 1
+    return out

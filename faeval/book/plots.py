@@ -235,7 +235,7 @@ def trajectory_figure(df, metrics: Sequence[str] = ("h_L", "g_L", "test_acc"), r
         sns.lineplot(data=sub, x=x, y=m, hue=hue, units="seed", estimator=None, ax=ax, marker="o",
                      markersize=3, legend=k == 0)
         diag = diagnostic_of_column(m)
-        if m == "h_L" or (diag is not None and diag.log_scale):
+        if m in ("h_L", "max_branch") or (diag is not None and diag.log_scale):
             ax.set_yscale("log")
         if diag is not None and diag.per_epoch:
             _threshold(ax, getattr(th, diag.threshold), diag.name)
