@@ -174,10 +174,12 @@ def read_mechanism(table) -> str:
     parts = []
     for m in mechanism.RULES:
         tr, fx = clean.loc[(m, "head trained")], clean.loc[(m, "head fixed")]
-        parts.append(f"{m.upper()}: with the head trained the output error falls from about 1 to {tr['|e| end']:.2f} "
-                     f"(the head's weights drift by {tr['head drift']:.2f} of their initial norm), and ||h_L|| grows "
+        e_tr = f"falls to {tr['|e| ep1']:.2f} in the first epoch and {tr['|e| end']:.2f} by the end"
+        e_fx = f"is {fx['|e| ep1']:.2f} after the first epoch and {fx['|e| end']:.2f} at the end"
+        parts.append(f"{m.upper()}: with the head trained the output error {e_tr} (the head's weights drift by "
+                     f"{tr['head drift']:.2f} of their initial norm), and ||h_L|| grows "
                      f"{prose.times(tr['later growth'])} after epoch {mechanism.FROM_EPOCH}; with the head fixed the "
-                     f"error ends at {fx['|e| end']:.2f}, out_ln's gain drifts by {fx['out_ln drift']:.2f} (against "
+                     f"error {e_fx}, out_ln's gain drifts by {fx['out_ln drift']:.2f} (against "
                      f"{tr['out_ln drift']:.2f}), and ||h_L|| grows {prose.times(fx['later growth'])} after epoch "
                      f"{mechanism.FROM_EPOCH}")
     cons = table.consistency
