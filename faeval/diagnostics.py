@@ -31,7 +31,7 @@ __all__ = [
     "per_sample_l2", "median_per_sample_l2", "per_sample_cosine", "output_error", "error_consistency",
     "median_hidden_norms", "bp_grads", "median_bp_grad_norms", "max_block_growth", "direction_stability",
     "gamma_per_layer", "gamma_of", "GammaResult", "gamma_aggregations", "perturbation_rho", "nudging",
-    "parameter_drift", "null_calibration", "measure", "stability_of",
+    "parameter_drift", "drift_record", "null_calibration", "measure", "stability_of",
     "deep_mean", "layer_mean", "no_credit", "no_credit_layers", "NO_CREDIT",
 ]
 
@@ -458,18 +458,26 @@ def nudging(model: nn.Module, x: torch.Tensor, y: torch.Tensor, credit: Sequence
     return res
 
 
-def parameter_drift(model: nn.Module, init_state: dict[str, torch.Tensor], *, relative: bool = True
-                    ) -> dict[str, float]:
-    """Per named parameter: ||theta - theta_0|| / ||theta_0|| (relative change from init; None for a tensor
-    initialised at zero, which has no relative change), or ||theta - theta_0|| with ``relative=False``."""
-    out = {}
+def drift_record(model: nn.Module, init_state: dict[str, torch.Tensor]) -> dict[str, dict[str, float | None]]:
+    """Per named parameter, its change from ``init_state`` in one pass: ``{"abs": {name: ||theta - theta_0||},
+    "rel": {name: ||theta - theta_0|| / ||theta_0||}}``; the relative change of a tensor initialised at zero is
+    None (it has none)."""
+    out: dict[str, dict] = {"abs": {}, "rel": {}}
     for name, p in model.named_parameters():
         if name not in init_state:
             raise KeyError(f"parameter {name!r} is missing from the initial state")
         p0 = init_state[name].to(p.device).double()
-        d = (p.detach().double() - p0).norm().item()
-        out[name] = d if not relative else None if p0.norm() == 0 else d / p0.norm().item()
+        d, n0 = (p.detach().double() - p0).norm().item(), p0.norm().item()
+        out["abs"][name], out["rel"][name] = d, (None if n0 == 0 else d / n0)
     return out
+
+
+def parameter_drift(model: nn.Module, init_state: dict[str, torch.Tensor], *, relative: bool = True
+                    ) -> dict[str, float | None]:
+    """Per named parameter: ||theta - theta_0|| / ||theta_0|| (relative change from init; None for a tensor
+    initialised at zero, which has no relative change), or ||theta - theta_0|| with ``relative=False``
+    (:func:`drift_record` gives both)."""
+    return drift_record(model, init_state)["rel" if relative else "abs"]
 
 
 def null_calibration(grads: Sequence[torch.Tensor], draw_credit: Callable[[torch.Generator], Sequence[torch.Tensor]],

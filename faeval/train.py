@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import check_precision
-from .diagnostics import parameter_drift
+from .diagnostics import drift_record
 from .methods import Method, build_method
 from .models import LayeredModel
 from .snapshot import Snapshot, snapshot
@@ -450,7 +450,7 @@ def epoch_record(model, method, dataset, eval_xy, epoch: int, step: int, sums: d
                        train_acc=correct / n_seen if n_seen else None, test_loss=test_loss, test_acc=test_acc,
                        seconds=seconds, diag=snapshot(model, *eval_xy, credit_fn=method.credit),
                        stats={**{k: v / n_batches for k, v in sums.items() if n_batches}, **method.epoch_stats()},
-                       drift={"abs": parameter_drift(model, init, relative=False), "rel": parameter_drift(model, init)})
+                       drift=drift_record(model, init))
 
 
 def stop_reason(rec: EpochRecord, epoch: int, monitor: Callable[[int, Mapping], bool] | None,

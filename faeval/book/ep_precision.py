@@ -26,7 +26,7 @@ import copy
 
 import torch
 
-from ..diagnostics import bp_grads, gamma_per_layer
+from ..diagnostics import bp_grads, gamma_per_layer, per_sample_l2
 from ..methods.ep import EP
 from ..models import build_model
 from ..protocol import CREDIT_RESOLUTION_WARN
@@ -46,11 +46,6 @@ def scaled_model(input_shape, num_classes: int, *, scale: float, seed: int = 42,
     ``embed_scale``): every hidden state grows by about ``scale`` (the blocks are pre-LN), which puts an untrained
     model at a trained one's state scale."""
     return build_model(arch, tuple(input_shape), num_classes, seed=seed, width=width, depth=depth, embed_scale=scale)
-
-
-def _norms(t: torch.Tensor) -> torch.Tensor:
-    """Per-sample L2 norms, float64."""
-    return t.detach().flatten(1).double().norm(dim=1)
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: float = 0.1, steps: int = 10,
@@ -74,9 +69,9 @@ def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: f
     B = len(y)
     rows = []
     for l in range(1, len(hs)):
-        h, g, a = _norms(hs[l]), _norms(bp[l]), _norms(a64[l])
+        h, g, a = per_sample_l2(hs[l]), per_sample_l2(bp[l]), per_sample_l2(a64[l])
         gain = a / g
-        err = _norms(a32[l].double() - a64[l]) / a.clamp_min(1e-300)
+        err = per_sample_l2(a32[l].double() - a64[l]) / a.clamp_min(1e-300)
         rows.append({**labels, "beta": beta, "steps": steps, "step_size": step_size, "layer": l,
                      "h": h.median().item(), "g": g.median().item(), "gain": gain.median().item(),
                      "R": (gain * beta * B * g / (EPS32 * h)).median().item(), "R measured": own[l - 1],

@@ -9,8 +9,8 @@ prediction test's noisy labels (the ``head_mechanism`` runs).
 The mechanism the calibration appendix measures: a local rule sends the output error to the blocks, and the
 blocks keep moving their outputs along it for as long as it stays large. A trained head shrinks the error by
 growing its own weights (the logits' scale); with the head fixed, the terminal LayerNorm caps the logits at the
-fixed head's scale and only out_ln's gain can raise it, a few tenths of its initial norm per epoch under AdamW's
-bounded steps, so the error stays large and the blocks keep growing.
+fixed head's scale and only out_ln's gain can raise it, slowly under AdamW's bounded steps (the appendix gives
+the measured rate), so the error stays large and the blocks keep growing.
 
 :data:`PREDICTION` is what that says for a task whose training labels the head cannot fit. It was written down
 (and committed) before the noisy runs were trained; :func:`prediction_rows` tests it.
@@ -21,8 +21,8 @@ import math
 from collections.abc import Mapping
 
 __all__ = ["HEAD", "OUT_LN", "PREDICTION", "SEED_FA", "later_growth", "mechanism_rows", "prediction_rows",
-           "check_record", "cases", "zero_initialised", "drift_convention", "seed_drift_convention", "seed_fa_epoch",
-           "seed_fa_rows", "closer_count"]
+           "check_record", "cases", "relative_drift", "zero_initialised", "drift_convention", "seed_drift_convention",
+           "seed_fa_epoch", "seed_fa_rows", "closer_count"]
 
 HEAD, OUT_LN = "out_head.weight", "out_ln.weight"
 #: the epoch the "later growth" is counted from: by then a trained head has fitted what it can (the clean runs'
@@ -84,8 +84,10 @@ def later_growth(run, start: int = FROM_EPOCH) -> float:
     return run.history[-1]["diag"].h_L / by_epoch[start]
 
 
-def _rel(rec, name):
-    v = rec.drift["rel"].get(name)
+def relative_drift(rec, name: str) -> float:
+    """Parameter ``name``'s relative drift in history record ``rec``; NaN where it has none (a zero-initialised
+    tensor, an absent parameter, or a record stored before drifts were recorded)."""
+    v = (rec.drift or {}).get("rel", {}).get(name)
     return math.nan if v is None else v
 
 
@@ -101,7 +103,7 @@ def mechanism_rows(cases: Mapping[tuple, object]) -> list[dict]:
                      "loss ep1": first["train_loss"], "loss end": last["train_loss"],
                      "|e| ep1": first["diag"].error_norm, "|e| end": last["diag"].error_norm,
                      "consistency": last["diag"].error_consistency,
-                     "head drift": _rel(last, HEAD), "out_ln drift": _rel(last, OUT_LN),
+                     "head drift": relative_drift(last, HEAD), "out_ln drift": relative_drift(last, OUT_LN),
                      "||h_L|| ep1": first["diag"].h_L, "||h_L|| end": last["diag"].h_L,
                      "later growth": later_growth(run), "acc": last["test_acc"]})
     return rows

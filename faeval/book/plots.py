@@ -17,8 +17,9 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 
-from ..protocol import TABLE, Thresholds, diagnostic_of_column
+from ..protocol import CREDIT_RESOLUTION_WARN, TABLE, Thresholds, diagnostic_of_column
 from .claims import paper
+from .mechanism import HEAD, OUT_LN, relative_drift
 from .tables import table
 
 #: figure width in inches: the book's content column (about 700 CSS pixels at 96 per inch)
@@ -101,14 +102,14 @@ def history_frame(runs: Mapping):
 
 def _mechanism(rec) -> dict:
     """The head mechanism's columns of one history record (NaN where the record predates them)."""
-    d, rel = rec["diag"], (rec.drift or {}).get("rel", {})
+    d = rec["diag"]
     branches = [b for b in d.branch_norms or [] if b is not None]
 
     def num(v):
         return math.nan if v is None else v
     return {"train_loss": num(rec["train_loss"]), "error_norm": num(d.error_norm),
             "error_consistency": num(d.error_consistency), "max_branch": max(branches, default=math.nan),
-            "head_drift": num(rel.get("out_head.weight")), "out_ln_drift": num(rel.get("out_ln.weight"))}
+            "head_drift": relative_drift(rec, HEAD), "out_ln_drift": relative_drift(rec, OUT_LN)}
 
 
 def _threshold(ax, y: float, label: str) -> None:
@@ -385,7 +386,7 @@ def ep_sweep_figure(table):
 
 
 @book_figure
-def ep_resolution_figure(table, resolved: float = 30.0):
+def ep_resolution_figure(table, resolved: float = CREDIT_RESOLUTION_WARN):
     """EP's credit in float32 against its resolution (:func:`faeval.book.ep_precision.scale_sweep` rows): left,
     the float32 credit's cosine with the float64 one against the resolution R the formula predicts (log x, one
     colour per layer, ``resolved`` dashed); right, Gamma of the float32 and float64 credits against ||h_L||."""

@@ -225,12 +225,12 @@ def paper_ep_rows(runs, x, y) -> list[dict]:
     judged against the frozen baseline of the same seed at the same state scale, plus ``deep_gamma`` (the mean of
     Gamma over h_1..h_L), ``margin_pp`` and the rule's label."""
     from ...analysis import audit_rows
-    from ...diagnostics import layer_mean
+    from ...diagnostics import deep_mean
 
     frozen = {s: r.test_acc for (m, s), r in runs.items() if m == "frozen"}
     rows = audit_rows({k: r for k, r in runs.items() if k[0] != "frozen"}, x, y, frozen)
     for r in rows:
-        r.update(rule=PAPER_EP_LABELS.get(r["method"], r["method"]), deep_gamma=layer_mean(r["gamma_layers"][1:]),
+        r.update(rule=PAPER_EP_LABELS.get(r["method"], r["method"]), deep_gamma=deep_mean(r["gamma_layers"]),
                  margin_pp=100 * (r["acc"] - r["frozen_acc"]))
     return rows
 

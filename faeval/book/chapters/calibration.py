@@ -125,7 +125,7 @@ def _err(run):
 
 def _out_ln(run):
     mechanism.check_record(run)
-    return run.history[-1].drift["rel"][mechanism.OUT_LN]
+    return mechanism.relative_drift(run.history[-1], mechanism.OUT_LN)
 
 
 for _m in mechanism.RULES:
