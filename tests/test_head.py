@@ -5,6 +5,8 @@ it is part of the run key, and a vectorised group trains what the runs alone tra
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -126,27 +128,103 @@ def test_a_layered_model_keeps_its_own_head_fixed():
     assert not torch.equal(stem, net.stem.weight)
 
 
-# -- the two regimes in the book ------------------------------------------------------------
-def test_every_local_rule_of_the_quick_audit_has_a_fixed_head_twin_and_the_references_have_none():
-    P = fb.get_profile("quick")
-    plan = P.plan("audit")
-    assert set(plan["fixed_head_runs"]) == {(m, s) for m in P.methods if m != "bp" for s in P.seeds}
-    for key, cfg in plan["fixed_head_runs"].items():
-        assert {**cfg, "head_lr": 1.0} == {**plan["runs"][key], "head_lr": 1.0} and cfg["head_lr"] == 0.0
-    views = fb.head.by_regime({("bp", 1): "bp run", ("dfa", 1): "dfa run"}, {("dfa", 1): "fixed dfa run"})
-    assert views == {"head trained": {("bp", 1): "bp run", ("dfa", 1): "dfa run"},
-                     "head fixed": {("bp", 1): "bp run", ("dfa", 1): "fixed dfa run"}}
-    # every chapter that shows both regimes plans them; the dose-response spans trained to fixed
-    for chapter in ("temporal", "penalty", "fa_vs_dfa"):
-        assert any(part.startswith(fb.head.FIXED) for part in P.plan(chapter)), chapter
-    assert sorted(P.plan("calibration")["head_dose"]) == [0.0, 0.01, 0.1, 1.0]
-
-
 def _fake_run(acc, growth=2.0, g_L=1e-4, h_L=10.0, gamma=(0.0, 0.0, 0.0), history=None):
     from types import SimpleNamespace
 
     snap = SimpleNamespace(max_block_growth=growth, g_L=g_L, h_L=h_L, gamma=list(gamma))
     return SimpleNamespace(test_acc=acc, history=history or [{"epoch": 3, "diag": snap}])
+
+
+# -- the regimes in the book, and the dial ---------------------------------------------------
+def test_every_local_rule_and_the_frozen_baseline_of_the_quick_audit_get_a_fitted_head_twin(monkeypatch):
+    P = fb.get_profile("quick")
+    monkeypatch.setattr(fb.head, "fitted_head_lr", lambda P: None)
+    assert "fitted_head_runs" not in P.plan("audit")            # the plan grows once the grid is stored
+    monkeypatch.setattr(fb.head, "fitted_head_lr", lambda P: 0.1)
+    plan = P.plan("audit")
+    assert set(plan["fitted_head_runs"]) == {(m, s) for m in (*P.methods, "frozen") if m != "bp" for s in P.seeds}
+    for key, cfg in plan["fitted_head_runs"].items():
+        assert {**cfg, "head_lr": 1.0} == {**plan["runs"][key], "head_lr": 1.0} and cfg["head_lr"] == 0.1
+    views = fb.head.by_regime({("bp", 1): "bp run", ("dfa", 1): "dfa run"}, {("dfa", 1): "fitted dfa run"})
+    assert views == {"head trained": {("bp", 1): "bp run", ("dfa", 1): "dfa run"},
+                     "head fitted": {("bp", 1): "bp run", ("dfa", 1): "fitted dfa run"}}
+    for chapter in ("temporal", "penalty", "fa_vs_dfa", "cross_arch", "more_rules"):
+        assert any(part.startswith("fitted_head_") for part in P.plan(chapter)), chapter
+    # the mechanism keeps its head-fixed twin (head_lr 0) whatever the fit
+    assert {c["head_lr"] for c in P.plan("head_mechanism")["fixed_head_noisy"].values()} == {0.0}
+
+
+def test_the_grid_runs_every_head_lr_on_the_first_seed_and_the_ends_and_the_fit_on_every_seed():
+    P = fb.get_profile("quick")
+    grid = fb.head.grid_plan(P)["grid"]
+    s0, rest = P.seeds[0], P.seeds[1:]
+    assert {h for (m, h, s) in grid if s == s0 and m == "dfa"} == set(fb.head.GRID)
+    assert {h for (m, h, s) in grid if s in rest} == {1.0, 0.0}
+    assert {h for (m, h, s) in fb.head.grid_plan(P, 0.03)["grid"] if s in rest} == {1.0, 0.03, 0.0}
+    assert grid["fa", 0.1, s0] == P.config("fa", s0, head_lr=0.1)
+
+
+def _snap(growth=2.0, h_L=10.0, g_L=1e-4, gamma=(0.0, 0.0, 0.0)):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(max_block_growth=growth, g_L=g_L, h_L=h_L, gamma=list(gamma))
+
+
+def test_each_distance_reads_decades_outside_the_band_headroom_units_and_gamma_per_layer():
+    growth, h_L, _, margin, gamma, *_ = fb.head.DISTANCES
+    assert growth.distance(1.9e3) == 0 and growth.distance(19) == pytest.approx(2.0)
+    assert h_L.distance(4.5e8) == 0 and h_L.distance(5e9) == pytest.approx(1.0)     # from the band's upper edge
+    assert h_L.distance(0) == float("inf")
+    # DFA's margin in BP's headroom: ours (0.80 - 0.84) / (0.88 - 0.84) = -1 against the paper's (0.306 - 0.349) /
+    # (0.615 - 0.349) = -0.1617
+    refs = {"bp": _fake_run(0.88), "frozen": _fake_run(0.84)}
+    ours = margin.read(_fake_run(0.80), refs)
+    assert ours == pytest.approx(-1.0) and margin.distance(ours) == pytest.approx(1 - 0.043 / 0.266, abs=1e-3)
+    # per layer: l0 against +0.42, the rest against 0, averaged: (|0.42-0.42| + 0.3 + 0.1) / 3
+    assert gamma.distance([0.42, 0.3, -0.1]) == pytest.approx(0.4 / 3)
+
+
+def _grid_runs(near: float, seed=1):
+    """Fake grid runs: every signature at the paper's value at head_lr ``near``, and 10x away elsewhere."""
+    runs = {}
+    for h in fb.head.GRID:
+        k = 1.0 if h == near else 10.0
+        runs["dfa", h, seed] = _fake_run(0.84 - 0.0043, history=[{"epoch": 8, "diag": _snap(
+            1.9e3 * k, 4.5e8 * k, 2e-9 * k, (0.42, 0.0, 0.0))}])
+        runs["fa", h, seed] = _fake_run(0.84 + 0.0052, history=[{"epoch": 8, "diag": _snap(
+            50, 1e5 * k, 1e-6 * k, (0.33, 0.33, 0.33))}])
+    refs = {("bp", seed): _fake_run(0.84 + 0.0266), ("frozen", seed): _fake_run(0.84)}
+    return runs, refs
+
+
+@pytest.mark.parametrize("near", [0.1, 0.0, 1.0])
+def test_the_dial_fits_the_head_lr_of_least_total_distance(near):
+    runs, refs = _grid_runs(near)
+    fit = fb.head.fit_runs(runs, refs, seed=1)
+    assert fit.head_lr == near and fit.totals[near] == pytest.approx(0, abs=1e-6)
+    assert fit.unfit() == [] and "every signature lies within" in fit.why()
+    # elsewhere: DFA growth and FA's h_L and g_L a decade from their points, DFA's h_L (4.5e9) and g_L (2e-8) from
+    # their bands' upper edges (5e8, 4e-9); margins and Gamma unchanged
+    other = next(h for h in fb.head.GRID if h != near)
+    assert fit.totals[other] == pytest.approx(3 + math.log10(4.5e9 / 5e8) + math.log10(2e-8 / 4e-9), abs=1e-6)
+    table = fit.table()
+    assert list(table.index)[-1] == "total distance" and table.shape == (len(fb.head.DISTANCES) + 1, 7)
+
+
+def test_a_tie_keeps_the_larger_head_lr_and_unfit_signatures_are_named():
+    runs, refs = _grid_runs(0.1)
+    runs["dfa", 0.1, 1].history[-1]["diag"].h_L = 4.5e9          # as far as at every other head_lr
+    fit = fb.head.fit_runs(runs, refs, seed=1)
+    assert fit.head_lr == 0.1
+    assert fit.unfit() == ["DFA ||h_L||"]
+    assert "DFA ||h_L|| is 0.95 away (nearest at head_lr 1)" in fit.why()    # a tie: the larger head_lr
+    flat, _ = _grid_runs(0.1)
+    flat = {k: _fake_run(r.test_acc, history=[{"epoch": 8, "diag": _snap(1.9e3, 4.5e8, 2e-9, (0.42, 0, 0))
+                                                if k[0] == "dfa" else _snap(50, 1e5, 1e-6, (0.33,) * 3)}])
+            for k, r in flat.items()}
+    assert fb.head.fit_runs(flat, refs, seed=1).head_lr == 1.0
+    with pytest.raises(ValueError, match="head grid lacks"):
+        fb.head.fit_runs({k: r for k, r in flat.items() if k[1] != 0.3}, refs, seed=1)
 
 
 def _regime(dfa_paper_like: bool, seeds=(1, 2)):
@@ -161,19 +239,21 @@ def _regime(dfa_paper_like: bool, seeds=(1, 2)):
             "assay": assay}
 
 
-@pytest.mark.parametrize("fixed_like_paper, trained_like_paper, judged", [
-    (True, False, "head fixed"), (False, True, "head trained"), (False, False, "head trained")])
-def test_the_rule_judges_the_regime_that_matches_more_signatures_and_a_tie_keeps_the_default(
-        monkeypatch, fixed_like_paper, trained_like_paper, judged):
-    runs = {"head trained": _regime(trained_like_paper), "head fixed": _regime(fixed_like_paper)}
+@pytest.mark.parametrize("fitted, judged", [(0.1, "head fitted"), (1.0, "head trained")])
+def test_the_claims_are_judged_at_the_fitted_value_with_the_binary_count_beside(monkeypatch, fitted, judged):
+    runs = {"head trained": _regime(False), "head fitted": _regime(False), "head fixed": _regime(True)}
+    grid, refs = _grid_runs(fitted)
     monkeypatch.setattr(fb.head, "_regime_runs", lambda P: runs)
+    monkeypatch.setattr(fb.head, "fit", lambda P: fb.head.fit_runs(grid, refs, seed=1))
     monkeypatch.setattr(fb.head, "_DECISIONS", {})
     decision = fb.head.decide(fb.get_profile("smoke"))
     assert decision.judged == judged and decision.order == [judged, decision.other]
+    assert set(decision.order) == {"head trained", "head fitted"}
+    assert decision.head_lr == {"head trained": 1.0, "head fitted": fitted, "head fixed": 0.0}
     assert decision.label(judged) == f"{judged} (judged)" and decision.label(decision.other).endswith("(not judged)")
     # the paper-like fake matches all seven signatures, the healthy one none
-    assert decision.counts == {"head trained": 7 if trained_like_paper else 0,
-                               "head fixed": 7 if fixed_like_paper else 0}, decision.table
-    assert ("tie" in decision.why()) == (fixed_like_paper == trained_like_paper)
+    assert decision.counts == {"head trained": 0, "head fitted": 0, "head fixed": 7}, decision.table
+    assert f"head_lr {fitted:g} has the least total distance" in decision.why()
+    assert "head fixed 7" in decision.why()
     assert decision.table[-1] == {"signature": "signatures matched", "paper": "7 of 7",
                                   **{r: f"{n} of 7" for r, n in decision.counts.items()}}

@@ -112,13 +112,14 @@ class Claims:
 
     def per_seed(self, claim: str, values: Mapping, holds: Callable, fmt: str = "{:.3g}",
                  paper_key: str | None = None, reason: str | None = None, missing: str = "none", *,
-                 id: str | None = None) -> dict:
+                 id: str | None = None, note: str = "") -> dict:
         """A claim about every seed: ``holds(value)`` per seed of ``values`` (``{seed: value}``).
 
         Held when it holds on every seed; ``ours`` states k of n seeds, the spread
         (min to max of numeric values) and each seed's value, e.g.
         ``2/3 seeds; 7.6 to 70.9 (s42 70.9, s123 7.6, s456 51.2)``. A non-finite or missing
-        value counts as not holding on that seed; a missing one (None) is shown as ``missing``.
+        value counts as not holding on that seed; a missing one (None) is shown as ``missing``. ``note``, where
+        given, follows after a semicolon.
         """
         if not values:
             return self.check(claim, None, "", paper_key, reason or "no seeds were measured", id=id)
@@ -129,7 +130,8 @@ class Claims:
         spread = "" if not lo else f"; all {lo}" if lo == hi else f"; {lo} to {hi}"
         each = ", ".join(f"s{s} {fmt.format(v) if _number(v) else missing if v is None else v}"
                          for s, v in values.items())
-        return self.check(claim, k == n, f"{k}/{n} seeds{spread} ({each})", paper_key, reason, id=id)
+        return self.check(claim, k == n, f"{k}/{n} seeds{spread} ({each})" + (f"; {note}" if note else ""),
+                          paper_key, reason, id=id)
 
     def check(self, claim: str, held: bool | None, ours: str, paper_key: str | None = None,
               reason: str | None = None, *, id: str | None = None) -> dict:
@@ -241,6 +243,7 @@ class PerSeed:
     fmt: str = "{:.3g}"
     missing: str = "none"
     reason: str | None = None
+    note: str = ""                     # appended to ``ours`` (e.g. the same margins in other units)
 
 
 class MissingEvidence(AttributeError):
@@ -407,7 +410,7 @@ def _outcome(claims: Claims, id: str | None, sentence: str, paper_key: str | Non
         out = measure()
         if isinstance(out, PerSeed):
             return claims.per_seed(sentence, out.values, out.holds, out.fmt, paper_key, out.reason, out.missing,
-                                   id=id)
+                                   id=id, note=out.note)
     except MissingEvidence:
         raise
     except Exception as e:  # noqa: BLE001 - the claim is recorded, not dropped

@@ -127,7 +127,7 @@ def explain(rows: Sequence[Mapping], ctx: Context) -> list[dict]:
         if row["status"] != "not held" or not row.get("judged", True):
             continue
         other = ctx.other_regime(row) if ctx is not None else None
-        reason = _head_reason(row, other)
+        reason = _head_reason(row, other, ctx.P if ctx is not None else None)
         if reason is None:
             reason = _own_probe(row, ctx)
             if other is not None:
@@ -150,18 +150,21 @@ def head_probe(row: Mapping, ctx: Context) -> Reason | None:
     """How the output head trains: where the same claim holds in the other head regime, that is the reason
     (``implementation choice``: the seed leaves the head's training open for ResMLP), with both regimes'
     numbers; None where it does not hold there either, or the chapter has one regime."""
-    return _head_reason(row, ctx.other_regime(row) if ctx is not None else None)
+    return _head_reason(row, ctx.other_regime(row) if ctx is not None else None, ctx.P if ctx is not None else None)
 
 
-def _head_reason(row: Mapping, other: Mapping | None) -> Reason | None:
-    """:func:`head_probe`'s reason, given the claim's row in the other regime (``other``, or None)."""
+def _head_reason(row: Mapping, other: Mapping | None, P=None) -> Reason | None:
+    """:func:`head_probe`'s reason, given the claim's row in the other regime (``other``, or None); ``P`` (the
+    profile) gives each regime's head_lr."""
     if other is None or other["status"] != "held":
         return None
-    h = head.REGIMES
-    return Reason("implementation choice", f"how the output head trains: with the {other['regime']} (head_lr "
-                                           f"{h[other['regime']]:g}) the claim holds ({other['ours']}); with the "
-                                           f"{row['regime']} (head_lr {h[row['regime']]:g}) {row['ours']}",
-                  "output head")
+
+    def rate(regime):
+        return f" (head_lr {head.head_lr(P, regime):g})" if P is not None else ""
+
+    return Reason("implementation choice", f"how the output head trains: with the {other['regime']}"
+                                           f"{rate(other['regime'])} the claim holds ({other['ours']}); with the "
+                                           f"{row['regime']}{rate(row['regime'])} {row['ours']}", "output head")
 
 
 def save_reasons(reasons: Sequence[Mapping], profile, results_dir=None) -> list:

@@ -12,9 +12,9 @@ table of contents.
 >>> from faeval.book.profiles import get_profile
 >>> P = get_profile("smoke")
 >>> sorted(EXPERIMENTS)[:6]
-['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'head_mechanism']
+['audit', 'calibration', 'cross_arch', 'discrepancies', 'fa_vs_dfa', 'head_grid']
 >>> sorted(EXPERIMENTS)[6:]
-['more_rules', 'paper_ep', 'penalty', 'quickstart', 'temporal']
+['head_mechanism', 'more_rules', 'paper_ep', 'penalty', 'quickstart', 'temporal']
 >>> plan("audit", P)["runs"]["dfa", 42]["method"]
 'dfa'
 """
@@ -95,39 +95,41 @@ def audit(P) -> dict:
     """Every audited rule and the frozen-blocks baseline, on every seed: ``{(method, seed): config}``;
     ``("shallow", seed)`` is the DFA-shallow baseline, DFA on the same model without residual blocks
     (embedding, terminal LN and head; the embedding learns from its DFA credit, the head from the loss).
-    ``fixed_head_runs``: the local rules again with the head at its initialisation (:mod:`faeval.book.head`; BP and
-    the baselines keep a trained head), full length: the chapter reads their final verdicts."""
+    ``fitted_head_runs``: the local rules and the frozen baseline again at the fitted head_lr
+    (:mod:`faeval.book.head`; BP and the DFA-shallow baseline keep a trained head), full length: the chapter reads
+    their final verdicts."""
     runs = {(m, s): P.config(m, s) for m in (*P.methods, "frozen") for s in P.seeds}
     if P.base.get("arch", "resmlp") in ("resmlp", "studentnet"):
         runs.update({("shallow", s): P.config("dfa", s, depth=0) for s in P.seeds})
-    return head.with_fixed_head({"runs": runs}, skip=[("shallow", s) for s in P.seeds])
+    return head.with_fitted_head(P, {"runs": runs}, skip=[("shallow", s) for s in P.seeds])
 
 
 @chapter("temporal")
 def temporal(P) -> dict:
-    """BP and DFA on every seed, in both head regimes (the audit's runs; their per-epoch histories are
-    replayed)."""
-    return head.with_fixed_head({"runs": {(m, s): P.config(m, s) for m in ("bp", "dfa") for s in P.seeds}})
+    """BP and DFA on every seed, in both head regimes, trained and fitted (the audit's runs; their per-epoch
+    histories are replayed)."""
+    return head.with_fitted_head(P, {"runs": {(m, s): P.config(m, s) for m in ("bp", "dfa") for s in P.seeds}})
 
 
 @chapter("cross_arch")
 def cross_arch(P) -> dict:
     """BP and DFA on each architecture of the profile, first seed: ``{(label, method): config}``;
-    ``fixed_head_runs``: DFA again with the head fixed (:mod:`faeval.book.head`), except on SmallCNN, whose
+    ``fitted_head_runs``: DFA again at the fitted head_lr (:mod:`faeval.book.head`), except on SmallCNN, whose
     head the seed documents say is always trained by the loss (it keeps its trained run in both regimes)."""
     archs = P.sizes["cross_arch"]["archs"]
     runs = {(label, m): P.config(m, P.seeds[0], **o) for label, o in archs.items() for m in ("bp", "dfa")}
     cnn = [(label, "dfa") for label, o in archs.items() if o.get("arch") == "cnn"]
-    return head.with_fixed_head({"runs": runs}, skip=cnn)
+    return head.with_fitted_head(P, {"runs": runs}, skip=cnn)
 
 
 @chapter("penalty")
 def penalty(P) -> dict:
     """The DFA lambda sweep, the frozen baseline at the same horizon, and the BP/DFA x lambda 2x2; the
-    sweep and the 2x2's DFA runs again with the head fixed (``fixed_head_*``; BP keeps a trained head)."""
+    sweep, the frozen baseline and the 2x2's DFA runs again at the fitted head_lr (``fitted_head_*``; BP keeps a
+    trained head)."""
     size = P.sizes["penalty"]
     e, lam_on = size["epochs"], size["lam_on"]
-    return head.with_fixed_head({
+    return head.with_fitted_head(P, {
         "sweep": {(lam, s): P.config("dfa", s, epochs=e, penalty=lam) for lam in size["lambdas"] for s in P.seeds},
         "frozen": {s: P.config("frozen", s, epochs=e) for s in P.seeds},
         "two_by_two": {(m, lam, s): P.config(m, s, epochs=e, penalty=lam)
@@ -138,9 +140,9 @@ def penalty(P) -> dict:
 @chapter("fa_vs_dfa")
 def fa_vs_dfa(P) -> dict:
     """The audit's BP/FA/DFA/frozen runs, the depth ladder (first seed) and the random-target assay, each
-    also with the head fixed (``fixed_head_*``: FA, DFA and EP; BP and frozen keep a trained head)."""
+    also at the fitted head_lr (``fitted_head_*``: FA, DFA, EP and the frozen baseline; BP keeps a trained head)."""
     size, s0 = P.sizes["fa_vs_dfa"], P.seeds[0]
-    return head.with_fixed_head({
+    return head.with_fitted_head(P, {
         "pair": {(m, s): P.config(m, s) for m in ("bp", "fa", "dfa", "frozen") for s in P.seeds},
         "ladder": {(m, L): P.config(m, s0, depth=L) for m in ("frozen", "fa", "dfa") for L in size["depths"]},
         "assay": {m: P.config(m, s0, epochs=size["assay_epochs"], random_targets=True)
@@ -156,20 +158,20 @@ BIOTORCH_RULES = ("fa_layer", "usf", "frsf", "brsf")
 @chapter("more_rules")
 def more_rules(P) -> dict:
     """The layer-wise family and DRTP beside the audit's rules (whose runs are the audit's, shared through
-    the store): ``runs`` ``{(method, seed): config}`` with the head trained, ``fixed_head_runs`` the local and
-    layer-wise rules with it fixed (:func:`faeval.book.chapters.more_rules.regimes` reads both); the new rules on
-    every seed in the regime the book judges (:func:`faeval.book.head.decide`), the first seed in
-    the other. Until the runs the decision reads are stored the plan holds the first seed of both regimes,
-    and grows once they are (``train_until_stable``). ``cnn``: BP, DFA and BioTorch's four rules on the
+    the store): ``runs`` ``{(method, seed): config}`` with the head trained, ``fitted_head_runs`` the local and
+    layer-wise rules (and the frozen baseline) at the fitted head_lr (:func:`faeval.book.chapters.more_rules.regimes`
+    reads both); the new rules on every seed in the regime the book judges (:func:`faeval.book.head.decide`), the
+    first seed in the other. Until the grid's runs the fit reads are stored the plan holds the head-trained runs
+    alone, and grows once they are (``train_until_stable``). ``cnn``: BP, DFA and BioTorch's four rules on the
     cross-architecture chapter's SmallCNN, first seed, head trained (as BioTorch trains it)."""
     s0 = P.seeds[0]
     judged = _judged_regime(P)
     seeds = {regime: (P.seeds if regime == judged else (s0,)) for regime in head.REGIMES}
-    every = head.with_fixed_head({"runs": {(m, s): P.config(m, s) for m in (*P.methods, "frozen", *MORE_RULES)
+    every = head.with_fitted_head(P, {"runs": {(m, s): P.config(m, s) for m in (*P.methods, "frozen", *MORE_RULES)
                                            for s in P.seeds}})
     parts = {part: {k: c for k, c in every[part].items()      # the audit's rules on every seed, the new ones
                     if k[0] not in MORE_RULES or k[1] in seeds[regime]}   # on the seeds of their regime
-             for part, regime in (("runs", "head trained"), ("fixed_head_runs", "head fixed"))}
+             for part, regime in (("runs", head.TRAINED), ("fitted_head_runs", head.FITTED)) if part in every}
     cnn = next((o for o in P.sizes["cross_arch"]["archs"].values() if o.get("arch") == "cnn"), None)
     if cnn is not None:
         parts["cnn"] = {m: P.config(m, s0, **cnn) for m in ("bp", "dfa", *BIOTORCH_RULES)}
@@ -183,10 +185,12 @@ def unstored(chapter: str, P) -> list[dict]:
 
 
 def _judged_regime(P) -> str | None:
-    """The regime :func:`faeval.book.head.decide` picks, once every run it reads is stored (else None)."""
-    if unstored("audit", P) or unstored("fa_vs_dfa", P):
+    """The regime the claims are judged in (:func:`faeval.book.head.decide`: the fitted one, or ``head trained``
+    where the dial picks 1), once the grid's runs the fit reads are stored (else None)."""
+    rate = head.fitted_head_lr(P)
+    if rate is None:
         return None
-    return head.decide(P).judged
+    return head.TRAINED if rate == head.GRID[0] else head.FITTED
 
 
 @chapter("paper_ep")
@@ -197,7 +201,7 @@ def paper_ep(P) -> dict:
     in the regime the book judges (:func:`faeval.book.head.decide`; the package default while the runs it
     reads are not stored yet); BP and frozen keep a trained head, as everywhere."""
     scale = P.sizes["paper_ep"]["embed_scale"]
-    head_lr = head.REGIMES[_judged_regime(P) or head.DEFAULT]
+    head_lr = head.head_lr(P, _judged_regime(P) or head.DEFAULT)
     return {"runs": {(m, s): P.config(m, s, embed_scale=scale, **({} if m in head.KEEP_TRAINED else
                                                                    {"head_lr": head_lr}))
                      for m in ("ep", "ep64", "bp", "frozen") for s in P.seeds}}
@@ -207,12 +211,23 @@ def paper_ep(P) -> dict:
 def head_mechanism(P) -> dict:
     """The prediction test of why a trained head stops the growth (:mod:`faeval.book.mechanism`): DFA and FA on the
     profile's task with a fraction ``sizes["head_mechanism"]["label_noise"]`` of the training labels replaced at
-    random, first seed, in both head regimes: ``noisy`` ``{(method, noise): config}`` and ``fixed_head_noisy``. The
-    mechanism itself reads the audit's runs (clean labels) and the random-target assay's."""
-    s0 = P.seeds[0]
+    random, first seed, with the head trained and fixed: ``noisy`` ``{(method, noise): config}`` and
+    ``fixed_head_noisy``; ``assay``: the random-target assay of the FA-vs-DFA chapter (the same runs) and
+    ``fixed_head_assay``, with the head fixed. The mechanism reads the grid's ends on clean labels
+    (:func:`faeval.book.head.ends`)."""
+    s0, size = P.seeds[0], P.sizes["fa_vs_dfa"]
     noisy = {(m, p): P.config(m, s0, label_noise=p) for m in ("dfa", "fa")
              for p in P.sizes["head_mechanism"]["label_noise"]}
-    return head.with_fixed_head({"noisy": noisy})
+    assay = {m: P.config(m, s0, epochs=size["assay_epochs"], random_targets=True) for m in size["assay_methods"]}
+    return head.with_head({"noisy": noisy, "assay": assay}, head.FIXED, head.GRID[-1])
+
+
+@chapter("head_grid")
+def head_grid(P) -> dict:
+    """The head's rate as a dial (:func:`faeval.book.head.grid_plan`): DFA and FA at every head_lr of the grid on the
+    first seed, and on every seed at both ends and at the fitted value (once the first seed's runs are stored);
+    BP and the frozen baseline for the headroom."""
+    return head.grid_plan(P, head.fitted_head_lr(P))
 
 
 @chapter("calibration")
@@ -220,13 +235,11 @@ def calibration(P) -> dict:
     """DFA, BP and frozen on every calibration candidate at the profile's horizon: ``{(candidate, seed,
     method): config}``, a candidate's seeds in order until the choice rule is decided on it
     (:func:`faeval.book.calibration.sequential_plan`; the paper's recipe, the profile's own task whose runs the
-    audit plans, on every seed); ``head_dose``: DFA on the profile's task (first seed) at each
-    ``head_lr`` of the dose-response (:mod:`faeval.book.head`)."""
+    audit plans, on every seed)."""
     sub = {"subset": P.base["subset"]} if P.base.get("subset") else {}
     runs = sequential_plan(CANDIDATES, steps=P.sizes["calibration"]["steps"], seeds=P.seeds, results=P.results,
                            every_seed=["paper"], **sub)
-    return {"runs": runs,
-            "head_dose": {h: P.config("dfa", P.seeds[0], head_lr=h) for h in P.sizes["calibration"]["head_dose"]}}
+    return {"runs": runs}
 
 
 @chapter("discrepancies")

@@ -19,11 +19,11 @@ from statistics import fmean
 from ..store import results_dir
 from .claims import HELD, NOT_HELD, chapter_of, paper
 from .experiments import unstored
-from .head import REGIMES, SIGNATURES, decide, regime_view
+from .head import FITTED, REGIMES, SIGNATURES, TRAINED, decide, regime_view
 from .prose import times
 
 __all__ = ["Text", "glue_md", "glue_text", "opening", "glue_opening", "stored", "judged_ledger", "claim_counts",
-           "headline", "head_numbers", "head_finding", "key_claims", "profile_note", "dose_figure", "KEY_CLAIMS"]
+           "headline", "head_numbers", "head_finding", "key_claims", "profile_note", "dial_figure", "KEY_CLAIMS"]
 
 #: the five claims a reader of the paper cares most about: a title and the claim ids it reads (in order)
 KEY_CLAIMS = (
@@ -217,10 +217,11 @@ def _where(failing: list[str], both: str, neither: str, one: str) -> str:
 
 
 def head_finding(P, numbers: Mapping | None = None) -> str:
-    """The head-regime finding in three computed sentences: DFA's growth, g_L and margin over frozen with the head
-    fixed and with it trained (the paper's beside), and where the scale failure (D1 and D2 on every seed) shows."""
+    """The head-regime finding in three computed sentences: DFA's growth, g_L and margin over frozen with the head's
+    rate fitted and with the head trained (the paper's beside), and where the scale failure (D1 and D2 on every
+    seed) shows."""
     n = numbers or head_numbers(P)
-    fixed, trained = n["head fixed"], n["head trained"]
+    fitted, trained = n[FITTED], n[TRAINED]
     p = {k: paper(f"audit.dfa_{k}")["text"] for k in ("d1", "d2", "d3")}
 
     def nums(x, who="its"):
@@ -228,15 +229,17 @@ def head_finding(P, numbers: Mapping | None = None) -> str:
                 f"{x['margin_pp']:+.1f} pp against the frozen baseline (accuracy {x['acc']:.3f}")
 
     dfa = "DFA's"
-    first = (f"With the output head held at its initialisation, {nums(fixed, who=dfa)}; means over "
-             f"{len(P.seeds)} seeds).")
-    second = (f"With the head trained on the loss, {nums(trained)}). The paper reports {p['d1']}, g_L {p['d2']} and "
-              f"an accuracy of {p['d3']}.")
     d = decide(P)
+    rate = d.head_lr[FITTED]
+    first = (f"With the output head trained at the fitted rate (head_lr {rate:g}, the value of the grid nearest the "
+             f"paper's DFA and FA numbers), {nums(fitted, who=dfa)}; means over {len(P.seeds)} seeds; the frozen "
+             "baseline trains its head at the same rate).")
+    second = (f"With the head trained on the loss at the full rate, {nums(trained)}). The paper reports {p['d1']}, "
+              f"g_L {p['d2']} and an accuracy of {p['d3']}.")
     place = _where(_failing(n), "in both regimes", "in neither regime", "only with the head {regime}")
     third = (f"So at this profile DFA's scale failure (D1 and D2 on every seed) appears {place}; the book judges "
-             f"its claims with the {d.judged}, which matches {d.counts[d.judged]} of the paper's {len(SIGNATURES)} "
-             f"DFA signatures (the {d.other}: {d.counts[d.other]}).")
+             f"its claims with the {d.judged}; the binary count of the paper's {len(SIGNATURES)} DFA signatures "
+             "matched reads " + ", ".join(f"{r} {c}" for r, c in d.counts.items()) + ".")
     return " ".join([first, second, third])
 
 
@@ -279,12 +282,10 @@ def profile_note(P) -> str:
     return "\n\n".join(lines)
 
 
-def dose_figure(P):
-    """DFA's growth, g_L and accuracy per epoch at each head learning rate of the calibration's dose-response
-    (first seed; read from the store)."""
-    from . import plots
+def dial_figure(P):
+    """Each of the paper's signatures against the head's learning rate (the head grid: the first seed at every
+    head_lr, every seed at both ends and the fitted value), the paper's value as a band (read from the store)."""
+    from . import head, plots
 
-    dose = stored(P, "calibration")["head_dose"]
-    traj = plots.history_frame({f"head_lr {h:g}": r for h, r in dose.items()})
-    return plots.trajectory_figure(traj.assign(row=f"DFA, seed {P.seeds[0]}"), metrics=("growth", "g_L", "test_acc"),
-                                   row="row", hue="label")
+    runs = stored(P, "head_grid")
+    return plots.dial_figure(head.grid_rows(runs["grid"], runs["refs"]), decide(P).fitted.head_lr)

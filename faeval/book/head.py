@@ -1,28 +1,34 @@
-"""How the output head trains: the two regimes the book shows, and the rule that picks the one its claims are judged in.
+"""How the output head trains: the regimes the book shows, the head's rate fitted to the paper as a dial,
+and the regime its claims are judged in.
 
 The seed documents say the output head is "always trained with the loss" for the CNN only; for
 ResMLP that reading was an inference (the book's assumptions page). Every rule takes ``head_lr``, out_head's
-learning rate as a multiple of ``lr`` (:class:`faeval.methods.Method`), and the book runs the
-local rules in two regimes:
+learning rate as a multiple of ``lr`` (:class:`faeval.methods.Method`). Three regimes appear:
 
 * ``head trained`` (``head_lr=1``, the package default): out_head trains on the true loss;
-* ``head fixed`` (``head_lr=0``): out_head stays at its initialisation; out_ln, the blocks and
-  the embedding train as before.
+* ``head fitted``: the local rules train out_head at the rate :func:`fit` picks from :data:`GRID`, the
+  value whose runs lie nearest the paper's DFA and FA numbers (:data:`DISTANCES`); the chapters show
+  this regime beside ``head trained`` and their claims are judged in it;
+* ``head fixed`` (``head_lr=0``): out_head stays at its initialisation; out_ln, the blocks and the
+  embedding train as before. It stays in the calibration appendix (the grid's end, the mechanism).
 
-BP and the two baselines (frozen blocks, DFA-shallow) keep a trained head in both regimes: they
-are the references a local rule is judged against.
+BP keeps a trained head in every regime: it is the reference a local rule is judged against. The
+frozen-blocks baseline trains its head at the rate of the regime (a matched baseline, so that D3 compares
+blocks, not heads); the ``head trained`` regime's frozen baseline, the paper's, is shown beside it.
 
-Which regime the chapters' claims are judged in is decided by :func:`decide`, a rule fixed before
-the runs: the regime that matches more of the paper's DFA signatures (:data:`SIGNATURES`), each
-counted on every seed of the profile. A tie keeps the package default, ``head trained``: changing
-the book's reading needs evidence. The calibration appendix prints the count; every chapter
-states the judged regime and lists the other regime's claims beside, labelled.
+The rule that fits the dial, fixed before the grid's runs: for each head_lr of :data:`GRID`, on the first
+seed, each of the paper's signatures in :data:`DISTANCES` gets a distance (``log10``: the decades between
+ours and the paper's band, 0 inside it; ``headroom``: the accuracy margin over the frozen baseline in
+units of BP's headroom over frozen on the same data, ours against the paper's, as an absolute
+difference; ``gamma``: the absolute difference of Gamma, per layer averaged over the layers). The fitted
+value has the least sum; a tie goes to the larger head_lr (nearer the package default: changing the book's
+reading needs evidence). The binary count of :data:`SIGNATURES` (:func:`decide`) stays beside it.
 
 >>> from faeval.book.profiles import get_profile
 >>> P = get_profile("smoke")
 >>> cfgs = {("dfa", 42): P.config("dfa", 42), ("bp", 42): P.config("bp", 42)}
->>> sorted(fixed_head(cfgs)), fixed_head(cfgs)["dfa", 42]["head_lr"]
-([('dfa', 42)], 0.0)
+>>> sorted(variants(cfgs, 0.1)), variants(cfgs, 0.1)["dfa", 42]["head_lr"]
+([('dfa', 42)], 0.1)
 """
 from __future__ import annotations
 
@@ -30,47 +36,305 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..diagnostics import layer_mean
+from ..config import canonical_config
+from ..diagnostics import deep_mean, layer_mean
 from ..protocol import Thresholds
+from ..store import load_run, run_dir
 from .claims import paper
 
-__all__ = ["REGIMES", "DEFAULT", "KEEP_TRAINED", "fixed_head", "with_fixed_head", "by_regime", "regime_view",
-           "SIGNATURES", "Signature", "Decision", "decide"]
+__all__ = ["TRAINED", "FITTED", "FIXED", "REGIMES", "DEFAULT", "KEEP_TRAINED", "GRID", "variants", "with_head",
+           "with_fitted_head", "by_regime", "regime_view", "head_lr", "fitted_head_lr", "grid_plan", "ends",
+           "DISTANCES", "Distance", "TOLERANCE", "Fit", "fit", "grid_rows", "totals_by_seed", "SIGNATURES",
+           "Signature", "Decision", "decide"]
 
-#: regime name -> head_lr of the local rules
-REGIMES: dict[str, float] = {"head trained": 1.0, "head fixed": 0.0}
-DEFAULT = "head trained"
-#: rules that keep a trained head in both regimes (the reference and the baselines)
-KEEP_TRAINED = ("bp", "frozen")
+TRAINED, FITTED, FIXED = "head trained", "head fitted", "head fixed"
+#: the two regimes every chapter shows, the package default first
+REGIMES: tuple[str, ...] = (TRAINED, FITTED)
+DEFAULT = TRAINED
+#: rules that keep a trained head in every regime (the reference)
+KEEP_TRAINED = ("bp",)
+#: the head_lr values of the dial, the package default first; the first seed runs every one, every seed
+#: runs the two ends and the fitted value
+GRID: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01, 0.0)
+#: the rules the dial is fitted on
+GRID_RULES = ("dfa", "fa")
+#: part-name prefix of a regime's variants in a chapter's plan
+PREFIX = {FITTED: "fitted_head_", FIXED: "fixed_head_"}
 
 
-def fixed_head(configs: Mapping, skip=()) -> dict:
-    """The ``head fixed`` variant of each config whose rule is a local one (not in :data:`KEEP_TRAINED`,
-    and its key not in ``skip``), under the same key."""
-    return {k: {**cfg, "head_lr": REGIMES["head fixed"]} for k, cfg in configs.items()
+def variants(configs: Mapping, rate: float, skip=()) -> dict:
+    """Each config at head_lr ``rate`` whose rule is not in :data:`KEEP_TRAINED` and whose key is not in
+    ``skip``, under the same key."""
+    return {k: {**cfg, "head_lr": float(rate)} for k, cfg in configs.items()
             if cfg["method"] not in KEEP_TRAINED and k not in skip}
 
 
-def with_fixed_head(parts: Mapping[str, Mapping], skip=()) -> dict[str, dict]:
-    """A chapter's plan ``{part: {key: config}}`` plus, for each part, ``fixed_head_<part>``: its
-    :func:`fixed_head` variants (where it has any)."""
-    fixed = {FIXED + part: fixed_head(runs, skip) for part, runs in parts.items()}
-    return {**parts, **{part: runs for part, runs in fixed.items() if runs}}
+def with_head(parts: Mapping[str, Mapping], regime: str, rate: float, skip=()) -> dict[str, dict]:
+    """A chapter's plan ``{part: {key: config}}`` plus, for each part, ``<prefix><part>``: its
+    :func:`variants` at ``rate`` (where it has any), the prefix that of ``regime`` (:data:`PREFIX`)."""
+    extra = {PREFIX[regime] + part: variants(runs, rate, skip) for part, runs in parts.items()}
+    return {**parts, **{part: runs for part, runs in extra.items() if runs}}
 
 
-FIXED = "fixed_head_"
+def with_fitted_head(P, parts: Mapping[str, Mapping], skip=()) -> dict[str, dict]:
+    """:func:`with_head` in the ``head fitted`` regime at ``P``'s fitted value; ``parts`` alone until the grid's
+    runs that :func:`fit` reads are stored (the plan grows once they are: ``train_until_stable``)."""
+    rate = fitted_head_lr(P)
+    return dict(parts) if rate is None else with_head(parts, FITTED, rate, skip)
 
 
-def by_regime(trained: Mapping, fixed: Mapping) -> dict[str, dict]:
-    """``{regime: {key: run}}``: the ``head fixed`` regime takes the runs of ``fixed`` where it has them
-    and shares the others (BP and the baselines) with ``head trained``."""
-    return {"head trained": dict(trained), "head fixed": {k: fixed.get(k, r) for k, r in trained.items()}}
+def by_regime(trained: Mapping, other: Mapping, regime: str = FITTED) -> dict[str, dict]:
+    """``{regime: {key: run}}``: the other regime takes the runs of ``other`` where it has them and shares the
+    rest (BP) with ``head trained``."""
+    return {TRAINED: dict(trained), regime: {k: other.get(k, r) for k, r in trained.items()}}
 
 
-def regime_view(runs: Mapping[str, Mapping], part: str) -> dict[str, dict]:
-    """Part ``part`` of a chapter's runs (``P.experiment(chapter)``) in both regimes: :func:`by_regime`
-    of ``runs[part]`` and ``runs["fixed_head_<part>"]``."""
-    return by_regime(runs[part], runs.get(FIXED + part, {}))
+def regime_view(runs: Mapping[str, Mapping], part: str, regime: str = FITTED) -> dict[str, dict]:
+    """Part ``part`` of a chapter's runs (``P.experiment(chapter)``) in ``head trained`` and ``regime``:
+    :func:`by_regime` of ``runs[part]`` and ``runs["<prefix><part>"]``."""
+    return by_regime(runs[part], runs.get(PREFIX[regime] + part, {}), regime)
+
+
+def head_lr(P, regime: str) -> float:
+    """The local rules' head_lr in ``regime`` at profile ``P``."""
+    if regime == FITTED:
+        rate = fitted_head_lr(P)
+        if rate is None:
+            raise FileNotFoundError("the fitted head_lr is read from the head grid's runs, which are not all "
+                                    "stored yet: run P.experiment('head_grid') (or python -m faeval.book prepare)")
+        return rate
+    return {TRAINED: 1.0, FIXED: 0.0}[regime]
+
+
+# ---------------------------------------------------------------------------------------
+# the dial: the grid, the distances and the fit
+# ---------------------------------------------------------------------------------------
+def grid_plan(P, fitted: float | None = None) -> dict[str, dict]:
+    """The grid's runs: ``grid`` ``{(method, head_lr, seed): config}``, DFA and FA at every head_lr of
+    :data:`GRID` on the first seed and, on every seed, at both ends and at ``fitted`` (where given);
+    ``refs`` ``{(method, seed): config}``: BP and the frozen baseline (head trained), every seed."""
+    s0, ends_ = P.seeds[0], {GRID[0], GRID[-1], *([] if fitted is None else [fitted])}
+    keys = [(m, h, s0) for m in GRID_RULES for h in GRID]
+    keys += [(m, h, s) for m in GRID_RULES for h in sorted(ends_, reverse=True) for s in P.seeds[1:]]
+    return {"grid": {(m, h, s): P.config(m, s, head_lr=h) for m, h, s in keys},
+            "refs": {(m, s): P.config(m, s) for m in ("bp", "frozen") for s in P.seeds}}
+
+
+def ends(P) -> dict[str, dict]:
+    """``{"head trained"|"head fixed": {(method, seed): Run}}``: the grid's DFA and FA at head_lr 1 and 0, every
+    seed, with BP and the frozen baseline (head trained) in both (what the calibration appendix's mechanism reads)."""
+    runs = P.experiment("head_grid")
+    refs = runs["refs"]
+    return {regime: {**refs, **{(m, s): r for (m, h, s), r in runs["grid"].items() if h == rate}}
+            for regime, rate in ((TRAINED, GRID[0]), (FIXED, GRID[-1]))}
+
+
+@dataclass(frozen=True)
+class Distance:
+    """One of the paper's signatures as a distance: ``read(run, refs) -> ours`` on one run of ``rule`` (``refs``:
+    ``{"bp"|"frozen": Run}`` of its seed), against the paper's ``band`` ``(low, high)``, by ``kind`` (a point has
+    low == high; for a per-layer Gamma, ``low`` is layer 0's value and ``high`` every deeper layer's)."""
+
+    rule: str
+    name: str
+    paper_key: str
+    kind: str                          # "log10", "headroom" or "gamma"
+    band: tuple
+    read: Callable
+
+    def distance(self, ours) -> float:
+        lo, hi = self.band
+        if self.kind == "log10":
+            if not ours or ours <= 0 or math.isnan(ours):
+                return math.inf
+            return 0.0 if lo <= ours <= hi else abs(math.log10(ours / (lo if ours < lo else hi)))
+        if self.kind == "gamma" and isinstance(ours, list):   # layer 0 against ``low``, deeper layers ``high``
+            ref = [lo] + [hi] * (len(ours) - 1)
+            return sum(abs(a - b) for a, b in zip(ours, ref)) / len(ours)
+        return abs(ours - lo)                           # headroom units, or one Gamma
+
+
+def _diag(run):
+    return run.history[-1]["diag"]
+
+
+def _margin(run, refs) -> float:
+    """Accuracy over the frozen baseline in units of BP's headroom over it (same seed, head trained)."""
+    return (run.test_acc - refs["frozen"].test_acc) / (refs["bp"].test_acc - refs["frozen"].test_acc)
+
+
+def _paper_margin(key: str) -> float:
+    frozen, bp = paper("audit.acc.frozen")["value"], paper("audit.acc.bp")["value"]
+    acc = paper(key)["value"]
+    acc = frozen + acc / 100 if key == "fa_vs_dfa.fa_clears_frozen" else acc
+    return (acc - frozen) / (bp - frozen)
+
+
+#: the paper's DFA and FA signatures the dial is fitted on (the rule: least sum of these distances); FA's growth
+#: has no number in the paper and is not among them
+DISTANCES: tuple[Distance, ...] = (
+    Distance("dfa", "DFA max per-block growth", "audit.dfa_d1", "log10", (1.9e3, 1.9e3),
+             lambda r, refs: _diag(r).max_block_growth),
+    Distance("dfa", "DFA ||h_L||", "audit.h_L.dfa", "log10", (4e8, 5e8), lambda r, refs: _diag(r).h_L),
+    Distance("dfa", "DFA g_L", "audit.dfa_d2", "log10", (5e-10, 4e-9), lambda r, refs: _diag(r).g_L),
+    Distance("dfa", "DFA margin (headroom units)", "audit.dfa_d3", "headroom",
+             (_paper_margin("audit.dfa_d3"),) * 2, _margin),
+    Distance("dfa", "DFA Gamma per layer", "audit.gamma_l0.dfa", "gamma",
+             (paper("audit.gamma_l0.dfa")["value"], 0.0),
+             lambda r, refs: list(_diag(r).gamma)),
+    Distance("fa", "FA ||h_L||", "fa_vs_dfa.both_grow", "log10", (1e5, 1e5), lambda r, refs: _diag(r).h_L),
+    Distance("fa", "FA g_L", "audit.fa_d3", "log10", (1e-6, 1e-6), lambda r, refs: _diag(r).g_L),
+    Distance("fa", "FA margin (headroom units)", "fa_vs_dfa.fa_clears_frozen", "headroom",
+             (_paper_margin("fa_vs_dfa.fa_clears_frozen"),) * 2, _margin),
+    Distance("fa", "FA deep Gamma", "fa_vs_dfa.fa_gamma_higher", "gamma", (0.33, 0.33),
+             lambda r, refs: deep_mean(_diag(r).gamma)),
+)
+
+
+#: how near a signature must be to count as fitted (stated with the rule, before the runs): a factor of about 3
+#: for a log10 distance, half of BP's headroom for a margin, 0.1 for a Gamma
+TOLERANCE = {"log10": 0.5, "headroom": 0.5, "gamma": 0.1}
+
+
+def _larger_first(values):
+    return sorted(values, key=lambda h: -h)
+
+
+@dataclass
+class Fit:
+    """The dial at one profile: ``rows`` (one per head_lr of the grid and signature, first seed: ``ours``,
+    ``paper``, ``distance``), ``totals`` ``{head_lr: sum of distances}`` and the fitted ``head_lr``."""
+
+    rows: list[dict]
+    totals: dict[float, float]
+    head_lr: float
+    seed: int
+
+    def frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def table(self):
+        """Signatures x head_lr: ``ours (distance)``, the paper's band beside, and the total per head_lr."""
+        import pandas as pd
+
+        df = self.frame()
+        cell = df.assign(cell=[f"{_fmt(o)} ({d:.2f})" for o, d in zip(df.ours, df.distance)])
+        wide = cell.pivot(index="signature", columns="head_lr", values="cell")
+        wide = wide[_larger_first(wide.columns)].reindex([d.name for d in DISTANCES])
+        wide.columns = [f"head_lr {h:g}" for h in wide.columns]
+        wide.insert(0, "paper", [df[df.signature == n].paper.iloc[0] for n in wide.index])
+        total = pd.DataFrame([{"paper": "", **{f"head_lr {h:g}": f"{t:.2f}" for h, t in self.totals.items()}}],
+                             index=["total distance"])
+        return pd.concat([wide, total])
+
+    def best(self) -> dict[str, float]:
+        """Each signature's own nearest head_lr (a tie to the larger)."""
+        df = self.frame()
+        return {n: min(_larger_first(g.head_lr), key=lambda h: float(g[g.head_lr == h].distance.iloc[0]))
+                for n, g in df.groupby("signature", sort=False)}
+
+    def unfit(self) -> list[str]:
+        """The signatures farther than their :data:`TOLERANCE` from the paper at the fitted value."""
+        kinds = {d.name: d.kind for d in DISTANCES}
+        at = self.frame().query("head_lr == @self.head_lr")
+        return [r.signature for r in at.itertuples() if r.distance > TOLERANCE[kinds[r.signature]]]
+
+    def why(self) -> str:
+        """What the dial picked and, where no value fits every signature, which ones pull apart."""
+        t = self.totals
+        text = (f"head_lr {self.head_lr:g} has the least total distance to the paper's signatures "
+                f"({t[self.head_lr]:.2f}; "
+                + ", ".join(f"{h:g}: {v:.2f}" for h, v in t.items() if h != self.head_lr) + f"; seed {self.seed})")
+        bad = self.unfit()
+        if not bad:
+            return text + ", and every signature lies within its tolerance there."
+        best = self.best()
+        return (text + f". No value fits every signature: at {self.head_lr:g}, " + "; ".join(
+            f"{n} is {self.distance(n):.2f} away (nearest at head_lr {best[n]:g})" for n in bad) + ".")
+
+    def distance(self, name: str, rate: float | None = None) -> float:
+        rate = self.head_lr if rate is None else rate
+        return next(r["distance"] for r in self.rows if r["signature"] == name and r["head_lr"] == rate)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, list):
+        return " ".join(f"{g:+.2f}" for g in v)
+    return f"{v:+.2f}" if abs(v) < 10 and abs(v) >= 1e-2 else f"{v:.2g}"
+
+
+def _band(d: Distance) -> str:
+    lo, hi = d.band
+    if d.kind == "gamma" and d.rule == "dfa":
+        return f"l0 {lo:+.2f}, deeper {hi:+.2f}"
+    return _fmt(lo) if lo == hi else f"{_fmt(lo)} to {_fmt(hi)}"
+
+
+def grid_rows(grid: Mapping, refs: Mapping) -> list[dict]:
+    """One row per head_lr, seed and signature of :data:`DISTANCES` whose run ``grid`` ``{(method, head_lr, seed):
+    Run}`` holds, against ``refs`` ``{(method, seed): Run}`` (BP and frozen): ``ours``, ``paper``, ``distance``."""
+    rows = []
+    for h, s in sorted({(h, s) for _, h, s in grid}, key=lambda k: (-k[0], k[1])):
+        ref = {m: refs[m, s] for m in ("bp", "frozen")}
+        for d in DISTANCES:
+            if (d.rule, h, s) in grid:
+                ours = d.read(grid[d.rule, h, s], ref)
+                rows.append({"head_lr": h, "seed": s, "signature": d.name, "rule": d.rule, "kind": d.kind,
+                             "ours": ours, "paper": _band(d), "distance": d.distance(ours)})
+    return rows
+
+
+def totals_by_seed(rows) -> dict[int, dict[float, float]]:
+    """``{seed: {head_lr: total distance}}`` of :func:`grid_rows`, for the head_lr values with every signature."""
+    out: dict[int, dict[float, float]] = {}
+    for r in rows:
+        out.setdefault(r["seed"], {}).setdefault(r["head_lr"], []).append(r["distance"])
+    return {s: {h: sum(d) for h, d in by.items() if len(d) == len(DISTANCES)} for s, by in out.items()}
+
+
+def fit_runs(grid: Mapping, refs: Mapping, seed: int) -> Fit:
+    """:class:`Fit` of ``grid`` ``{(method, head_lr, seed): Run}`` at ``seed`` (every head_lr of :data:`GRID`)
+    against ``refs`` ``{(method, seed): Run}`` (BP and frozen)."""
+    missing = [(m, h) for m in GRID_RULES for h in GRID if (m, h, seed) not in grid]
+    if missing:
+        raise ValueError(f"the head grid lacks {missing} at seed {seed}: train P.experiment('head_grid')")
+    rows = grid_rows({k: r for k, r in grid.items() if k[2] == seed}, refs)
+    totals = {h: sum(r["distance"] for r in rows if r["head_lr"] == h) for h in GRID}
+    best = min(_larger_first(GRID), key=lambda h: totals[h])
+    return Fit(rows, totals, best, seed)
+
+
+_FITS: dict[tuple, Fit] = {}
+
+
+def _key(P) -> tuple:
+    return P.name, repr(sorted(P.parameters()["overrides"].items())), str(P.results)
+
+
+def fit(P) -> Fit | None:
+    """The dial fitted at profile ``P`` from the grid's stored runs on the first seed (None while any is not
+    stored; computed once per process and profile)."""
+    key = _key(P)
+    if key in _FITS:
+        return _FITS[key]
+    plan, s0 = grid_plan(P), P.seeds[0]
+    cfgs = {**{k: c for k, c in plan["grid"].items() if k[2] == s0},
+            **{k: c for k, c in plan["refs"].items() if k[1] == s0}}
+    dirs = {k: run_dir(canonical_config(**c), P.results) for k, c in cfgs.items()}
+    if not all(d.is_dir() for d in dirs.values()):
+        return None
+    runs = {k: load_run(d, device="cpu") for k, d in dirs.items()}
+    _FITS[key] = fit_runs({k: r for k, r in runs.items() if len(k) == 3},
+                          {k: r for k, r in runs.items() if len(k) == 2}, s0)
+    return _FITS[key]
+
+
+def fitted_head_lr(P) -> float | None:
+    """The fitted head_lr at ``P`` (:func:`fit`), or None while the grid's runs are not stored."""
+    f = fit(P)
+    return None if f is None else f.head_lr
 
 
 # ---------------------------------------------------------------------------------------
@@ -149,31 +413,39 @@ SIGNATURES: tuple[Signature, ...] = (
 
 @dataclass
 class Decision:
-    """The rule's outcome: the count per regime, each signature's reading, and the judged regime."""
+    """The judged regime and why: the dial's :class:`Fit`, and beside it the binary count of :data:`SIGNATURES`
+    per regime (``head trained``, ``head fitted``, ``head fixed``) with each signature's reading."""
 
     counts: dict[str, int]
     table: list[dict] = field(default_factory=list)
     judged: str = DEFAULT
+    fitted: Fit | None = None
 
     @property
     def other(self) -> str:
-        return next(r for r in REGIMES if r != self.judged)
+        return TRAINED if self.judged == FITTED else FITTED
 
     @property
     def order(self) -> list[str]:
-        """The judged regime first."""
+        """The chapters' two regimes, the judged first."""
         return [self.judged, self.other]
 
+    @property
+    def head_lr(self) -> dict[str, float]:
+        """``{regime: head_lr}`` of the three regimes."""
+        return {TRAINED: 1.0, FITTED: self.fitted.head_lr if self.fitted else math.nan, FIXED: 0.0}
+
     def label(self, regime: str) -> str:
-        """``regime`` with whether the claims are judged in it, e.g. ``"head fixed (judged)"`` (figure titles)."""
+        """``regime`` with whether the claims are judged in it, e.g. ``"head fitted (judged)"`` (figure titles)."""
         return f"{regime} ({'judged' if regime == self.judged else 'not judged'})"
 
     def why(self) -> str:
-        """One sentence: what the rule picked and why."""
+        """What the rule picked and why, with the binary count beside."""
         c = self.counts
-        tie = " (a tie keeps the package default)" if len(set(c.values())) == 1 else ""
-        return (f"claims are judged with the {self.judged} regime: it matches {c[self.judged]} of "
-                f"{len(SIGNATURES)} of the paper's DFA signatures, the {self.other} regime {c[self.other]}{tie}")
+        count = ", ".join(f"{r} {c[r]}" for r in c)
+        first = (f"claims are judged with the {self.judged} (head_lr {self.head_lr[self.judged]:g})"
+                 + (f": {self.fitted.why()}" if self.fitted else ""))
+        return f"{first} The count of the paper's {len(SIGNATURES)} DFA signatures matched: {count}."
 
     def frame(self):
         import pandas as pd
@@ -182,26 +454,31 @@ class Decision:
 
 
 def _regime_runs(P) -> dict[str, dict]:
-    """Per regime, the runs the signatures read: ``{"dfa"|"fa"|"frozen": {seed: Run}, "assay": {method: Run}}``."""
+    """Per regime, the runs the signatures read: ``{"dfa"|"fa"|"frozen": {seed: Run}, "assay": {method: Run}}``;
+    the frozen baseline is the head-trained one in every regime (the count's definition, unchanged)."""
     audit, pair = P.experiment("audit"), P.experiment("fa_vs_dfa")
     runs, assay = regime_view(audit, "runs"), regime_view(pair, "assay")
-    out = {}
-    for regime, rr in runs.items():
-        out[regime] = {m: {s: rr[m, s] for s in P.seeds} for m in ("dfa", "fa", "frozen")}
-        out[regime]["assay"] = assay[regime]
-    return out
+    runs[FIXED] = ends(P)[FIXED]
+    assay[FIXED] = regime_view(P.experiment("head_mechanism"), "assay", FIXED)[FIXED]
+    frozen = {s: runs[TRAINED]["frozen", s] for s in P.seeds}
+    return {regime: {**{m: {s: rr[m, s] for s in P.seeds} for m in ("dfa", "fa")}, "frozen": frozen,
+                     "assay": assay[regime]} for regime, rr in runs.items()}
 
 
 _DECISIONS: dict[tuple, Decision] = {}
 
 
 def decide(P) -> Decision:
-    """Apply the rule at profile ``P`` (from the stored runs; computed once per process and profile)."""
-    key = (P.name, repr(sorted(P.parameters()["overrides"].items())), str(P.results))
+    """Apply the rule at profile ``P`` (from the stored runs; computed once per process and profile): the claims are
+    judged at the fitted head_lr (:func:`fit`), in the ``head trained`` regime where the dial picks 1."""
+    key = _key(P)
     if key in _DECISIONS:
         return _DECISIONS[key]
+    fitted = fit(P)
+    if fitted is None:
+        head_lr(P, FITTED)                              # raises: names the runs to train
     runs = _regime_runs(P)
-    counts = {r: 0 for r in REGIMES}
+    counts = {r: 0 for r in runs}
     table = []
     for sig in SIGNATURES:
         row = {"signature": sig.name, "paper": paper(sig.paper_key)["text"]}
@@ -210,9 +487,8 @@ def decide(P) -> Decision:
             counts[regime] += bool(ok)
             row[regime] = f"{'yes' if ok else 'no'}: {ours}"
         table.append(row)
-    best = max(counts.values())
-    judged = DEFAULT if counts[DEFAULT] == best else next(r for r in REGIMES if counts[r] == best)
     table.append({"signature": "signatures matched", "paper": f"{len(SIGNATURES)} of {len(SIGNATURES)}",
-                  **{r: f"{counts[r]} of {len(SIGNATURES)}" for r in REGIMES}})
-    _DECISIONS[key] = Decision(counts, table, judged)
+                  **{r: f"{counts[r]} of {len(SIGNATURES)}" for r in counts}})
+    judged = TRAINED if fitted.head_lr == GRID[0] else FITTED
+    _DECISIONS[key] = Decision(counts, table, judged, fitted)
     return _DECISIONS[key]

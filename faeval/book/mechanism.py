@@ -47,20 +47,22 @@ def check_record(run, what: str = "run") -> None:
 
 #: the rules the mechanism is read for
 RULES = ("dfa", "fa")
+#: the two regimes the mechanism compares: the head trained (head_lr 1) and held at its initialisation (0)
+REGIMES = ("head trained", "head fixed")
 
 
 def cases(P, noisy: Mapping) -> dict[tuple, object]:
-    """``{(task, rule, regime): run}`` at profile ``P``, first seed: clean labels (the audit's runs), random targets
-    (the FA-vs-DFA assay's, re-drawn every batch) and each noise level of ``noisy`` (``P.experiment(
-    "head_mechanism")``), for :data:`RULES` in both head regimes."""
+    """``{(task, rule, regime): run}`` at profile ``P``, first seed: clean labels (the head grid's ends), random
+    targets (the FA-vs-DFA assay's, re-drawn every batch) and each noise level of ``noisy`` (``P.experiment(
+    "head_mechanism")``), for :data:`RULES` with the head trained and fixed."""
     from . import head
 
     s0 = P.seeds[0]
-    clean = head.regime_view(P.experiment("audit"), "runs")
-    assay = head.regime_view(P.experiment("fa_vs_dfa"), "assay")
-    bad = head.regime_view(noisy, "noisy")
+    clean = head.ends(P)
+    assay = head.regime_view(noisy, "assay", head.FIXED)
+    bad = head.regime_view(noisy, "noisy", head.FIXED)
     out = {}
-    for regime in head.REGIMES:
+    for regime in REGIMES:
         for m in RULES:
             out["clean", m, regime] = clean[regime][m, s0]
             out["random targets", m, regime] = assay[regime][m]

@@ -55,7 +55,8 @@ def paper_value(key: str):
     return paper(key)["value"]
 
 __all__ = ["history_frame", "audit_figure", "trajectory_figure", "ep_sweep_figure", "ep_resolution_figure",
-           "penalty_figure", "depth_figure", "cosine_clamp_figure", "claims_figure", "rules_figure", "table",
+           "penalty_figure", "depth_figure", "dial_figure",
+           "cosine_clamp_figure", "claims_figure", "rules_figure", "table",
            "METRIC_LABELS", "PAPER_LOG_BATCH", "WIDTH"]
 
 #: the batch size of the paper's per-epoch logs, at which its g_L reads about 8x below batch 128
@@ -313,6 +314,51 @@ def depth_figure(depth_rows, thresholds: Thresholds | None = None, paper: bool =
     _threshold(axes[1], th.d3_margin_pp, f"D3 bar {th.d3_margin_pp:g} pp")
     _threshold(axes[3], th.d1_growth, "D1")
     _seed_and_paper_legend(fig, axes)
+    return fig
+
+
+@book_figure
+def dial_figure(rows, fitted: float):
+    """Each signature of :data:`faeval.book.head.DISTANCES` against the head's learning rate (``rows``:
+    :func:`faeval.book.head.grid_rows`), one panel each: the first seed as a line, the other seeds as dots, the
+    paper's value as a grey band (a line for a point) and the fitted value as a dotted vertical line. The x axis is
+    logarithmic, head_lr 0 drawn at its left end."""
+    import pandas as pd
+
+    from .head import DISTANCES, GRID
+
+    df = pd.DataFrame(rows)
+    zero_at = min(h for h in GRID if h > 0) / 3
+    df["x"] = df.head_lr.where(df.head_lr > 0, zero_at)
+    fig, axes = _grid(len(DISTANCES), 3, 1.9)
+    s0 = df.seed.min()
+    for ax, d in zip(axes, DISTANCES):
+        sub = df[df.signature == d.name]
+        per_layer = d.kind == "gamma" and d.rule == "dfa"
+        lines = ({"layer 0": sub.ours.map(lambda g: g[0]), "deeper mean": sub.ours.map(lambda g: sum(g[1:]) /
+                                                                                           max(len(g) - 1, 1))}
+                 if per_layer else {"": sub.ours})
+        for (label, y), color in zip(lines.items(), ("C0", "C1")):
+            first = sub.seed == s0
+            ax.plot(sub.x[first], y[first], marker="o", ms=3, color=color, label=label or None)
+            ax.scatter(sub.x[~first], y[~first], s=10, color=color, alpha=0.6)
+        lo, hi = d.band
+        for v in ((lo, hi) if per_layer else ((lo,) if lo == hi else ())):
+            ax.axhline(v, color="0.5", lw=4, alpha=0.4)
+        if not per_layer and lo != hi:
+            ax.axhspan(lo, hi, color="0.5", alpha=0.3)
+        ax.axvline(fitted if fitted > 0 else zero_at, color="black", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xticks([h if h > 0 else zero_at for h in GRID])
+        ax.set_xticklabels([f"{h:g}" for h in GRID], fontsize=7)
+        ax.minorticks_off()
+        if d.kind == "log10":
+            ax.set_yscale("log")
+        ax.set_title(d.name, fontsize=9)
+        if per_layer:
+            ax.legend(fontsize=7, frameon=False)
+    fig.supxlabel("head_lr (the output head's learning rate / lr)", fontsize=9)
+    fig.tight_layout()
     return fig
 
 

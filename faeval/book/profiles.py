@@ -7,8 +7,8 @@ cell. The runs each chapter trains are declared once, in :mod:`faeval.book.exper
 >>> P = get_profile("smoke", seeds=[42])
 >>> P.sizes["penalty"]["lambdas"], P.config("dfa", 42)["width"]
 ((0.0, 0.01), 32)
->>> sorted(P.plan("penalty"))
-['fixed_head_sweep', 'fixed_head_two_by_two', 'frozen', 'sweep', 'two_by_two']
+>>> sorted(P.plan("penalty"))[-3:]   # and fitted_head_* once the head grid is stored
+['frozen', 'sweep', 'two_by_two']
 
 ``P.experiment("penalty")`` trains (or loads) those runs: ``{part: {key: Run}}``.
 
@@ -146,7 +146,6 @@ _RECIPE = {"batch_size": 128, "lr": 1e-3, "weight_decay": 0.01, "lr_fb": 1e-3}
 _AUDIT = ("bp", "fa", "ep", "dfa", "state_bridge", "credit_bridge")
 _LAMBDAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 _ASSAY = ("dfa", "fa", "ep")
-_HEAD_DOSE = (1.0, 0.1, 0.01, 0.0)      # head_lr of DFA's dose-response (faeval.book.head)
 
 
 def _sizes(*, cross_arch, penalty_epochs, lambdas, depths, assay_epochs, calibration_steps, ep_sweep,
@@ -155,7 +154,7 @@ def _sizes(*, cross_arch, penalty_epochs, lambdas, depths, assay_epochs, calibra
     return {"cross_arch": {"archs": cross_arch},        # label -> overrides of ``base`` (may set epochs)
             "penalty": {"epochs": penalty_epochs, "lambdas": lambdas, "lam_on": 1e-2},   # lambdas include 0
             "fa_vs_dfa": {"depths": depths, "assay_epochs": assay_epochs, "assay_methods": _ASSAY},
-            "calibration": {"steps": calibration_steps, "head_dose": _HEAD_DOSE},
+            "calibration": {"steps": calibration_steps},
             "discrepancies": {"horizon_factor": horizon_factor, "pairing_epochs": 3, "pairing_seeds": 2,
                               "ep_sweep": ep_sweep},
             "paper_ep": {"embed_scale": _PAPER_EP_SCALE},

@@ -1,9 +1,10 @@
 """The audit's claims (notebook ``01_audit``).
 
-Evidence, per head regime: ``rows`` (one :func:`faeval.analysis.audit_rows` row per run), ``ablation``
-(:func:`faeval.analysis.decision_utility_ablation`) and ``runs`` (``{(method, seed): Run}``); shared:
-``frozen_acc`` and ``shallow_acc`` (``{seed: accuracy}`` of the two baselines) and ``random_init``
-(``{seed: Report}`` of the untrained models).
+Evidence, per head regime: ``rows`` (one :func:`faeval.analysis.audit_rows` row per run, judged against the frozen
+baseline of its regime: the matched one), ``ablation`` (:func:`faeval.analysis.decision_utility_ablation`) and
+``runs`` (``{(method, seed): Run}``); shared: ``frozen_acc`` and ``shallow_acc`` (``{seed: accuracy}`` of the two
+baselines with a trained head), ``headroom`` (``{seed: BP's accuracy over frozen's, in points}``, head trained)
+and ``random_init`` (``{seed: Report}`` of the untrained models).
 """
 from __future__ import annotations
 
@@ -48,10 +49,21 @@ def _(ev):
     return PerSeed(of(ev, "dfa", "g_L"), lambda v: v < TH.d2_floor, "{:.2e}")
 
 
+def d3_note(ev, method: str) -> str:
+    """The D3 margins of ``method``'s runs in units of BP's headroom over frozen (head trained), and, where the
+    regime's frozen baseline is a matched one, against the head-trained frozen baseline too."""
+    own = margins(ev, method)
+    units = ", ".join(f"s{s} {m / ev.headroom[s]:+.2f}" for s, m in own.items())
+    vs = {r["seed"]: 100 * (r["acc"] - ev.frozen_acc[r["seed"]]) for r in ev.rows if r["method"] == method}
+    other = "" if vs == own else "; against the head-trained frozen baseline " + ", ".join(
+        f"s{s} {m:+.1f} pp" for s, m in vs.items())
+    return f"in BP's headroom {units}{other}"
+
+
 @CLAIMS.claim("audit.dfa_d3", "DFA does not clear the frozen baseline by 2 pp (D3 fires) on every seed",
               paper=True)
 def _(ev):
-    return PerSeed(margins(ev, "dfa"), lambda v: v < TH.d3_margin_pp, "{:+.1f} pp")
+    return PerSeed(margins(ev, "dfa"), lambda v: v < TH.d3_margin_pp, "{:+.1f} pp", note=d3_note(ev, "dfa"))
 
 
 @CLAIMS.claim("audit.bp_passes", "BP passes the protocol on every seed", paper=True)
@@ -66,7 +78,56 @@ def _(ev):
 
 @CLAIMS.claim("audit.fa_d3", "FA passes D3 (clears the frozen baseline by 2 pp) on every seed", paper=True)
 def _(ev):
-    return PerSeed(margins(ev, "fa"), lambda v: v >= TH.d3_margin_pp, "{:+.1f} pp")
+    return PerSeed(margins(ev, "fa"), lambda v: v >= TH.d3_margin_pp, "{:+.1f} pp", note=d3_note(ev, "fa"))
+
+
+def d3_table(table, frozen_acc, headroom):
+    """D3 against both baselines, one row per local rule's run (``table``: the chapter's per-run rows with
+    ``regime``, ``frozen_acc`` the regime's own baseline): the margin over the matched baseline (judged), over the
+    head-trained one (``frozen_acc`` ``{seed: accuracy}``), and the judged margin in BP's headroom (``headroom``
+    ``{seed: points}``); the paper's DFA and FA margins in its own headroom beside."""
+    import pandas as pd
+
+    rows = []
+    for r in table[table.method != "bp"].itertuples():
+        matched = 100 * (r.acc - r.frozen_acc)
+        rows.append({"regime": r.regime, "rule": r.method, "seed": r.seed, "frozen": f"{r.frozen_acc:.3f}",
+                     "margin": f"{matched:+.1f} pp",
+                     "vs head-trained frozen": f"{100 * (r.acc - frozen_acc[r.seed]):+.1f} pp",
+                     "in headroom": f"{matched / headroom[r.seed]:+.2f}"})
+    bp, frozen = paper("audit.acc.bp")["value"], paper("audit.acc.frozen")["value"]
+    for rule, acc in (("dfa", paper("audit.dfa_d3")["value"]), ("fa", paper("audit.acc.fa")["value"])):
+        rows.append({"regime": "paper (CIFAR-10)", "rule": rule, "seed": "-", "frozen": f"{frozen:.3f}",
+                     "margin": f"{100 * (acc - frozen):+.1f} pp", "vs head-trained frozen": "-",
+                     "in headroom": f"{(acc - frozen) / (bp - frozen):+.2f}"})
+    return pd.DataFrame(rows)
+
+
+def read_d3(d3, decision) -> str:
+    """Per regime, DFA's and FA's mean D3 margins against both baselines and in headroom units."""
+    def num(x):
+        return float(x.split()[0])
+
+    out = []
+    for regime in decision.order:
+        sub = d3[d3.regime == regime]
+        parts = []
+        for rule in ("dfa", "fa"):
+            r = sub[sub.rule == rule]
+            if r.empty:
+                continue
+            m = prose.mean(r.margin.map(num))
+            t = prose.mean(r["vs head-trained frozen"].map(num))
+            h = prose.mean(r["in headroom"].map(num))
+            parts.append(f"{rule.upper()} {m:+.1f} pp over its own baseline ({h:+.2f} of BP's headroom), {t:+.1f} pp "
+                         "over the head-trained one")
+        if parts:
+            out.append(f"{prose.head(regime).capitalize()} ({decision.label(regime).split('(')[1][:-1]}), means "
+                       f"over seeds: " + "; ".join(parts) + ".")
+    paper_rows = d3[d3.regime.str.startswith("paper")]
+    out.append("The paper: " + "; ".join(f"{r.rule.upper()} {r.margin} ({r['in headroom']} of its headroom)"
+                                         for _, r in paper_rows.iterrows()) + ".")
+    return " ".join(out)
 
 
 for _m in ("state_bridge", "credit_bridge"):

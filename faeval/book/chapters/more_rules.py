@@ -13,7 +13,7 @@ import pandas as pd
 from ...analysis import audit_rows, credit_quality
 from .. import prose
 from ..claims import Chapter, Check, paper
-from ..head import KEEP_TRAINED
+from ..head import FITTED, KEEP_TRAINED, TRAINED
 from ..tables import table
 
 CLAIMS = Chapter("more_rules")
@@ -27,11 +27,11 @@ SIGN_CONCORDANT = ("usf", "frsf", "brsf")
 
 
 def regimes(runs) -> dict[str, dict]:
-    """``{regime: {(method, seed): Run}}`` from the chapter's runs (``P.experiment("more_rules")``): ``head fixed``
-    takes the rules' fixed-head runs and shares BP's and the frozen baseline's (the new rules have every seed in
-    the judged regime only, so the two regimes do not hold the same keys)."""
-    fixed = {k: r for k, r in runs["runs"].items() if k[0] in KEEP_TRAINED}
-    return {"head trained": dict(runs["runs"]), "head fixed": {**fixed, **runs["fixed_head_runs"]}}
+    """``{regime: {(method, seed): Run}}`` from the chapter's runs (``P.experiment("more_rules")``): ``head fitted``
+    takes the fitted-head runs (the rules' and the matched frozen baseline's) and shares BP's (the new rules have
+    every seed in the judged regime only, so the two regimes do not hold the same keys)."""
+    kept = {k: r for k, r in runs["runs"].items() if k[0] in KEEP_TRAINED}
+    return {TRAINED: dict(runs["runs"]), FITTED: {**kept, **runs.get("fitted_head_runs", {})}}
 
 
 def _angles(run) -> dict[str, float]:
@@ -42,17 +42,19 @@ def _angles(run) -> dict[str, float]:
 
 def rules_table(regimes, order, frozen_acc, x_eval, y_eval) -> pd.DataFrame:
     """One row per run (``regimes``: ``{regime: {(method, seed): Run}}``, in ``order``; the frozen baseline is
-    left out): the family, accuracy, margin over the frozen baseline of its seed, growth, g_L, C (direction
+    left out): the family, accuracy, margin over the frozen baseline of its seed and regime (``frozen_acc``
+    ``{regime: {seed: accuracy}}``: the baseline's head at the regime's rate), growth, g_L, C (direction
     stability), deep Gamma (layers 1..L, the rule's own credit), the angle between B and W (mean over the
     layers, and the output layer's; NaN for rules without per-layer feedback) and the verdict under both
     verdict rules."""
     out = []
     for regime in order:
         runs = {k: r for k, r in regimes[regime].items() if k[0] != "frozen" and isinstance(k[1], int)}
-        for row, ((m, s), run) in zip(audit_rows(runs, x_eval, y_eval, frozen_acc), runs.items()):
+        frozen = frozen_acc[regime]
+        for row, ((m, s), run) in zip(audit_rows(runs, x_eval, y_eval, frozen), runs.items()):
             ang = _angles(run)
             out.append({"regime": regime, "method": m, "family": FAMILY.get(m, "user"), "seed": s, "acc": row["acc"],
-                        "margin_pp": 100 * (row["acc"] - frozen_acc[s]), "growth": row["growth"], "g_L": row["g_L"],
+                        "margin_pp": 100 * (row["acc"] - frozen[s]), "growth": row["growth"], "g_L": row["g_L"],
                         "C": row["stability"],
                         "deep Gamma": credit_quality(run, x_eval, y_eval, null_draws=0, rho_directions=0)["deep_gamma"],
                         "angle": sum(ang.values()) / len(ang) if ang else math.nan,

@@ -83,7 +83,8 @@ CLAIMS.stopped_runs("penalty.trained", "sweep", "{0:g}.s{1}", "DFA lambda={0:g} 
 
 def quality_table(sweeps, order, frozen_acc, x_eval, y_eval) -> pd.DataFrame:
     """One row per DFA run of the lambda sweep in each head regime (``sweeps``: ``{regime: {(lambda, seed):
-    Run}}``, in ``order``): accuracy, margin over the frozen baseline of its seed (``frozen_acc``), the final
+    Run}}``, in ``order``): accuracy, margin over the frozen baseline of its seed and regime (``frozen_acc``
+    ``{regime: {seed: accuracy}}``: the baseline's head at the regime's rate), the final
     snapshot's h_L, g_L and growth, and the credit quality on the evaluation batch
     (:func:`faeval.analysis.credit_quality`: deep Gamma, its fresh-feedback null, deep rho)."""
     quality = []
@@ -93,7 +94,7 @@ def quality_table(sweeps, order, frozen_acc, x_eval, y_eval) -> pd.DataFrame:
             q = credit_quality(run, x_eval, y_eval)
             quality.append({
                 "regime": regime, "lambda": lam, "seed": s, "acc": run.test_acc,
-                "margin_pp": 100 * (run.test_acc - frozen_acc[s]), "h_L": last.h_L, "g_L": last.g_L,
+                "margin_pp": 100 * (run.test_acc - frozen_acc[regime][s]), "h_L": last.h_L, "g_L": last.g_L,
                 "growth": last.max_block_growth, "deep Gamma": q["deep_gamma"], "null deep Gamma": q["null_deep"],
                 "null std": q["null_deep_std"], "deep rho": q["deep_rho"], "stopped": run.stopped or ""})
     return pd.DataFrame(quality)
