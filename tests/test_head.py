@@ -139,7 +139,9 @@ def _fake_run(acc, growth=2.0, g_L=1e-4, h_L=10.0, gamma=(0.0, 0.0, 0.0), histor
 def test_every_local_rule_and_the_frozen_baseline_of_the_quick_audit_get_a_fitted_head_twin(monkeypatch):
     P = fb.get_profile("quick")
     monkeypatch.setattr(fb.head, "fitted_head_lr", lambda P: None)
-    assert "fitted_head_runs" not in P.plan("audit")            # the plan grows once the grid is stored
+    before = P.plan("audit")                     # until the fit is known: the grid's runs it reads, no fitted runs
+    assert "fitted_head_runs" not in before and before[fb.head.FIT_INPUTS] == fb.head.fit_inputs(P)
+    assert {k[1] for k in fb.head.fit_inputs(P) if len(k) == 3 and k[0] == "dfa"} == set(fb.head.GRID)
     monkeypatch.setattr(fb.head, "fitted_head_lr", lambda P: 0.1)
     plan = P.plan("audit")
     assert set(plan["fitted_head_runs"]) == {(m, s) for m in (*P.methods, "frozen") if m != "bp" for s in P.seeds}

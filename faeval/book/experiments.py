@@ -172,6 +172,8 @@ def more_rules(P) -> dict:
     parts = {part: {k: c for k, c in every[part].items()      # the audit's rules on every seed, the new ones
                     if k[0] not in MORE_RULES or k[1] in seeds[regime]}   # on the seeds of their regime
              for part, regime in (("runs", head.TRAINED), ("fitted_head_runs", head.FITTED)) if part in every}
+    if head.FIT_INPUTS in every:                 # until the fit is known: the grid's runs it reads
+        parts[head.FIT_INPUTS] = every[head.FIT_INPUTS]
     cnn = next((o for o in P.sizes["cross_arch"]["archs"].values() if o.get("arch") == "cnn"), None)
     if cnn is not None:
         parts["cnn"] = {m: P.config(m, s0, **cnn) for m in ("bp", "dfa", *BIOTORCH_RULES)}

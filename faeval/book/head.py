@@ -43,9 +43,9 @@ from ..store import load_run, run_dir
 from .claims import paper
 
 __all__ = ["TRAINED", "FITTED", "FIXED", "REGIMES", "DEFAULT", "KEEP_TRAINED", "GRID", "variants", "with_head",
-           "with_fitted_head", "by_regime", "regime_view", "head_lr", "fitted_head_lr", "grid_plan", "ends",
-           "DISTANCES", "Distance", "TOLERANCE", "Fit", "fit", "grid_rows", "totals_by_seed", "SIGNATURES",
-           "Signature", "Decision", "decide"]
+           "with_fitted_head", "FIT_INPUTS", "fit_inputs", "by_regime", "regime_view", "head_lr", "fitted_head_lr",
+           "grid_plan", "ends", "DISTANCES", "Distance", "TOLERANCE", "Fit", "fit", "grid_rows", "totals_by_seed",
+           "SIGNATURES", "Signature", "Decision", "decide"]
 
 TRAINED, FITTED, FIXED = "head trained", "head fitted", "head fixed"
 #: the two regimes every chapter shows, the package default first
@@ -76,11 +76,26 @@ def with_head(parts: Mapping[str, Mapping], regime: str, rate: float, skip=()) -
     return {**parts, **{part: runs for part, runs in extra.items() if runs}}
 
 
+#: the part of a chapter's plan that holds the grid's runs the fit reads, until they are stored
+FIT_INPUTS = "head_grid_first_seed"
+
+
 def with_fitted_head(P, parts: Mapping[str, Mapping], skip=()) -> dict[str, dict]:
-    """:func:`with_head` in the ``head fitted`` regime at ``P``'s fitted value; ``parts`` alone until the grid's
-    runs that :func:`fit` reads are stored (the plan grows once they are: ``train_until_stable``)."""
+    """:func:`with_head` in the ``head fitted`` regime at ``P``'s fitted value. Until the grid's runs that
+    :func:`fit` reads are stored, ``parts`` plus those runs (part :data:`FIT_INPUTS`): training the plan stores
+    them, and the plan then grows to the fitted runs (``train_until_stable``)."""
     rate = fitted_head_lr(P)
-    return dict(parts) if rate is None else with_head(parts, FITTED, rate, skip)
+    if rate is None:
+        return {**parts, FIT_INPUTS: fit_inputs(P)}
+    return with_head(parts, FITTED, rate, skip)
+
+
+def fit_inputs(P) -> dict:
+    """The configs :func:`fit` reads: ``{(method, head_lr, seed) | (method, seed): config}``, the grid and BP and
+    frozen on the first seed."""
+    plan, s0 = grid_plan(P), P.seeds[0]
+    return {**{k: c for k, c in plan["grid"].items() if k[2] == s0},
+            **{k: c for k, c in plan["refs"].items() if k[1] == s0}}
 
 
 def by_regime(trained: Mapping, other: Mapping, regime: str = FITTED) -> dict[str, dict]:
@@ -319,10 +334,8 @@ def fit(P) -> Fit | None:
     key = _key(P)
     if key in _FITS:
         return _FITS[key]
-    plan, s0 = grid_plan(P), P.seeds[0]
-    cfgs = {**{k: c for k, c in plan["grid"].items() if k[2] == s0},
-            **{k: c for k, c in plan["refs"].items() if k[1] == s0}}
-    dirs = {k: run_dir(canonical_config(**c), P.results) for k, c in cfgs.items()}
+    s0 = P.seeds[0]
+    dirs = {k: run_dir(canonical_config(**c), P.results) for k, c in fit_inputs(P).items()}
     if not all(d.is_dir() for d in dirs.values()):
         return None
     runs = {k: load_run(d, device="cpu") for k, d in dirs.items()}
