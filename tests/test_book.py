@@ -110,7 +110,7 @@ def test_every_chapter_opens_with_its_result_and_no_glued_name_is_left_unfilled(
                          r"failure reproduces [^.]+\.", findings)
     assert headline, findings[:3000]
     assert "This page shows the smoke profile" in findings
-    assert "DFA fires D1 and D2" in findings and "With the output head held at its initialisation" in findings
+    assert "DFA fires D1 and D2" in findings and "With the output head trained at the fitted rate" in findings
     assert headline.group(0) in text("book/intro.html")
 
 
