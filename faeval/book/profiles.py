@@ -7,8 +7,8 @@ cell. The runs each chapter trains are declared once, in :mod:`faeval.book.exper
 >>> P = get_profile("smoke", seeds=[42])
 >>> P.sizes["penalty"]["lambdas"], P.config("dfa", 42)["width"]
 ((0.0, 0.01), 32)
->>> sorted(P.plan("penalty"))[-3:]   # and fitted_head_* once the head grid is stored
-['frozen', 'sweep', 'two_by_two']
+>>> sorted(P.plan("penalty")["sweep"])[:2]      # {(lambda, seed): config}
+[(0.0, 42), (0.01, 42)]
 
 ``P.experiment("penalty")`` trains (or loads) those runs: ``{part: {key: Run}}``.
 
