@@ -162,7 +162,8 @@ def more_rules(P) -> dict:
     layer-wise rules (and the frozen baseline) at the fitted head_lr (:func:`faeval.book.chapters.more_rules.regimes`
     reads both); the new rules on every seed in the regime the book judges (:func:`faeval.book.head.decide`), the
     first seed in the other. Until the grid's runs the fit reads are stored the plan holds the head-trained runs
-    alone, and grows once they are (``train_until_stable``). ``cnn``: BP, DFA and BioTorch's four rules on the
+    and those grid runs (:data:`faeval.book.head.FIT_INPUTS`), and grows once they are (``train_until_stable``).
+    ``cnn``: BP, DFA and BioTorch's four rules on the
     cross-architecture chapter's SmallCNN, first seed, head trained (as BioTorch trains it)."""
     s0 = P.seeds[0]
     judged = _judged_regime(P)
@@ -190,9 +191,7 @@ def _judged_regime(P) -> str | None:
     """The regime the claims are judged in (:func:`faeval.book.head.decide`: the fitted one, or ``head trained``
     where the dial picks 1), once the grid's runs the fit reads are stored (else None)."""
     rate = head.fitted_head_lr(P)
-    if rate is None:
-        return None
-    return head.TRAINED if rate == head.GRID[0] else head.FITTED
+    return None if rate is None else head.judged_at(rate)
 
 
 @chapter("paper_ep")

@@ -288,4 +288,4 @@ def dial_figure(P):
     from . import head, plots
 
     runs = stored(P, "head_grid")
-    return plots.dial_figure(head.grid_rows(runs["grid"], runs["refs"]), decide(P).fitted.head_lr)
+    return plots.dial_figure(head.grid_rows(runs["grid"], runs["refs"]), head.head_lr(P, head.FITTED))

@@ -44,8 +44,8 @@ from .claims import paper
 
 __all__ = ["TRAINED", "FITTED", "FIXED", "REGIMES", "DEFAULT", "KEEP_TRAINED", "GRID", "variants", "with_head",
            "with_fitted_head", "FIT_INPUTS", "fit_inputs", "by_regime", "regime_view", "head_lr", "fitted_head_lr",
-           "grid_plan", "ends", "DISTANCES", "Distance", "TOLERANCE", "Fit", "fit", "grid_rows", "totals_by_seed",
-           "SIGNATURES", "Signature", "Decision", "decide"]
+           "judged_at", "grid_plan", "ends", "paper_margin", "DISTANCES", "Distance", "TOLERANCE", "Fit", "fit",
+           "grid_rows", "totals_by_seed", "SIGNATURES", "Signature", "Decision", "decide"]
 
 TRAINED, FITTED, FIXED = "head trained", "head fitted", "head fixed"
 #: the two regimes every chapter shows, the package default first
@@ -112,13 +112,13 @@ def regime_view(runs: Mapping[str, Mapping], part: str, regime: str = FITTED) ->
 
 def head_lr(P, regime: str) -> float:
     """The local rules' head_lr in ``regime`` at profile ``P``."""
-    if regime == FITTED:
-        rate = fitted_head_lr(P)
-        if rate is None:
-            raise FileNotFoundError("the fitted head_lr is read from the head grid's runs, which are not all "
-                                    "stored yet: run P.experiment('head_grid') (or python -m faeval.book prepare)")
-        return rate
-    return {TRAINED: 1.0, FIXED: 0.0}[regime]
+    return _stored_fit(P).head_lr if regime == FITTED else {TRAINED: 1.0, FIXED: 0.0}[regime]
+
+
+def judged_at(rate: float) -> str:
+    """The regime the claims are judged in when the dial picks ``rate``: ``head fitted``, or ``head trained`` where
+    the fitted value is the package default."""
+    return TRAINED if rate == GRID[0] else FITTED
 
 
 # ---------------------------------------------------------------------------------------
@@ -178,11 +178,10 @@ def _margin(run, refs) -> float:
     return (run.test_acc - refs["frozen"].test_acc) / (refs["bp"].test_acc - refs["frozen"].test_acc)
 
 
-def _paper_margin(key: str) -> float:
+def paper_margin(acc_key: str) -> float:
+    """The paper's accuracy under ``acc_key`` over its frozen baseline, in units of its BP's headroom over frozen."""
     frozen, bp = paper("audit.acc.frozen")["value"], paper("audit.acc.bp")["value"]
-    acc = paper(key)["value"]
-    acc = frozen + acc / 100 if key == "fa_vs_dfa.fa_clears_frozen" else acc
-    return (acc - frozen) / (bp - frozen)
+    return (paper(acc_key)["value"] - frozen) / (bp - frozen)
 
 
 #: the paper's DFA and FA signatures the dial is fitted on (the rule: least sum of these distances); FA's growth
@@ -193,14 +192,14 @@ DISTANCES: tuple[Distance, ...] = (
     Distance("dfa", "DFA ||h_L||", "audit.h_L.dfa", "log10", (4e8, 5e8), lambda r, refs: _diag(r).h_L),
     Distance("dfa", "DFA g_L", "audit.dfa_d2", "log10", (5e-10, 4e-9), lambda r, refs: _diag(r).g_L),
     Distance("dfa", "DFA margin (headroom units)", "audit.dfa_d3", "headroom",
-             (_paper_margin("audit.dfa_d3"),) * 2, _margin),
+             (paper_margin("audit.dfa_d3"),) * 2, _margin),
     Distance("dfa", "DFA Gamma per layer", "audit.gamma_l0.dfa", "gamma",
              (paper("audit.gamma_l0.dfa")["value"], 0.0),
              lambda r, refs: list(_diag(r).gamma)),
     Distance("fa", "FA ||h_L||", "fa_vs_dfa.both_grow", "log10", (1e5, 1e5), lambda r, refs: _diag(r).h_L),
     Distance("fa", "FA g_L", "audit.fa_d3", "log10", (1e-6, 1e-6), lambda r, refs: _diag(r).g_L),
     Distance("fa", "FA margin (headroom units)", "fa_vs_dfa.fa_clears_frozen", "headroom",
-             (_paper_margin("fa_vs_dfa.fa_clears_frozen"),) * 2, _margin),
+             (paper_margin("audit.acc.fa"),) * 2, _margin),
     Distance("fa", "FA deep Gamma", "fa_vs_dfa.fa_gamma_higher", "gamma", (0.33, 0.33),
              lambda r, refs: deep_mean(_diag(r).gamma)),
 )
@@ -246,15 +245,11 @@ class Fit:
 
     def best(self) -> dict[str, float]:
         """Each signature's own nearest head_lr (a tie to the larger)."""
-        df = self.frame()
-        return {n: min(_larger_first(g.head_lr), key=lambda h: float(g[g.head_lr == h].distance.iloc[0]))
-                for n, g in df.groupby("signature", sort=False)}
+        return {d.name: min(_larger_first(self.totals), key=lambda h: self.distance(d.name, h)) for d in DISTANCES}
 
     def unfit(self) -> list[str]:
         """The signatures farther than their :data:`TOLERANCE` from the paper at the fitted value."""
-        kinds = {d.name: d.kind for d in DISTANCES}
-        at = self.frame().query("head_lr == @self.head_lr")
-        return [r.signature for r in at.itertuples() if r.distance > TOLERANCE[kinds[r.signature]]]
+        return [d.name for d in DISTANCES if self.distance(d.name) > TOLERANCE[d.kind]]
 
     def why(self) -> str:
         """What the dial picked and, where no value fits every signature, which ones pull apart."""
@@ -316,7 +311,7 @@ def fit_runs(grid: Mapping, refs: Mapping, seed: int) -> Fit:
     if missing:
         raise ValueError(f"the head grid lacks {missing} at seed {seed}: train P.experiment('head_grid')")
     rows = grid_rows({k: r for k, r in grid.items() if k[2] == seed}, refs)
-    totals = {h: sum(r["distance"] for r in rows if r["head_lr"] == h) for h in GRID}
+    totals = totals_by_seed(rows)[seed]
     best = min(_larger_first(GRID), key=lambda h: totals[h])
     return Fit(rows, totals, best, seed)
 
@@ -342,6 +337,15 @@ def fit(P) -> Fit | None:
     _FITS[key] = fit_runs({k: r for k, r in runs.items() if len(k) == 3},
                           {k: r for k, r in runs.items() if len(k) == 2}, s0)
     return _FITS[key]
+
+
+def _stored_fit(P) -> Fit:
+    """:func:`fit`, or an error that names the runs to train."""
+    f = fit(P)
+    if f is None:
+        raise FileNotFoundError("the fitted head_lr is read from the head grid's runs, which are not all "
+                                "stored yet: run P.experiment('head_grid') (or python -m faeval.book prepare)")
+    return f
 
 
 def fitted_head_lr(P) -> float | None:
@@ -487,9 +491,7 @@ def decide(P) -> Decision:
     key = _key(P)
     if key in _DECISIONS:
         return _DECISIONS[key]
-    fitted = fit(P)
-    if fitted is None:
-        head_lr(P, FITTED)                              # raises: names the runs to train
+    fitted = _stored_fit(P)
     runs = _regime_runs(P)
     counts = {r: 0 for r in runs}
     table = []
@@ -502,6 +504,5 @@ def decide(P) -> Decision:
         table.append(row)
     table.append({"signature": "signatures matched", "paper": f"{len(SIGNATURES)} of {len(SIGNATURES)}",
                   **{r: f"{counts[r]} of {len(SIGNATURES)}" for r in counts}})
-    judged = TRAINED if fitted.head_lr == GRID[0] else FITTED
-    _DECISIONS[key] = Decision(counts, table, judged, fitted)
+    _DECISIONS[key] = Decision(counts, table, judged_at(fitted.head_lr), fitted)
     return _DECISIONS[key]

@@ -81,52 +81,49 @@ def _(ev):
     return PerSeed(margins(ev, "fa"), lambda v: v >= TH.d3_margin_pp, "{:+.1f} pp", note=d3_note(ev, "fa"))
 
 
+#: the number formats of :func:`d3_table`'s columns (``fb.plots.table(d3, D3_FORMATS)``)
+D3_FORMATS = {"frozen": "{:.3f}", "margin (pp)": "{:+.1f}", "vs head-trained frozen (pp)": "{:+.1f}",
+              "in headroom": "{:+.2f}"}
+
+
 def d3_table(table, frozen_acc, headroom):
     """D3 against both baselines, one row per local rule's run (``table``: the chapter's per-run rows with
     ``regime``, ``frozen_acc`` the regime's own baseline): the margin over the matched baseline (judged), over the
     head-trained one (``frozen_acc`` ``{seed: accuracy}``), and the judged margin in BP's headroom (``headroom``
-    ``{seed: points}``); the paper's DFA and FA margins in its own headroom beside."""
+    ``{seed: points}``); the paper's DFA and FA margins in its own headroom beside (:data:`D3_FORMATS`)."""
     import pandas as pd
+
+    from ..head import paper_margin
 
     rows = []
     for r in table[table.method != "bp"].itertuples():
         matched = 100 * (r.acc - r.frozen_acc)
-        rows.append({"regime": r.regime, "rule": r.method, "seed": r.seed, "frozen": f"{r.frozen_acc:.3f}",
-                     "margin": f"{matched:+.1f} pp",
-                     "vs head-trained frozen": f"{100 * (r.acc - frozen_acc[r.seed]):+.1f} pp",
-                     "in headroom": f"{matched / headroom[r.seed]:+.2f}"})
-    bp, frozen = paper("audit.acc.bp")["value"], paper("audit.acc.frozen")["value"]
-    for rule, acc in (("dfa", paper("audit.dfa_d3")["value"]), ("fa", paper("audit.acc.fa")["value"])):
-        rows.append({"regime": "paper (CIFAR-10)", "rule": rule, "seed": "-", "frozen": f"{frozen:.3f}",
-                     "margin": f"{100 * (acc - frozen):+.1f} pp", "vs head-trained frozen": "-",
-                     "in headroom": f"{(acc - frozen) / (bp - frozen):+.2f}"})
+        rows.append({"regime": r.regime, "rule": r.method, "seed": str(r.seed), "frozen": r.frozen_acc,
+                     "margin (pp)": matched, "vs head-trained frozen (pp)": 100 * (r.acc - frozen_acc[r.seed]),
+                     "in headroom": matched / headroom[r.seed]})
+    frozen = paper("audit.acc.frozen")["value"]
+    for rule, key in (("dfa", "audit.dfa_d3"), ("fa", "audit.acc.fa")):
+        rows.append({"regime": "paper (CIFAR-10)", "rule": rule, "seed": "-", "frozen": frozen,
+                     "margin (pp)": 100 * (paper(key)["value"] - frozen), "vs head-trained frozen (pp)": math.nan,
+                     "in headroom": paper_margin(key)})
     return pd.DataFrame(rows)
 
 
 def read_d3(d3, decision) -> str:
     """Per regime, DFA's and FA's mean D3 margins against both baselines and in headroom units."""
-    def num(x):
-        return float(x.split()[0])
-
     out = []
     for regime in decision.order:
-        sub = d3[d3.regime == regime]
-        parts = []
-        for rule in ("dfa", "fa"):
-            r = sub[sub.rule == rule]
-            if r.empty:
-                continue
-            m = prose.mean(r.margin.map(num))
-            t = prose.mean(r["vs head-trained frozen"].map(num))
-            h = prose.mean(r["in headroom"].map(num))
-            parts.append(f"{rule.upper()} {m:+.1f} pp over its own baseline ({h:+.2f} of BP's headroom), {t:+.1f} pp "
-                         "over the head-trained one")
+        means = d3[d3.regime == regime].groupby("rule")[["margin (pp)", "vs head-trained frozen (pp)",
+                                                         "in headroom"]].mean()
+        parts = [f"{rule.upper()} {m['margin (pp)']:+.1f} pp over its own baseline ({m['in headroom']:+.2f} of BP's "
+                 f"headroom), {m['vs head-trained frozen (pp)']:+.1f} pp over the head-trained one"
+                 for rule, m in means.loc[[r for r in ("dfa", "fa") if r in means.index]].iterrows()]
         if parts:
             out.append(f"{prose.head(regime).capitalize()} ({decision.label(regime).split('(')[1][:-1]}), means "
                        f"over seeds: " + "; ".join(parts) + ".")
     paper_rows = d3[d3.regime.str.startswith("paper")]
-    out.append("The paper: " + "; ".join(f"{r.rule.upper()} {r.margin} ({r['in headroom']} of its headroom)"
-                                         for _, r in paper_rows.iterrows()) + ".")
+    out.append("The paper: " + "; ".join(f"{r.rule.upper()} {r['margin (pp)']:+.1f} pp ({r['in headroom']:+.2f} of "
+                                         "its headroom)" for _, r in paper_rows.iterrows()) + ".")
     return " ".join(out)
 
 
