@@ -141,3 +141,49 @@ def test_the_probe_rules_are_the_books_not_the_librarys():
     assert "'dfa'" in out.stdout and "dfa_input_credit" not in out.stdout
     from faeval.methods import METHODS
     assert METHODS["dfa_input_credit"].__module__ == "faeval.book.probe_rules"
+
+
+def test_d3_is_data_only_where_the_headroom_scaled_bar_holds_and_the_absolute_one_fails(monkeypatch):
+    """The paper's 2 pp bar scales with BP's headroom over frozen (26.6 pp there). FA at +0.5 pp on a task with 4 pp
+    of headroom clears the scaled bar (0.30 pp) and misses the absolute one: kind data. At +0.1 pp it misses
+    both: not explained."""
+    from types import SimpleNamespace
+
+    from faeval.book.profiles import get_profile
+
+    assert X.paper_headroom() == pytest.approx(26.6, abs=0.05)
+    assert X.scaled_bar(X.paper_headroom()) == pytest.approx(2.0)
+    P = get_profile("smoke")
+    ctx = X.Context(P)
+
+    def runs(fa_margin_pp):
+        judged = {("frozen", s): SimpleNamespace(test_acc=0.80) for s in P.seeds}
+        judged |= {("fa", s): SimpleNamespace(test_acc=0.80 + fa_margin_pp / 100) for s in P.seeds}
+        trained = {("frozen", s): SimpleNamespace(test_acc=0.82) for s in P.seeds}
+        trained |= {("bp", s): SimpleNamespace(test_acc=0.86) for s in P.seeds}
+        return judged, trained
+
+    probes = {"fa_clean": SimpleNamespace(test_acc=0.85), "frozen_clean": SimpleNamespace(test_acc=0.84),
+              "bp_last_block": SimpleNamespace(test_acc=0.83)}
+    monkeypatch.setattr(ctx, "probe_runs", lambda part: probes)
+    for margin, kind in ((0.5, "data"), (0.1, "not explained"), (2.5, "not explained")):
+        judged, trained = runs(margin)
+        monkeypatch.setattr(ctx, "judged_runs", lambda chapter, part, j=judged: j)
+        monkeypatch.setattr(ctx, "runs", lambda chapter, t=trained: {"runs": t})
+        reason = X.fa_headroom({}, ctx)
+        assert reason.kind == kind, (margin, reason.text)
+    assert "s42 +2.50 pp against 0.30 (headroom 4.0 pp)" in reason.text
+
+
+def test_a_claim_over_several_backbones_is_explained_only_where_every_failing_backbone_is():
+    horizon = X.Reason("horizon", "fires at epoch 20", "longer training", judged_regime=True)
+    choice = X.Reason("implementation choice", "batch norm", "batch norm", judged_regime=True)
+    unknown = X.Reason("not explained", "ruled out the horizon", "longer training", judged_regime=True)
+    both = X._per_backbone({"A": horizon, "B": choice, "C": horizon}, "D1")
+    assert both.kind == "horizon" and both.judged_regime
+    assert both.text == "A (horizon): fires at epoch 20; B (implementation choice): batch norm; C (horizon): " \
+                        "fires at epoch 20"
+    assert both.probe == "longer training, batch norm"
+    assert X._per_backbone({"A": choice, "B": horizon}, "D1").kind == "implementation choice"   # tie: the first
+    assert X._per_backbone({"A": horizon, "B": unknown}, "D1").kind == "not explained"
+    assert X._per_backbone({}, "D2").kind == "not explained"

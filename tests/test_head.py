@@ -140,6 +140,7 @@ def test_every_local_rule_and_the_frozen_baseline_of_the_quick_audit_get_a_fitte
     P = fb.get_profile("quick")
     monkeypatch.setattr(fb.head, "fitted_head_lr", lambda P: None)
     before = P.plan("audit")                     # until the fit is known: the grid's runs it reads, no fitted runs
+    assert "no_ln" not in P.plan("discrepancies") and fb.head.FIT_INPUTS in P.plan("discrepancies")
     assert "fitted_head_runs" not in before and before[fb.head.FIT_INPUTS] == fb.head.fit_inputs(P)
     assert {k[1] for k in fb.head.fit_inputs(P) if len(k) == 3 and k[0] == "dfa"} == set(fb.head.GRID)
     monkeypatch.setattr(fb.head, "fitted_head_lr", lambda P: 0.1)
@@ -152,6 +153,12 @@ def test_every_local_rule_and_the_frozen_baseline_of_the_quick_audit_get_a_fitte
                      "head fitted": {("bp", 1): "bp run", ("dfa", 1): "fitted dfa run"}}
     for chapter in ("temporal", "penalty", "fa_vs_dfa", "cross_arch", "more_rules"):
         assert any(part.startswith("fitted_head_") for part in P.plan(chapter)), chapter
+    # the discrepancies' no-LN probes train in the judged regime (the fitted value), the others keep the head
+    probes = P.plan("discrepancies")
+    assert {c["head_lr"] for c in probes["no_ln"].values()} == {0.1}
+    assert probes["long"]["dfa"].get("head_lr", 1.0) == 1.0
+    monkeypatch.setattr(fb.head, "fitted_head_lr", lambda P: 1.0)      # the dial picks 1: judged head trained
+    assert {c["head_lr"] for c in P.plan("discrepancies")["no_ln"].values()} == {1.0}
     # the mechanism keeps its head-fixed twin (head_lr 0) whatever the fit
     assert {c["head_lr"] for c in P.plan("head_mechanism")["fixed_head_noisy"].values()} == {0.0}
 

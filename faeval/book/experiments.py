@@ -194,6 +194,17 @@ def _judged_regime(P) -> str | None:
     return None if rate is None else head.judged_at(rate)
 
 
+def _in_judged_regime(P, parts: dict) -> dict:
+    """``parts`` with every rule but BP (:data:`faeval.book.head.KEEP_TRAINED`) at the head_lr of the regime the
+    book judges; until the grid's runs the fit reads are stored, those runs instead (part
+    :data:`faeval.book.head.FIT_INPUTS`: training them grows the plan to ``parts``, ``train_until_stable``)."""
+    rate = head.fitted_head_lr(P)            # the judged regime's head_lr (1 where the dial picks head trained)
+    if rate is None:
+        return {head.FIT_INPUTS: head.fit_inputs(P)}
+    return {part: {k: c if c["method"] in head.KEEP_TRAINED else {**c, "head_lr": rate} for k, c in runs.items()}
+            for part, runs in parts.items()}
+
+
 @chapter("paper_ep")
 def paper_ep(P) -> dict:
     """EP at the paper's state scale (the embedding's initialisation times ``sizes["paper_ep"]["embed_scale"]``,
@@ -251,7 +262,8 @@ def discrepancies(P) -> dict:
     pairing on ``pairing_seeds`` seeds; FA and frozen on clean labels and BP with one trainable
     block; SmallCNN without batch norm and 2x longer; the EP beta x steps sweep on a subset; DFA on
     the calibration's candidate tasks at ``horizon_factor`` x its horizon; and the shallow baseline
-    trained by BP instead of DFA, every seed."""
+    trained by BP instead of DFA, every seed. The no-LN probes train in the regime the book judges
+    (:func:`_in_judged_regime`); the others train the head."""
     size, s0 = P.sizes["discrepancies"], P.seeds[0]
     sub = {"subset": P.base["subset"]} if P.base.get("subset") else {}
     cal_steps = size["horizon_factor"] * P.sizes["calibration"]["steps"]
@@ -263,8 +275,8 @@ def discrepancies(P) -> dict:
     ep_data = {"subset": ep["subset"], "epochs": ep["epochs"]}
     return {
         "long": {m: P.config(m, s0, epochs=long_e) for m in ("dfa", "state_bridge")},
-        "no_ln": {"long": P.config("dfa", s0, epochs=long_e, out_ln=False),
-                  "augment": P.config("dfa", s0, out_ln=False, augment=True)},
+        **_in_judged_regime(P, {"no_ln": {"long": P.config("dfa", s0, epochs=long_e, out_ln=False),
+                                          "augment": P.config("dfa", s0, out_ln=False, augment=True)}}),
         "random_targets": {**{("fixed", m): P.config(m, s0, epochs=assay_e, label_noise=1.0)
                               for m in ("dfa", "fa", "ep")},
                            **{("long", m): P.config(m, s0, epochs=size["horizon_factor"] * assay_e,

@@ -44,7 +44,8 @@ from .claims import paper
 
 __all__ = ["TRAINED", "FITTED", "FIXED", "REGIMES", "DEFAULT", "KEEP_TRAINED", "GRID", "variants", "with_head",
            "with_fitted_head", "FIT_INPUTS", "fit_inputs", "by_regime", "regime_view", "head_lr", "fitted_head_lr",
-           "judged_at", "grid_plan", "ends", "paper_margin", "DISTANCES", "Distance", "TOLERANCE", "Fit", "fit",
+           "judged_at", "headroom_note", "grid_plan", "ends", "paper_margin", "DISTANCES", "Distance", "TOLERANCE",
+           "Fit", "fit",
            "grid_rows", "totals_by_seed", "SIGNATURES", "Signature", "Decision", "decide"]
 
 TRAINED, FITTED, FIXED = "head trained", "head fitted", "head fixed"
@@ -176,6 +177,12 @@ def _diag(run):
 def _margin(run, refs) -> float:
     """Accuracy over the frozen baseline in units of BP's headroom over it (same seed, head trained)."""
     return (run.test_acc - refs["frozen"].test_acc) / (refs["bp"].test_acc - refs["frozen"].test_acc)
+
+
+def headroom_note(margins: Mapping, headroom: Mapping) -> str:
+    """D3 margins ``{seed: points}`` in units of BP's headroom over frozen (``headroom`` ``{seed: points}``, head
+    trained), as a claim's note: ``"in BP's headroom s42 -0.41, ..."``."""
+    return "in BP's headroom " + ", ".join(f"s{s} {m / headroom[s]:+.2f}" for s, m in margins.items())
 
 
 def paper_margin(acc_key: str) -> float:

@@ -52,12 +52,12 @@ def _(ev):
 def d3_note(ev, method: str) -> str:
     """The D3 margins of ``method``'s runs in units of BP's headroom over frozen (head trained), and, where the
     regime's frozen baseline is a matched one, against the head-trained frozen baseline too."""
+    from ..head import headroom_note
     own = margins(ev, method)
-    units = ", ".join(f"s{s} {m / ev.headroom[s]:+.2f}" for s, m in own.items())
     vs = {r["seed"]: 100 * (r["acc"] - ev.frozen_acc[r["seed"]]) for r in ev.rows if r["method"] == method}
     other = "" if vs == own else "; against the head-trained frozen baseline " + ", ".join(
         f"s{s} {m:+.1f} pp" for s, m in vs.items())
-    return f"in BP's headroom {units}{other}"
+    return headroom_note(own, ev.headroom) + other
 
 
 @CLAIMS.claim("audit.dfa_d3", "DFA does not clear the frozen baseline by 2 pp (D3 fires) on every seed",

@@ -39,8 +39,10 @@ def _(ev):
 @CLAIMS.claim("fa_vs_dfa.fa_clears_frozen", "FA clears the frozen baseline by 2 pp on every seed (D3 passes)",
               paper=True)
 def _(ev):
-    return PerSeed(ev.compare.set_index(["method", "seed"]).loc["fa", "margin_pp"].to_dict(),
-                   lambda pp: pp >= Thresholds().d3_margin_pp, "{:+.1f} pp")
+    from ..head import headroom_note
+    fa = ev.compare.set_index(["method", "seed"]).loc["fa"]
+    return PerSeed(fa["margin_pp"].to_dict(), lambda pp: pp >= Thresholds().d3_margin_pp, "{:+.1f} pp",
+                   note=headroom_note(fa["margin_pp"].to_dict(), fa["headroom_pp"].to_dict()))
 
 
 @CLAIMS.claim("fa_vs_dfa.both_grow",
@@ -70,9 +72,12 @@ def _(ev):
 def compare_table(pairs, order, x_eval, y_eval) -> pd.DataFrame:
     """One row per local rule's run of the audit in each head regime (``pairs``: ``{regime: {(method, seed):
     Run}}``, in ``order``; BP and the frozen baseline are left out): accuracy, margin over the frozen baseline
-    of its seed, deep Gamma and its fresh-feedback null (:func:`faeval.analysis.credit_quality`), and the
+    of its seed, BP's headroom over frozen on that seed (``headroom_pp``, both head trained: the unit a margin is
+    read in), deep Gamma and its fresh-feedback null (:func:`faeval.analysis.credit_quality`), and the
     final snapshot's growth, h_L and g_L."""
+    from ..head import TRAINED
     compare = []
+    trained = pairs[TRAINED]
     for regime in order:
         pair = pairs[regime]
         for (m, s), run in pair.items():
@@ -82,7 +87,9 @@ def compare_table(pairs, order, x_eval, y_eval) -> pd.DataFrame:
             last = run.history[-1]["diag"]
             compare.append({
                 "regime": regime, "method": m, "seed": s, "acc": run.test_acc,
-                "margin_pp": 100 * (run.test_acc - pair["frozen", s].test_acc), "deep Gamma": q["deep_gamma"],
+                "margin_pp": 100 * (run.test_acc - pair["frozen", s].test_acc),
+                "headroom_pp": 100 * (trained["bp", s].test_acc - trained["frozen", s].test_acc),
+                "deep Gamma": q["deep_gamma"],
                 "null deep Gamma": q["null_deep"], "growth": last.max_block_growth, "h_L": last.h_L, "g_L": last.g_L})
     return pd.DataFrame(compare)
 

@@ -74,8 +74,10 @@ def _(ev):
 
 @CLAIMS.claim("penalty.d3_changes", "The D3 verdict changes across the lambda sweep", paper=True)
 def _(ev):
-    return Check(ev.d3["D3 fires at 2.0 pp"].nunique() > 1,
-                 ", ".join(f"{lam:g}: {m:+.2f} pp" for lam, m in ev.d3["mean margin (pp)"].items()))
+    d3 = ev.d3
+    return Check(d3["D3 fires at 2.0 pp"].nunique() > 1,
+                 ", ".join(f"{lam:g}: {m:+.2f} pp ({u:+.2f} of BP's headroom)"
+                           for lam, m, u in zip(d3.index, d3["mean margin (pp)"], d3["in headroom"])))
 
 
 CLAIMS.stopped_runs("penalty.trained", "sweep", "{0:g}.s{1}", "DFA lambda={0:g} seed {1} trained to the end")
@@ -173,6 +175,25 @@ def read_two_by_two(two_by_two, lam_on, decision) -> str:
         d = {m: 100 * (t.loc[m, lam_on] - t.loc[m, 0.0]) for m in ("bp", "dfa")}
         return f"lambda {lam_on:g} changes BP's accuracy by {d['bp']:+.1f} pp and DFA's by {d['dfa']:+.1f} pp"
     return prose.regime_sentence(decision, says)
+
+
+def headroom(two_by_twos, frozen_acc) -> dict:
+    """BP's headroom over the frozen baseline, ``{seed: points}``: BP at lambda 0 over the head-trained baseline
+    (``two_by_twos`` and ``frozen_acc`` by regime, as the notebook holds them), the unit D3's margins are also
+    read in."""
+    from ..head import TRAINED
+    bp = {s: r.test_acc for (m, lam, s), r in two_by_twos[TRAINED].items() if m == "bp" and lam == 0}
+    return {s: 100 * (acc - frozen_acc[TRAINED][s]) for s, acc in bp.items()}
+
+
+def d3_table(quality, headroom) -> pd.DataFrame:
+    """Per head regime and lambda (``quality``: :func:`quality_table`): the mean margin over the matched frozen
+    baseline, the same in units of BP's mean headroom (``headroom`` ``{seed: points}``, :func:`headroom`), and
+    whether D3 fires at a bar of 1, 2 and 3 points."""
+    margins = quality.groupby(["regime", "lambda"])["margin_pp"].mean()
+    unit = sum(headroom.values()) / len(headroom)
+    return pd.DataFrame({"mean margin (pp)": margins, "in headroom": margins / unit,
+                         **{f"D3 fires at {m} pp": margins < m for m in (1.0, 2.0, 3.0)}})
 
 
 def read_d3(d3, decision) -> str:
