@@ -149,10 +149,11 @@ def test_d3_is_data_only_where_the_headroom_scaled_bar_holds_and_the_absolute_on
     both: not explained."""
     from types import SimpleNamespace
 
+    from faeval.book import head as fb_head
     from faeval.book.profiles import get_profile
 
-    assert X.paper_headroom() == pytest.approx(26.6, abs=0.05)
-    assert X.scaled_bar(X.paper_headroom()) == pytest.approx(2.0)
+    assert fb_head.paper_headroom() == pytest.approx(26.6, abs=0.05)
+    assert X.scaled_bar(fb_head.paper_headroom()) == pytest.approx(2.0)
     P = get_profile("smoke")
     ctx = X.Context(P)
 

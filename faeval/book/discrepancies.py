@@ -35,7 +35,7 @@ from ..methods import method_hparams
 from ..protocol import TABLE, Monitor, Thresholds, diagnostic_of_column
 from . import head
 from .calibration import CANDIDATES, summarise_all
-from .claims import REASON_KINDS, attach_reasons, paper
+from .claims import REASON_KINDS, attach_reasons
 from .experiments import CANDIDATE_TASKS
 
 __all__ = ["KINDS", "Reason", "PROBES", "probe", "explain", "head_probe", "save_reasons", "crossing_epoch", "Context"]
@@ -468,15 +468,10 @@ def pairing_patterns(ctx: Context) -> dict[str, dict]:
     return out
 
 
-def paper_headroom() -> float:
-    """The paper's BP accuracy over its frozen baseline, in points (CIFAR-10)."""
-    return 100 * (paper("audit.acc.bp")["value"] - paper("audit.acc.frozen")["value"])
-
-
 def scaled_bar(room: float) -> float:
     """D3's bar (in points) scaled from the paper's headroom to ``room``, this task's (BP over frozen, points):
     the bar a D3 claim is read against when the kind ``data`` is in question."""
-    return Thresholds().d3_margin_pp * room / paper_headroom()
+    return Thresholds().d3_margin_pp * room / head.paper_headroom()
 
 
 @probe("audit.fa_d3", "fa_vs_dfa.fa_clears_frozen")
@@ -498,8 +493,8 @@ def fa_headroom(row, ctx: Context) -> Reason:
     also = (f"FA on clean labels {fa_clean:+.1f} pp, " if noisy else "") + \
         f"BP with one trainable block {bp_one:+.1f} pp (seed {s0})"
     if all(m >= scaled[s] for s, m in margin.items()) and not all(m >= bar for m in margin.values()):
-        return Reason("data", f"the paper's {bar:g} pp bar, scaled from its {paper_headroom():.1f} pp headroom to "
-                              f"this task's, FA clears on every seed ({seen}) and the absolute one it misses; {also}",
+        return Reason("data", f"FA clears the paper's {bar:g} pp bar, scaled from its {head.paper_headroom():.1f} pp "
+                              f"headroom to this task's, on every seed ({seen}), and misses the absolute one; {also}",
                       "headroom-scaled bar")
     return Reason("not explained", f"ruled out the task's headroom: on the bar scaled to it FA's margins read {seen}; "
                                    f"{also}", "headroom-scaled bar, one-block headroom")
@@ -636,9 +631,9 @@ def penalty_d3(row, ctx: Context) -> Reason:
     room = headroom(head.regime_view(ctx.runs("penalty"), "two_by_two"), frozen)
     scaled = scaled_bar(sum(room.values()) / len(room))
     if len({m < scaled for m in means.values()}) > 1 and len({m < bar for m in means.values()}) == 1:
-        return Reason("data", f"on the {bar:g} pp bar scaled from the paper's {paper_headroom():.1f} pp headroom to "
-                              f"this task's ({scaled:.2f} pp), D3's verdict changes along the sweep ({margins}); on "
-                              f"the absolute one it does not", "headroom-scaled bar")
+        return Reason("data", f"on the {bar:g} pp bar scaled from the paper's {head.paper_headroom():.1f} pp "
+                              f"headroom to this task's ({scaled:.2f} pp), D3's verdict changes along the sweep "
+                              f"({margins}); on the absolute one it does not", "headroom-scaled bar")
     if _dfa_fires_d1_somewhere(ctx) or max(means.values()) >= bar:
         return Reason("not explained", f"the mean margins over the frozen baseline ({margins}) and DFA's D1 do not "
                                        f"tell why the verdict does not change", "penalty sweep")

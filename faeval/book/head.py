@@ -44,9 +44,9 @@ from .claims import paper
 
 __all__ = ["TRAINED", "FITTED", "FIXED", "REGIMES", "DEFAULT", "KEEP_TRAINED", "GRID", "variants", "with_head",
            "with_fitted_head", "FIT_INPUTS", "fit_inputs", "by_regime", "regime_view", "head_lr", "fitted_head_lr",
-           "judged_at", "headroom_note", "grid_plan", "ends", "paper_margin", "DISTANCES", "Distance", "TOLERANCE",
-           "Fit", "fit",
-           "grid_rows", "totals_by_seed", "SIGNATURES", "Signature", "Decision", "decide"]
+           "judged_at", "headroom_note", "grid_plan", "ends", "paper_headroom", "paper_margin", "DISTANCES",
+           "Distance", "TOLERANCE", "Fit", "fit", "grid_rows", "totals_by_seed", "SIGNATURES", "Signature",
+           "Decision", "decide"]
 
 TRAINED, FITTED, FIXED = "head trained", "head fitted", "head fixed"
 #: the two regimes every chapter shows, the package default first
@@ -185,10 +185,14 @@ def headroom_note(margins: Mapping, headroom: Mapping) -> str:
     return "in BP's headroom " + ", ".join(f"s{s} {m / headroom[s]:+.2f}" for s, m in margins.items())
 
 
+def paper_headroom() -> float:
+    """The paper's BP accuracy over its frozen baseline, in points (CIFAR-10)."""
+    return 100 * (paper("audit.acc.bp")["value"] - paper("audit.acc.frozen")["value"])
+
+
 def paper_margin(acc_key: str) -> float:
     """The paper's accuracy under ``acc_key`` over its frozen baseline, in units of its BP's headroom over frozen."""
-    frozen, bp = paper("audit.acc.frozen")["value"], paper("audit.acc.bp")["value"]
-    return (paper(acc_key)["value"] - frozen) / (bp - frozen)
+    return 100 * (paper(acc_key)["value"] - paper("audit.acc.frozen")["value"]) / paper_headroom()
 
 
 #: the paper's DFA and FA signatures the dial is fitted on (the rule: least sum of these distances); FA's growth
