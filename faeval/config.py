@@ -24,13 +24,14 @@ import json
 from collections.abc import Mapping
 
 from .data import dataset_options
+from .data import test_size as _dataset_test_size
 from .data import train_size as _dataset_train_size
 from .methods import method_class, method_hparams
 from .models import arch_class
 from .usercode import code_key
 
 __all__ = ["CACHE_VERSION", "PRECISIONS", "TOP", "check_precision", "canonical_config", "code_of", "config_hash",
-           "model_options", "rebase", "train_size"]
+           "model_options", "rebase", "test_size", "train_size"]
 
 #: bump when a change to training or to the history format makes stored runs stale
 CACHE_VERSION = 3      # 2: fused AdamW kernel (rounding-level change of every trajectory)
@@ -140,6 +141,11 @@ def config_hash(cfg: dict) -> str:
 def train_size(cfg: dict) -> int:
     """How many training samples canonical config ``cfg`` trains on, without loading the data."""
     return _dataset_train_size(cfg["dataset"], cfg["data"])
+
+
+def test_size(cfg: dict) -> int:
+    """How many test samples (evaluated at every epoch record) canonical config ``cfg`` has, without loading them."""
+    return _dataset_test_size(cfg["dataset"], cfg["data"])
 
 
 def rebase(base: Mapping, overrides: Mapping) -> dict:

@@ -38,7 +38,7 @@ import torch
 
 from .seeds import generator
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "dataset_files", "dataset_options", "train_size"]
+__all__ = ["DATASETS", "Dataset", "load_dataset", "dataset_files", "dataset_options", "train_size", "test_size"]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
 
@@ -533,6 +533,7 @@ _LOADERS = {"fashion-mnist": _load_idx, "mnist": _load_idx,
 
 #: training-set sizes of the standard files (a subset, or the synthetic task's n_train, overrides them)
 _TRAIN_SIZES = {"fashion-mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+_TEST_SIZES = {"fashion-mnist": 10000, "mnist": 10000, "cifar10": 10000, "cifar100": 10000}
 
 _COMMON_OPTIONS = {"subset": None, "label_noise": 0.0, "random_targets": False}
 
@@ -565,3 +566,15 @@ def train_size(name: str, options: dict) -> int:
         return int(options.get("n_train", dataset_options(name)["n_train"]))
     _loader(name)
     return _TRAIN_SIZES[name]
+
+
+def test_size(name: str, options: dict) -> int:
+    """How many test samples dataset ``name`` with ``options`` holds (a subset keeps the whole test split).
+
+    >>> test_size("fashion-mnist", {"subset": 5000}), test_size("synthetic", {"n_test": 256})
+    (10000, 256)
+    """
+    if name == "synthetic":
+        return int(options.get("n_test", dataset_options(name)["n_test"]))
+    _loader(name)
+    return _TEST_SIZES[name]

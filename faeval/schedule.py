@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from . import many
-from .config import canonical_config, train_size
+from .config import canonical_config, test_size, train_size
 from .methods import METHODS, PACKAGE_METHODS, method_class
 from .models import ARCHS, PACKAGE_ARCHS, arch_class
 from .store import (
@@ -267,8 +267,16 @@ _WORTH_PROCESSES = 300_000
 
 
 def _cost(cfg: dict) -> float:
-    scale = arch_class(cfg["arch"]).step_cost(cfg["model"])
-    return cfg["epochs"] * train_size(cfg) * method_class(cfg["method"]).step_cost(cfg["hparams"]) * scale
+    """A run's estimated cost: its training steps and its epoch records (one more than its epochs), in units of a
+    BP step on one sample of ResMLP d=256 (``benchmarks/eta_replay.py`` checks it against a store's runs)."""
+    arch = arch_class(cfg["arch"])
+    steps = cfg["epochs"] * train_size(cfg) * method_class(cfg["method"]).step_cost(cfg["hparams"])
+    return arch.step_cost(cfg["model"]) * (steps + (cfg["epochs"] + 1) * test_size(cfg) * arch.eval_cost)
+
+
+def cost_kind(cfg: dict) -> tuple[str, str]:
+    """The runs whose observed speed :class:`RemainingTime` applies to each other: one architecture and rule."""
+    return cfg["arch"], cfg["method"]
 
 
 def ship(configs: Iterable[Mapping]) -> bytes | None:
@@ -363,7 +371,7 @@ def _run_jobs(submit: Callable[[list[int]], Future], jobs: list[list[int]], cfgs
     The progress bar advances by each job's estimated cost (:func:`_cost`), not by its count, and
     shows the time left as :class:`RemainingTime` estimates it for ``workers`` parallel workers."""
     costs = [sum(_cost(cfgs[i]) for i in idx) for idx in jobs]
-    eta = RemainingTime(costs, workers)
+    eta = RemainingTime(costs, workers, kinds=[cost_kind(cfgs[idx[0]]) for idx in jobs])
     bar = _CostBar(eta, sum(map(len, jobs)), desc or "runs", progress and desc is not None)
     failures: list[tuple[dict, BaseException]] = []
     try:
@@ -399,11 +407,13 @@ _TICK = 5.0
 class RemainingTime:
     """The time left of many jobs on ``workers`` parallel workers, from each job's estimated cost.
 
-    One worker's speed (cost per second) is learned from the jobs that finished: their costs
-    over the seconds they ran. A running job has done as much as its running time at that
-    speed says (at most 95% of it); the time left replays the rest of the queue, in order,
-    on the workers as they come free, so the tail of a long last job counts in full. Before
-    the first job finishes, or with ``workers=0`` (not known), :meth:`remaining` is ``None``.
+    A job's seconds are its cost over the speed (cost per second of one worker) observed on the finished
+    jobs of its kind (``kinds``, e.g. its architecture and rule), or on all finished jobs while none of its
+    kind has finished: the estimate corrects the cost model by the rate it observes, kind by kind. A running
+    job has done as much as its running time at that speed says (at most 95% of it); the time left replays
+    the rest of the queue, in order, on the workers as they come free, so the tail of a long last job
+    counts in full. Before the first job finishes, or with ``workers=0`` (not known), :meth:`remaining` is
+    ``None``.
 
     A job counts as running from the first :meth:`started` while fewer than ``workers`` run (a
     process pool marks one more job running than it runs: the one queued next).
@@ -412,10 +422,16 @@ class RemainingTime:
     >>> eta.started(0, 0.0); eta.started(1, 0.0); eta.finished(1, 10.0); eta.started(2, 10.0)
     >>> eta.remaining(10.0)        # 2 a second: job 0 needs 10 more seconds, job 2 needs 10, then job 3
     20.0
+    >>> eta = RemainingTime([40.0, 20.0, 20.0, 20.0], workers=2, kinds=["ep", "bp", "bp", "ep"])
+    >>> eta.started(0, 0.0); eta.started(1, 0.0); eta.finished(1, 10.0); eta.started(2, 10.0)
+    >>> eta.finished(0, 40.0); eta.started(3, 40.0)
+    >>> eta.remaining(40.0)        # ep ran at 1 a second: job 3 needs 20 more (job 2, bp at 2 a second, is late)
+    20.0
     """
 
-    def __init__(self, costs: Sequence[float], workers: int) -> None:
+    def __init__(self, costs: Sequence[float], workers: int, kinds: Sequence[Hashable] | None = None) -> None:
         self.costs, self.workers = list(costs), workers
+        self.kinds = list(kinds) if kinds is not None else [None] * len(self.costs)
         self.start: dict[int, float] = {}
         self.end: dict[int, float] = {}
 
@@ -431,29 +447,41 @@ class RemainingTime:
         self.start.setdefault(job, t if since is None else since)
         self.end.setdefault(job, t)
 
-    def speed(self) -> float | None:
-        """Cost per second of one worker, from the finished jobs (``None`` before the first)."""
-        secs = sum(self.end[k] - self.start[k] for k in self.end)
-        return sum(self.costs[k] for k in self.end) / secs if self.end and secs > 0 else None
+    def speed(self, jobs: Iterable[int] | None = None) -> float | None:
+        """Cost per second of one worker, from the finished ``jobs`` (all by default; ``None`` before the first)."""
+        jobs = list(self.end if jobs is None else jobs)
+        secs = sum(self.end[k] - self.start[k] for k in jobs)
+        return sum(self.costs[k] for k in jobs) / secs if jobs and secs > 0 else None
+
+    def _speeds(self) -> list[float] | None:
+        """Every job's speed: its kind's observed one, else all finished jobs' (``None`` before the first)."""
+        v = self.speed()
+        if v is None:
+            return None
+        by_kind: dict[Hashable, list[int]] = {}
+        for k in self.end:
+            by_kind.setdefault(self.kinds[k], []).append(k)
+        of_kind = {kind: self.speed(jobs) or v for kind, jobs in by_kind.items()}
+        return [of_kind.get(kind, v) for kind in self.kinds]
 
     def done(self, t: float) -> float:
         """The cost done by time ``t``: the finished jobs' and the running jobs' estimated share."""
-        v = self.speed() or 0.0
+        v = self._speeds() or [0.0] * len(self.costs)
         return (sum(self.costs[k] for k in self.end)
-                + sum(min(v * (t - self.start[k]), 0.95 * self.costs[k]) for k in self.running()))
+                + sum(min(v[k] * (t - self.start[k]), 0.95 * self.costs[k]) for k in self.running()))
 
     def remaining(self, t: float) -> float | None:
         """Seconds until the last job ends, as the queue replays on the workers (``None``: unknown yet)."""
-        v = self.speed()
+        v = self._speeds()
         if v is None or self.workers < 1:
             return None
         busy = self.running()
-        free = [max(self.costs[k] / v - (t - self.start[k]), 0.05 * self.costs[k] / v) for k in busy]
+        free = [max(self.costs[k] / v[k] - (t - self.start[k]), 0.05 * self.costs[k] / v[k]) for k in busy]
         free += [0.0] * (self.workers - len(free))
         heapq.heapify(free)
         for k, c in enumerate(self.costs):
             if k not in self.end and k not in busy:
-                heapq.heappush(free, heapq.heappop(free) + c / v)
+                heapq.heappush(free, heapq.heappop(free) + c / v[k])
         return max(free)
 
 

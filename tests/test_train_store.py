@@ -398,3 +398,29 @@ def test_adamw_checks_the_private_fused_kernel_and_falls_back_to_torch_optim(mon
     assert runs[0].test_acc == runs[1].test_acc
     for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_channels_last_evaluation_records_the_same_numbers_and_training_never_sees_it(monkeypatch):
+    """SmallCNN evaluates with channels-last copies of its conv weights (eval_layout): the history's test
+    numbers and snapshot agree with the plain layout's to float rounding, its training numbers bit for bit,
+    and the weights the optimiser steps keep their own layout."""
+    from faeval.models import SmallCNN
+    from faeval.train import eval_layout
+    ds = faeval.load_dataset("fashion-mnist", subset=256)
+    histories = {}
+    for flag in (False, True):
+        monkeypatch.setattr(SmallCNN, "eval_channels_last", flag)
+        model = faeval.build_model("cnn", ds.input_shape, 10, seed=0, channels=(4, 8, 8), hidden=16)
+        convs = [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1]
+        with eval_layout(model):
+            laid_out = [p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs]
+            assert all(laid_out) == flag and any(laid_out) == flag
+        histories[flag] = fit(model, "dfa", ds, 2, seed=0, eval_n=128, progress=False).history
+        assert all(p.is_contiguous() for p in convs)
+    for plain, fast in zip(histories[False], histories[True]):
+        assert plain.train_loss == fast.train_loss and plain.diag.hidden_norms[0] == pytest.approx(
+            fast.diag.hidden_norms[0], rel=1e-5)
+        assert fast.test_loss == pytest.approx(plain.test_loss, rel=1e-5)
+        assert fast.test_acc == pytest.approx(plain.test_acc, abs=2e-4)       # at most two near-ties flip
+        assert fast.diag.g_L == pytest.approx(plain.diag.g_L, rel=1e-4)
+        assert fast.diag.gamma == pytest.approx(plain.diag.gamma, abs=1e-4)
