@@ -58,7 +58,8 @@ def replay(costs: list[float], seconds: list[float], kinds: list | None, workers
 def main() -> None:
     runs = stored_runs()
     if not runs:
-        raise SystemExit("no stored runs of the quick profile here: set FAEVAL_RESULTS to a quick store")
+        print("eta_replay: no stored runs of the quick profile in the run store; set FAEVAL_RESULTS to a quick store")
+        return
     runs.sort(key=lambda r: -_cost(r[0]))
     costs = [_cost(c) for c, _ in runs]
     seconds = [s for _, s in runs]
