@@ -55,7 +55,8 @@ def test_a_registered_architecture_is_known_to_every_consumer():
         config.canonical_config(arch="gated_mlp", model={"channels": [4]})
     with pytest.raises(ValueError, match="valid archs: .*gated_mlp"):
         fe.build_model("gated_mpl", (4,), 2)
-    assert schedule._cost(cfg) == cfg["epochs"] * 384 * 1.0     # the class's step_cost, not a guess by name
+    # the class's step_cost and eval_cost, not a guess by name: its steps on 384 samples, its records on 128
+    assert schedule._cost(cfg) == 1.0 * (cfg["epochs"] * 384 * 1.0 + (cfg["epochs"] + 1) * 128 * GatedMLP.eval_cost)
     # FA asks the class whether its states share one shape
     assert fe.build_method("fa", fe.build_model("gated_mlp", (12,), 10, seed=0)).width == 24
 
