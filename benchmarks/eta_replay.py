@@ -12,14 +12,13 @@ Run: FAEVAL_RESULTS=<a quick store> .venv/bin/python benchmarks/eta_replay.py   
 """
 from __future__ import annotations
 
-import heapq
 import json
 import statistics
 from collections import defaultdict
 
 from faeval.book.experiments import planned_runs
 from faeval.book.profiles import get_profile
-from faeval.schedule import RemainingTime, _cost, cost_kind
+from faeval.schedule import RemainingTime, _cost, cost_kind, in_order
 from faeval.store import run_dir
 
 
@@ -35,17 +34,12 @@ def stored_runs(profile: str = "quick") -> list[tuple[dict, float]]:
 def replay(costs: list[float], seconds: list[float], kinds: list | None, workers: int = 2, every: float = 300.0
            ) -> list[tuple]:
     """``[(minute, estimated left, really left)]`` of the jobs (in the order given) on ``workers``."""
-    free = [(0.0, w) for w in range(workers)]
-    start, end = {}, {}
-    for k, s in enumerate(seconds):
-        t, w = heapq.heappop(free)
-        start[k], end[k] = t, t + s
-        heapq.heappush(free, (t + s, w))
-    total = max(end.values())
+    start, end = in_order(seconds, [0.0] * workers)
+    total = max(end)
     rows, t = [], every
     while t < total:
         eta = RemainingTime(costs, workers, kinds)
-        for k in sorted(start, key=start.get):
+        for k in sorted(range(len(start)), key=start.__getitem__):
             if start[k] <= t:
                 eta.started(k, start[k])
             if end[k] <= t:
@@ -60,18 +54,18 @@ def main() -> None:
     if not runs:
         print("eta_replay: no stored runs of the quick profile in the run store; set FAEVAL_RESULTS to a quick store")
         return
-    runs.sort(key=lambda r: -_cost(r[0]))
-    costs = [_cost(c) for c, _ in runs]
-    seconds = [s for _, s in runs]
+    runs = sorted(((c, s, _cost(c)) for c, s in runs), key=lambda r: -r[2])     # the scheduler's order
+    costs = [c for _, _, c in runs]
+    seconds = [s for _, s, _ in runs]
     scale = sum(seconds) / sum(costs)
     by_arch = defaultdict(list)
-    for (cfg, s), c in zip(runs, costs):
+    for cfg, s, c in runs:
         by_arch[cfg["arch"]].append(s / (c * scale))
     print(f"{len(runs)} runs, {sum(seconds):.0f} worker-seconds; measured / estimated seconds, median per "
           "architecture:")
     print("  " + ", ".join(f"{a} {statistics.median(r):.2f} ({len(r)})" for a, r in sorted(by_arch.items())))
     for label, slow in (("the store's speed", 1.0), ("1.36x slower", 1.36)):
-        rows = replay(costs, [s * slow for s in seconds], [cost_kind(c) for c, _ in runs])
+        rows = replay(costs, [s * slow for s in seconds], [cost_kind(cfg) for cfg, _, _ in runs])
         errors = [100 * (est - left) / left for _, est, left in rows if est is not None]
         print(f"time left, estimated against real ({label}; makespan {rows[-1][0] + rows[-1][2] / 60:.0f} min):")
         print("  " + ", ".join(f"{m:.0f}: {e:+.0f}%" for (m, _, _), e in zip(rows, errors)))

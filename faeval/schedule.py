@@ -478,11 +478,26 @@ class RemainingTime:
         busy = self.running()
         free = [max(self.costs[k] / v[k] - (t - self.start[k]), 0.05 * self.costs[k] / v[k]) for k in busy]
         free += [0.0] * (self.workers - len(free))
-        heapq.heapify(free)
-        for k, c in enumerate(self.costs):
-            if k not in self.end and k not in busy:
-                heapq.heappush(free, heapq.heappop(free) + c / v[k])
-        return max(free)
+        queued = [c / v[k] for k, c in enumerate(self.costs) if k not in self.end and k not in busy]
+        return max(free + in_order(queued, free)[1])
+
+
+def in_order(durations: Sequence[float], free: Sequence[float]) -> tuple[list[float], list[float]]:
+    """``(starts, ends)`` of jobs that run in the order given, each on the first worker to come free (``free``:
+    when each worker comes free), as a process pool runs a queue.
+
+    >>> in_order([3.0, 1.0, 1.0, 2.0], free=[0.0, 0.0])
+    ([0.0, 0.0, 1.0, 2.0], [3.0, 1.0, 2.0, 4.0])
+    """
+    heap = list(free)
+    heapq.heapify(heap)
+    starts, ends = [], []
+    for d in durations:
+        t = heapq.heappop(heap)
+        starts.append(t)
+        ends.append(t + d)
+        heapq.heappush(heap, t + d)
+    return starts, ends
 
 
 class _CostBar:

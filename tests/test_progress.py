@@ -6,25 +6,18 @@ runs them, and compare the estimate with the time that was really left.
 """
 from __future__ import annotations
 
-import heapq
 import random
 
 import pytest
 
-from faeval.schedule import RemainingTime, _run_jobs
+from faeval.schedule import RemainingTime, _run_jobs, in_order
 
 TICK = 5.0
 
 
 def schedule(durations, workers=2):
     """``(start, end)`` of each job when the jobs run in order on ``workers`` workers."""
-    free = [(0.0, w) for w in range(workers)]
-    start, end = {}, {}
-    for k, d in enumerate(durations):
-        t, w = heapq.heappop(free)
-        start[k], end[k] = t, t + d
-        heapq.heappush(free, (t + d, w))
-    return start, end
+    return tuple(dict(enumerate(times)) for times in in_order(durations, [0.0] * workers))
 
 
 def replay(costs, durations, workers=2):
