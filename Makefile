@@ -1,7 +1,8 @@
 # faeval: build the book, run the tests, run the benchmarks.
 #
-#   make book [PROFILE=smoke|quick|paper]   set up .venv, data and MathJax; execute every
-#                                           notebook; render the book; print its path
+#   make book [PROFILE=smoke|quick|paper]   set up .venv, data and MathJax; train and execute the
+#                                           first chapters, render them (path printed); then the
+#                                           rest, and render the whole book
 #                                           (SCHEDULER=tcp://host:8786: train on a Dask cluster)
 #   make check-book                         open every built page in headless Chromium
 #   make test [PYTEST_ARGS=...]             set up .venv, data and the browser; run pytest
@@ -31,7 +32,8 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 MATHJAX_SPEC ?= mathjax@3
-BOOK_TOC := $(CURDIR)/_build/_toc.yml
+# when make started: build_book.py counts its renders' times from here
+BUILD_START := $(shell date +%s)
 
 ifeq ($(USE_ENV),1)
 PY := $(shell command -v python)
@@ -45,7 +47,7 @@ BIN := $(dir $(PY))
 .PHONY: help venv env-check data mathjax browser notebooks book check-book test bench gpu-check-prepare clean distclean
 
 help:
-	@sed -n '2,15s/^# \{0,1\}//p' Makefile
+	@sed -n '2,16s/^# \{0,1\}//p' Makefile
 
 # --- environments ------------------------------------------------------------------------
 
@@ -121,12 +123,13 @@ notebooks: $(ENV_READY) data
 	  $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 	@$(PY) scripts/run_notebooks.py --profile $(PROFILE)
 
-# MathJax first: a machine without npm fails before the notebooks run, not after
-book: mathjax notebooks
-	@$(PY) scripts/book_toc.py --out $(BOOK_TOC)
-	@echo "== jupyter-book build (warnings are errors)"
-	@$(BIN)jupyter-book build . --toc $(BOOK_TOC) --all -W --keep-going
-	@echo "Book: $(CURDIR)/_build/html/index.html"
+# MathJax first: a machine without npm fails before the notebooks run, not after. Two renders
+# (scripts/build_book.py): the first chapters (quick start, audit, temporal, pitfalls) as soon as
+# their runs are stored, the path printed; then every other run, and the whole book again.
+book: mathjax $(ENV_READY) data
+	@$(PY) scripts/book_toc.py --check
+	@$(PY) scripts/build_book.py --profile $(PROFILE) --results "$${FAEVAL_RESULTS:-$(CURDIR)/results}" \
+	  --since $(BUILD_START) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 # open every built page in headless Chromium (screenshots go to _build/screenshots/)
 check-book: browser

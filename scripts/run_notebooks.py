@@ -122,6 +122,16 @@ def hide_parameter_cells(path: Path) -> int:
     return hidden
 
 
+def remove_stale(src: Path, out: Path) -> None:
+    """Delete the executed copies in ``out`` whose source notebook is gone from ``src`` (they would otherwise
+    linger in the book)."""
+    for stale in sorted(out.glob("*.ipynb")) if out.is_dir() else []:
+        if not (src / stale.name).exists():
+            print(f"removing {stale.relative_to(ROOT) if stale.is_relative_to(ROOT) else stale}: "
+                  "its source notebook is gone")
+            stale.unlink()
+
+
 def error_summary(err: BaseException) -> str:
     ename = getattr(err, "ename", None)
     if ename:  # papermill.PapermillExecutionError
@@ -138,12 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sources = sorted(src.glob("*.ipynb")) if src.is_dir() else []
     if not args.only:
-        # executed copies whose source notebook is gone would otherwise linger in the book
-        for stale in sorted(out.glob("*.ipynb")) if out.is_dir() else []:
-            if not (src / stale.name).exists():
-                print(f"removing {stale.relative_to(ROOT) if stale.is_relative_to(ROOT) else stale}: "
-                      "its source notebook is gone")
-                stale.unlink()
+        remove_stale(src, out)
     else:
         sources = [p for p in sources if any(fnmatch.fnmatch(p.name, g) for g in args.only)]
     if not sources:

@@ -31,6 +31,18 @@ def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], check=False, capture_output=True, text=True, **kw)
 
 
+def _build_book():
+    """``scripts/build_book.py`` as a module (it imports ``run_notebooks`` from its own folder)."""
+    import importlib.util
+
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location("build_book", SCRIPTS / "build_book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _jupyter_book() -> str:
     exe = Path(sys.executable).with_name("jupyter-book")
     return str(exe) if exe.exists() else (shutil.which("jupyter-book") or "jupyter-book")
@@ -59,20 +71,52 @@ def built_book(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "_static", src / "_static")
     shutil.copytree(ROOT / "benchmarks" / "gpu", src / "benchmarks" / "gpu")    # the GPU chapter includes its report
 
+    # the two renders of `make book` (scripts/build_book.py): the first chapters, kept aside for the tests of the
+    # first render, then the rest and the whole book
     env = {**os.environ, "FAEVAL_RESULTS": str(src / "results")}
-    proc = _run([sys.executable, SCRIPTS / "run_notebooks.py", "--profile", "smoke",
-                 "--src", ROOT / "notebooks", "--out", src / "book" / "executed"], cwd=ROOT, env=env)
-    assert proc.returncode == 0, f"notebooks failed under the smoke profile:\n{proc.stdout}\n{proc.stderr}"
-
-    toc = src / "_build" / "_toc.yml"
-    proc = _run([sys.executable, SCRIPTS / "book_toc.py", "--toc", src / "_toc.yml",
-                 "--src", ROOT / "notebooks", "--out", toc])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-    proc = _run([_jupyter_book(), "build", src, "--toc", toc, "--all", "-W", "--keep-going"], cwd=src)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"jupyter-book build -W failed:\n{log[-6000:]}"
+    for phase in ("first", "rest"):
+        proc = _run([sys.executable, SCRIPTS / "build_book.py", "--profile", "smoke", "--phase", phase,
+                     "--root", src], cwd=ROOT, env=env)
+        log = proc.stdout + proc.stderr
+        (src / f"build_{phase}.log").write_text(log)
+        assert proc.returncode == 0, f"the smoke book's {phase} render failed:\n{log[-6000:]}"
+        if phase == "first":
+            shutil.copytree(src / "_build" / "html", src / "first_render")
     return src
+
+
+@pytest.mark.book
+def test_the_first_render_shows_the_first_chapters_and_says_the_book_is_partial(built_book):
+    """The first render (before the other chapters' runs are trained) has the first chapters in full, a placeholder
+    for every other chapter, and a ledger and findings page that say they are partial and count only the first
+    chapters' claims; the last render has none of that."""
+    import html as htmllib
+
+    FIRST = _build_book().FIRST
+    first = built_book / "first_render" / "book" / "executed"
+    last = built_book / "_build" / "html" / "book" / "executed"
+
+    def text(folder, name):
+        return htmllib.unescape(re.sub(r"<[^>]+>", "", (folder / f"{name}.html").read_text()))
+
+    log = (built_book / "build_first.log").read_text()
+    pending = re.search(r"still training: (.+)", log).group(1).split(", ")
+    assert pending and not set(pending) & set(FIRST), pending
+    assert "Book (first render): " in log and re.search(r"first render at \d+:\d\d:\d\d after the build", log)
+    for name in FIRST:
+        assert "What this run found" in text(first, name), name
+    for name in pending:
+        page = text(first, name)
+        assert "Still training" in page and "What this run found" not in page, name
+        assert "What this run found" in text(last, name), name
+    findings, ledger = text(first, "99_findings"), text(first, "99_claims_ledger")
+    assert "A partial book" in findings and "A partial book" in ledger
+    assert re.search(rf"So far \({len(pending)} chapters are still training\), \d+ of \d+ of the claims", findings)
+    counted = re.search(r"claims from (\d+) notebooks", ledger)
+    rendered = [n for n in NOTEBOOKS if not n.startswith("99_") and n not in pending]
+    assert counted and int(counted.group(1)) == len(rendered), ledger[:2000]
+    for name in ("99_findings", "99_claims_ledger"):
+        assert "A partial book" not in text(last, name) and "So far" not in text(last, name), name
 
 
 @pytest.mark.book
@@ -359,3 +403,30 @@ def test_every_figure_call_shows_a_sharp_figure(built_book):
                 kinds = [k for o in cell.outputs for k in o.get("data", {})]
                 assert "image/svg+xml" in kinds, f"{path.name} cell {i} drew no SVG figure: {kinds}"
     assert cells >= 10, cells
+
+
+def test_build_book_reads_each_notebooks_chapters_and_the_first_render_names_real_notebooks():
+    """The chapters a notebook loads are its ``P.experiment("name")`` calls, each a declared chapter; the FIRST
+    notebooks exist; a placeholder page keeps the notebook's title and is recognised as one."""
+    from faeval.book.experiments import EXPERIMENTS
+
+    bb = _build_book()
+    got = {p.stem: bb.notebook_chapters(p) for p in sorted((ROOT / "notebooks").glob("*.ipynb"))}
+    assert got["01_audit"] == ["audit", "paper_ep"] and got["06_pitfalls"] == [], got
+    assert got["07_calibration"] == ["calibration", "head_grid", "head_mechanism"], got
+    assert {c for cs in got.values() for c in cs} <= set(EXPERIMENTS), got
+    assert set(bb.FIRST) <= set(got), bb.FIRST
+    assert not any(n.startswith(bb.GATHER) for n in bb.FIRST)
+
+
+def test_a_placeholder_page_keeps_the_title_and_is_told_apart(tmp_path):
+    bb = _build_book()
+    src = ROOT / "notebooks" / "03_cross_arch.ipynb"
+    out = tmp_path / "03_cross_arch.ipynb"
+    bb.write_placeholder(src, out, runs_left=17)
+    page = nbformat.read(out, as_version=4)
+    nbformat.validate(page)
+    assert bb.is_placeholder(out) and not bb.is_placeholder(src)
+    text = page.cells[0].source
+    assert text.startswith(f"# {bb.title_of(src)}\n") and "17 of them" in text, text
+    assert bb.title_of(src).startswith("Across architectures")

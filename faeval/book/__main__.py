@@ -14,7 +14,7 @@ import time
 from ..__main__ import dispatch
 from ..schedule import dask_executor, exit_on_sigterm, train_until_stable
 from ..store import run_dir
-from .experiments import seconds_by_chapter
+from .experiments import check_chapters, seconds_by_chapter
 from .profiles import PROFILES, get_profile
 
 
@@ -22,16 +22,18 @@ def _prepare(args) -> int:
     logging.basicConfig(level=logging.INFO, format="prepare: %(message)s")
     exit_on_sigterm()
     p = get_profile(args.profile, results_dir=args.results)
-    configs = p.planned_runs()
+    chapters = check_chapters(args.chapters.split(",")) if args.chapters else None
+    configs = p.planned_runs(chapters)
     stored = sum(run_dir(c, args.results).is_dir() for c in configs)
-    print(f"prepare: profile {p.name!r} asks for {len(configs)} runs; {stored} already in the store", flush=True)
+    which = f"chapters {', '.join(chapters)} of profile" if chapters else "profile"
+    print(f"prepare: {which} {p.name!r} ask(s) for {len(configs)} runs; {stored} already in the store", flush=True)
     executor = None
     if args.scheduler:
         executor = dask_executor(args.scheduler)
         print(f"prepare: sending the runs to the Dask scheduler at {args.scheduler}", flush=True)
     start = time.perf_counter()
-    trained = train_until_stable(p.planned_runs, results=args.results, device=args.device, progress=not args.quiet,
-                                 workers=args.workers, executor=executor)
+    trained = train_until_stable(lambda: p.planned_runs(chapters), results=args.results, device=args.device,
+                                 progress=not args.quiet, workers=args.workers, executor=executor)
     print(f"prepare: {len(trained)} runs trained in {time.perf_counter() - start:.0f} s", flush=True)
     by = seconds_by_chapter(p, args.results)
     total = sum(s for _, s in by.values()) or 1.0
@@ -55,6 +57,9 @@ def main(argv=None) -> int:
     pr.add_argument("--scheduler", metavar="ADDRESS",
                     help="send the runs to the Dask scheduler at ADDRESS (e.g. tcp://10.0.0.5:8786); the store "
                          "(--results) must be a path every worker sees. Needs the 'cluster' extra")
+    pr.add_argument("--chapters", metavar="NAME[,NAME...]",
+                    help="train only these chapters' runs (faeval.book.experiments), e.g. quickstart,audit "
+                         "(default: every chapter)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.add_argument("--results", help="the store's directory (default $FAEVAL_RESULTS or ./results)")
     pr.set_defaults(func=_prepare)

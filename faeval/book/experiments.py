@@ -31,7 +31,7 @@ from .calibration import run_config as calibration_run_config
 #: the calibration candidates that change the task (not the model): their DFA runs 3x longer are probes
 CANDIDATE_TASKS = ("label_noise", "synthetic", "augment")
 
-__all__ = ["EXPERIMENTS", "chapter", "plan", "planned_runs", "seconds_by_chapter"]
+__all__ = ["EXPERIMENTS", "chapter", "check_chapters", "plan", "planned_runs", "seconds_by_chapter", "unstored"]
 
 #: chapter name -> function(profile) -> {part: {key: config}}
 EXPERIMENTS: dict[str, Callable] = {}
@@ -52,11 +52,20 @@ def plan(name: str, profile) -> dict[str, dict]:
     return EXPERIMENTS[name](profile)
 
 
-def _unique_runs(profile):
-    """``(chapter, canonical config)`` of every declared run at ``profile``, each run once, for the first
-    chapter that plans it."""
+def check_chapters(chapters) -> list[str]:
+    """``chapters`` as a list, each a declared chapter (else a ``ValueError`` naming the valid ones)."""
+    unknown = [c for c in chapters if c not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown chapter(s) {', '.join(map(repr, unknown))}; chapters with runs: "
+                         f"{', '.join(EXPERIMENTS)}")
+    return list(chapters)
+
+
+def _unique_runs(profile, chapters=None):
+    """``(chapter, canonical config)`` of every declared run at ``profile`` (of ``chapters`` only, where given),
+    each run once, for the first chapter that plans it."""
     seen = set()
-    for name in EXPERIMENTS:
+    for name in EXPERIMENTS if chapters is None else check_chapters(chapters):
         for runs in plan(name, profile).values():
             for cfg in runs.values():
                 c = canonical_config(**cfg)
@@ -66,9 +75,10 @@ def _unique_runs(profile):
                     yield name, c
 
 
-def planned_runs(profile) -> list[dict]:
-    """The canonical configs of every declared chapter's runs at ``profile``, deduplicated, in order."""
-    return [c for _, c in _unique_runs(profile)]
+def planned_runs(profile, chapters=None) -> list[dict]:
+    """The canonical configs of every declared chapter's runs at ``profile`` (of ``chapters`` only, where given),
+    deduplicated, in order."""
+    return [c for _, c in _unique_runs(profile, chapters)]
 
 
 def seconds_by_chapter(profile, results=None) -> dict[str, tuple[int, float]]:

@@ -13,7 +13,7 @@ the source notebook stays free of outputs and its opening is filled by the build
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from statistics import fmean
 
 from ..store import results_dir
@@ -23,7 +23,8 @@ from .head import FITTED, REGIMES, SIGNATURES, TRAINED, decide, regime_view
 from .prose import times
 
 __all__ = ["Text", "glue_md", "glue_text", "opening", "glue_opening", "stored", "judged_ledger", "claim_counts",
-           "headline", "head_numbers", "head_finding", "key_claims", "profile_note", "dial_figure", "KEY_CLAIMS"]
+           "headline", "head_numbers", "head_finding", "key_claims", "profile_note", "partial_note", "dial_figure",
+           "KEY_CLAIMS"]
 
 #: the five claims a reader of the paper cares most about: a title and the claim ids it reads (in order)
 KEY_CLAIMS = (
@@ -243,24 +244,40 @@ def head_finding(P, numbers: Mapping | None = None) -> str:
     return " ".join([first, second, third])
 
 
-def headline(P, ledger, numbers: Mapping | None = None) -> str:
-    """One sentence for the introduction: claims held in all, and where the scale failure reproduces."""
+def headline(P, ledger, numbers: Mapping | None = None, pending: Sequence[str] = ()) -> str:
+    """One sentence for the introduction: claims held in all, and where the scale failure reproduces (in a first
+    render, with ``pending`` the notebooks still training, it says that the count is so far)."""
     rows = judged_ledger(ledger, P.name)
     scale = _where(_failing(numbers or head_numbers(P)), "in both head regimes", "in neither head regime",
                    "when the output head is {regime} and not when it is {other}")
-    return (f"{int((rows.status == HELD).sum())} of {len(rows)} of the claims this book checks hold at the "
+    so_far = f"So far ({len(pending)} chapters are still training), " if pending else ""
+    return (f"{so_far}{int((rows.status == HELD).sum())} of {len(rows)} of the claims this book checks hold at the "
             f"{P.name} profile, and DFA's scale failure reproduces {scale}.")
 
 
-def key_claims(ledger, profile: str) -> str:
+def partial_note(pending: Sequence[str]) -> str:
+    """Nothing for a complete book. For a first render (``pending``: the notebooks whose runs are still training,
+    ``scripts/build_book.py``), a note in MyST that names those chapters and says the page counts the others."""
+    if not pending:
+        return ""
+    names = ", ".join(f"{{doc}}`{name}`" for name in pending)
+    return (":::{admonition} A partial book\n:class: important\n"
+            f"This is the build's first render: the runs of {len(pending)} chapters are still training ({names}). "
+            "Their pages hold a placeholder, and what this page counts covers the chapters rendered so far. "
+            "`make book` renders the whole book again once their runs are stored.\n:::")
+
+
+def key_claims(ledger, profile: str, pending: Sequence[str] = ()) -> str:
     """The five claims of :data:`KEY_CLAIMS`, one line each (MyST): ours beside the paper's, with a link to the
-    chapter; a claim not in the ledger at this profile says so."""
+    chapter; a claim not in the ledger at this profile says so (or, in a first render with chapters ``pending``,
+    that it may be one of theirs)."""
     rows = judged_ledger(ledger, profile).set_index("id")
     lines = []
     for title, ids in KEY_CLAIMS:
         found = [rows.loc[i] for i in ids if i in rows.index]
         if not found:
-            lines.append(f"- **{title}**: not measured at this profile.")
+            lines.append(f"- **{title}**: " + ("not measured yet: its chapter is still training." if pending
+                                               else "not measured at this profile."))
             continue
         status = HELD if all(r.status == HELD for r in found) else NOT_HELD
         ours = ", and ".join(_short(r.ours) for r in found)
@@ -282,10 +299,15 @@ def profile_note(P) -> str:
     return "\n\n".join(lines)
 
 
-def dial_figure(P):
+def dial_figure(P, partial: bool = False):
     """Each of the paper's signatures against the head's learning rate (the head grid: the first seed at every
-    head_lr, every seed at both ends and the fitted value), the paper's value as a band (read from the store)."""
+    head_lr, every seed at both ends and the fitted value), the paper's value as a band (read from the store).
+    In a first render (``partial``) whose grid is still training, it says so and draws nothing."""
     from . import head, plots
 
+    if partial and unstored("head_grid", P):
+        print(f"The head grid's runs are still training ({len(unstored('head_grid', P))} of them): this figure "
+              "appears in the build's last render.")
+        return None
     runs = stored(P, "head_grid")
     return plots.dial_figure(head.grid_rows(runs["grid"], runs["refs"]), head.head_lr(P, head.FITTED))

@@ -117,10 +117,10 @@ class Profile:
     def _device(self) -> str:
         return self.device or default_device()
 
-    def planned_runs(self) -> list[dict]:
-        """The canonical configs of every run the book's chapters declare at this profile, deduplicated
-        (what ``python -m faeval.book prepare`` trains)."""
-        return planned_runs(self)
+    def planned_runs(self, chapters=None) -> list[dict]:
+        """The canonical configs of every run the book's chapters (or those named in ``chapters``) declare at
+        this profile, deduplicated (what ``python -m faeval.book prepare [--chapters ...]`` trains)."""
+        return planned_runs(self, chapters)
 
     def parameters(self) -> dict:
         """What a result measured at this profile was measured with: the profile's name, every
