@@ -8,7 +8,8 @@ A cold quick build trains for hours on a small CPU. Rather than make a reader wa
 all of it, the default (``--phase all``) renders twice:
 
 1. ``first``: train the runs of the FIRST notebooks (the quick start, the audit, the
-   temporal chapter and the pitfalls: what the protocol needs); execute every notebook
+   temporal chapter and the pitfalls: what the protocol needs) and of the judged head
+   regime's rule (the head grid, FA vs DFA and the head mechanism); execute every notebook
    whose runs are then all stored; give every other chapter a placeholder page that says
    it is still training; execute the ledger and the findings page with ``pending``
    naming those chapters (both then say "partial" and count only what is rendered);
@@ -20,8 +21,9 @@ When the store already holds every planned run there is nothing to wait for: one
 render, of every notebook. Each render prints how long after the build's start it came
 (``--since``, the Unix time ``make book`` started; default: this script's start).
 
-A notebook's chapters are read from its ``P.experiment("name")`` calls; the pages whose
-name starts with ``99_`` gather the others and run last. Exit status: 0 when the book
+A notebook's chapters are read from its ``P.experiment("name")`` calls, plus those that the
+rule picking the judged head regime reads (``faeval.book.head.DECISION_CHAPTERS``); the pages
+whose name starts with ``99_`` gather the others and run last. Exit status: 0 when the book
 was rendered, else that of the step that failed (its name is printed).
 """
 from __future__ import annotations
@@ -63,8 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def notebook_chapters(path: Path) -> list[str]:
-    """The chapters whose runs notebook ``path`` loads: the names in its ``P.experiment("name")`` calls."""
-    return sorted(set(EXPERIMENT_CALL.findall(path.read_text(encoding="utf-8"))))
+    """The chapters whose runs notebook ``path`` loads: the names in its ``P.experiment("name")`` calls, and those
+    of the rule that picks the judged head regime (read by nearly every chapter through the library)."""
+    from faeval.book.head import DECISION_CHAPTERS
+
+    return sorted(set(EXPERIMENT_CALL.findall(path.read_text(encoding="utf-8"))) | set(DECISION_CHAPTERS))
 
 
 def title_of(path: Path) -> str:

@@ -82,6 +82,8 @@ def built_book(tmp_path_factory) -> Path:
         assert proc.returncode == 0, f"the smoke book's {phase} render failed:\n{log[-6000:]}"
         if phase == "first":
             shutil.copytree(src / "_build" / "html", src / "first_render")
+            (src / "first_render" / "stored.json").write_text(json.dumps(sorted(
+                p.name for p in (src / "results").iterdir() if p.name != "claims" and not p.name.startswith("."))))
     return src
 
 
@@ -117,6 +119,18 @@ def test_the_first_render_shows_the_first_chapters_and_says_the_book_is_partial(
     assert counted and int(counted.group(1)) == len(rendered), ledger[:2000]
     for name in ("99_findings", "99_claims_ledger"):
         assert "A partial book" not in text(last, name) and "So far" not in text(last, name), name
+    # the first render's notebooks trained nothing beyond the first chapters' runs (a chapter read through the library
+    # and not declared would train inside a notebook, one run at a time, before the reader sees a page)
+    from faeval.book.profiles import get_profile
+    from faeval.store import run_dir
+
+    bb = _build_book()
+    chapters = sorted({c for n in FIRST for c in bb.notebook_chapters(ROOT / "notebooks" / f"{n}.ipynb")})
+    smoke = get_profile("smoke", results_dir=str(built_book / "results"))
+    planned = {run_dir(c).name for c in smoke.planned_runs(chapters)}
+    stored = set(json.loads((built_book / "first_render" / "stored.json").read_text()))
+    by_cell = {n for n in stored if n.startswith("sign_dfa_")}       # the quick start's rule defined in a cell
+    assert stored - by_cell == planned, (sorted(stored - by_cell - planned), sorted(planned - stored))
 
 
 @pytest.mark.book
@@ -412,8 +426,9 @@ def test_build_book_reads_each_notebooks_chapters_and_the_first_render_names_rea
 
     bb = _build_book()
     got = {p.stem: bb.notebook_chapters(p) for p in sorted((ROOT / "notebooks").glob("*.ipynb"))}
-    assert got["01_audit"] == ["audit", "paper_ep"] and got["06_pitfalls"] == [], got
-    assert got["07_calibration"] == ["calibration", "head_grid", "head_mechanism"], got
+    decision = ["audit", "fa_vs_dfa", "head_grid", "head_mechanism"]       # the judged regime's rule reads them
+    assert got["01_audit"] == [*decision, "paper_ep"] and got["06_pitfalls"] == decision, got
+    assert got["07_calibration"] == sorted(["calibration", *decision]), got
     assert {c for cs in got.values() for c in cs} <= set(EXPERIMENTS), got
     assert set(bb.FIRST) <= set(got), bb.FIRST
     assert not any(n.startswith(bb.GATHER) for n in bb.FIRST)

@@ -25,8 +25,9 @@ def _prepare(args) -> int:
     chapters = check_chapters(args.chapters.split(",")) if args.chapters else None
     configs = p.planned_runs(chapters)
     stored = sum(run_dir(c, args.results).is_dir() for c in configs)
-    which = f"chapters {', '.join(chapters)} of profile" if chapters else "profile"
-    print(f"prepare: {which} {p.name!r} ask(s) for {len(configs)} runs; {stored} already in the store", flush=True)
+    which = f" (chapters {', '.join(chapters)})" if chapters else ""
+    print(f"prepare: profile {p.name!r}{which} asks for {len(configs)} runs; {stored} already in the store",
+          flush=True)
     executor = None
     if args.scheduler:
         executor = dask_executor(args.scheduler)

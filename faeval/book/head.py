@@ -481,6 +481,11 @@ class Decision:
         return pd.DataFrame(self.table)
 
 
+#: the chapters whose runs the rule that picks the judged regime reads (:func:`decide`, :func:`_regime_runs`): a
+#: notebook that reports in the judged regime needs them stored (``scripts/build_book.py`` trains them first)
+DECISION_CHAPTERS = ("audit", "fa_vs_dfa", "head_grid", "head_mechanism")
+
+
 def _regime_runs(P) -> dict[str, dict]:
     """Per regime, the runs the signatures read: ``{"dfa"|"fa"|"frozen": {seed: Run}, "assay": {method: Run}}``;
     the frozen baseline is the head-trained one in every regime (the count's definition, unchanged)."""
