@@ -123,7 +123,8 @@ class Build:
         print(f"== {name} ({self.clock()} since the build started)", flush=True)
         t = time.perf_counter()
         code = subprocess.call([str(c) for c in cmd], env=self.env)
-        self.seconds[name.split(":")[0]] = self.seconds.get(name.split(":")[0], 0.0) + time.perf_counter() - t
+        kind = name.split(":")[0]                   # training, notebooks or render
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + time.perf_counter() - t
         if code:
             print(f"build_book: {name} failed (exit {code})", file=sys.stderr, flush=True)
             raise SystemExit(code)

@@ -43,11 +43,6 @@ def _build_book():
     return module
 
 
-def _jupyter_book() -> str:
-    exe = Path(sys.executable).with_name("jupyter-book")
-    return str(exe) if exe.exists() else (shutil.which("jupyter-book") or "jupyter-book")
-
-
 def _ensure_mathjax() -> None:
     if MATHJAX.exists():
         return
@@ -94,7 +89,8 @@ def test_the_first_render_shows_the_first_chapters_and_says_the_book_is_partial(
     chapters' claims; the last render has none of that."""
     import html as htmllib
 
-    FIRST = _build_book().FIRST
+    bb = _build_book()
+    FIRST = bb.FIRST
     first = built_book / "first_render" / "book" / "executed"
     last = built_book / "_build" / "html" / "book" / "executed"
 
@@ -124,7 +120,6 @@ def test_the_first_render_shows_the_first_chapters_and_says_the_book_is_partial(
     from faeval.book.profiles import get_profile
     from faeval.store import run_dir
 
-    bb = _build_book()
     chapters = sorted({c for n in FIRST for c in bb.notebook_chapters(ROOT / "notebooks" / f"{n}.ipynb")})
     smoke = get_profile("smoke", results_dir=str(built_book / "results"))
     planned = {run_dir(c).name for c in smoke.planned_runs(chapters)}

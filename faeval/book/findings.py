@@ -305,9 +305,10 @@ def dial_figure(P, partial: bool = False):
     In a first render (``partial``) whose grid is still training, it says so and draws nothing."""
     from . import head, plots
 
-    if partial and unstored("head_grid", P):
-        print(f"The head grid's runs are still training ({len(unstored('head_grid', P))} of them): this figure "
-              "appears in the build's last render.")
+    missing = unstored("head_grid", P) if partial else []
+    if missing:
+        print(f"The head grid's runs are still training ({len(missing)} of them): this figure appears in the "
+              "build's last render.")
         return None
     runs = stored(P, "head_grid")
     return plots.dial_figure(head.grid_rows(runs["grid"], runs["refs"]), head.head_lr(P, head.FITTED))
