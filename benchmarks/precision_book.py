@@ -22,9 +22,11 @@ Run: .venv/bin/python benchmarks/precision_book.py [--results DIR] [--no-fit] [-
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from faeval.book import experiments, head
 from faeval.book.profiles import get_profile
@@ -74,24 +76,28 @@ def _without_seed(cfg: dict) -> str:
     return repr(sorted((k, repr(v)) for k, v in cfg.items() if k != "seed"))
 
 
+@functools.cache
+def _numbers_at(path: Path) -> dict[str, float]:
+    """:func:`numbers` of the run stored at ``path``, loaded once (parts share runs, and ``--table`` reads all)."""
+    return numbers(load_run(path, device="cpu"))
+
+
 def compare(configs: list[dict], results) -> list[dict]:
     """One row per policy run and number: float32, bfloat16, the difference and the float32 seed spread."""
-    f32 = {id(c): numbers(load_run(run_dir(c, results), device="cpu")) for c in configs}
+    policy = [c for c in configs if in_bfloat16(c)]      # the policy reads rule and architecture, not the seed
     by_config = defaultdict(list)
-    for c in configs:
-        by_config[_without_seed(c)].append(f32[id(c)])
+    for c in policy:
+        by_config[_without_seed(c)].append(_numbers_at(run_dir(c, results)))
     rows = []
-    for c in configs:
-        if not in_bfloat16(c):
-            continue
-        bf = numbers(load_run(run_dir(twin(c), results), device="cpu"))
+    for c in policy:
+        f32, bf = _numbers_at(run_dir(c, results)), _numbers_at(run_dir(twin(c), results))
         seeds = by_config[_without_seed(c)]
         for name in NUMBERS:
             values = [s[name] for s in seeds]
             spread = max(values) - min(values) if len(values) > 1 else math.nan
-            diff = abs(bf[name] - f32[id(c)][name])
-            rows.append({"run": _label(c), "number": name, "float32": f32[id(c)][name],
-                         "bfloat16": bf[name], "diff": diff, "spread": spread,
+            diff = abs(bf[name] - f32[name])
+            rows.append({"run": _label(c), "number": name, "float32": f32[name], "bfloat16": bf[name],
+                         "diff": diff, "spread": spread,
                          "within": None if math.isnan(spread) else diff < spread or diff == 0})
     return rows
 

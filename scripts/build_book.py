@@ -158,7 +158,7 @@ class Build:
               f"{', '.join(chapters)}" + (f"; still training: {', '.join(pending)}" if pending else ""))
         print(f"Book ({label}): {self.root / '_build' / 'html' / 'index.html'}\n", flush=True)
 
-    def stored(self, chapters: list[str]) -> dict[str, int]:
+    def runs_left(self, chapters: list[str]) -> dict[str, int]:
         """``{chapter: runs not stored yet}`` of ``chapters`` at this build's profile."""
         from faeval.book.experiments import unstored
         from faeval.book.profiles import get_profile
@@ -181,7 +181,7 @@ class Build:
             raise SystemExit(f"build_book: FIRST names {missing}, which are not in {self.src}")
         self.prepare(sorted({c for n in FIRST for c in chapters_of[n]}))
         chapters, gather = self.notebooks()
-        left = self.stored(sorted({c for n in chapters for c in chapters_of[n]}))
+        left = self.runs_left(sorted({c for n in chapters for c in chapters_of[n]}))
         ready = [n for n in chapters if not any(left[c] for c in chapters_of[n])]
         pending = [n for n in chapters if n not in ready]
         remove_stale(self.src, self.out)
